@@ -1,0 +1,218 @@
+"""
+Managed blocks in files the user also edits, written atomically.
+
+A managed block is a run of lines between two marker lines::
+
+    # BEGIN qubes_firewall:NAME (managed by Salt, do not edit)
+    ...
+    # END qubes_firewall:NAME
+
+Everything outside the markers stays byte for byte.  ``replace_block`` is pure
+(text in, text out); ``read`` and ``write_atomic`` are the only functions that
+touch the file system.  Loaded by Salt as ``qubes_firewall_files``.
+"""
+
+import difflib
+import grp
+import os
+import re
+import stat
+import tempfile
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "qubes_firewall_files"
+
+_NAME = re.compile(r"\A[a-z0-9_.-]{1,64}\Z")
+
+
+class BlockError(ValueError):
+    """The file's markers are broken; the file is left alone."""
+
+
+def begin_marker(name):
+    return "# BEGIN qubes_firewall:%s (managed by Salt, do not edit)" % name
+
+
+def end_marker(name):
+    return "# END qubes_firewall:%s" % name
+
+
+def _find(lines, name):
+    """(start, end) line indexes of the block's markers, or None."""
+    begin, end = begin_marker(name), end_marker(name)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == begin]
+    ends = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == end]
+    if not starts and not ends:
+        return None
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise BlockError(
+            "the markers of block %r are broken (%d BEGIN, %d END); fix the file by hand"
+            % (name, len(starts), len(ends))
+        )
+    return starts[0], ends[0]
+
+
+def get_block(text, name):
+    """The block's body (without markers), or None when the block is absent."""
+    lines = (text or "").splitlines(True)
+    found = _find(lines, name)
+    if found is None:
+        return None
+    return "".join(lines[found[0] + 1 : found[1]])
+
+
+def replace_block(text, name, body, header=""):
+    """
+    Return ``text`` with block ``name`` holding ``body`` (``None`` removes the
+    block and its markers).  ``text`` None means the file does not exist yet:
+    it starts with ``header`` (for example ``"#!/bin/sh\\n"``).  A new block
+    goes at the end, or before a final top-level ``exit`` line, which would
+    otherwise keep it from running.
+    """
+    if not _NAME.match(name):
+        raise ValueError("bad block name %r" % name)
+    if body is not None and body and not body.endswith("\n"):
+        body += "\n"
+    if text is None:
+        if body is None:
+            return None
+        text = header
+    lines = text.splitlines(True)
+    found = _find(lines, name)
+    block = None
+    if body is not None:
+        block = [begin_marker(name) + "\n"] + body.splitlines(True) + [end_marker(name) + "\n"]
+    if found is not None:
+        start, end = found
+        newline_after = lines[end][len(lines[end].rstrip("\r\n")):]
+        if block is None:
+            return "".join(lines[:start] + lines[end + 1 :])
+        if not newline_after:  # the END marker was the file's unterminated last line
+            block[-1] = block[-1].rstrip("\n")
+        return "".join(lines[:start] + block + lines[end + 1 :])
+    if block is None:
+        return text
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    insert_at = len(lines)
+    for i in range(len(lines) - 1, -1, -1):
+        stripped = lines[i].strip()
+        if not stripped:
+            continue
+        if re.match(r"exit(\s+[0-9]+)?\s*(#.*)?\Z", stripped):
+            insert_at = i
+        break
+    return "".join(lines[:insert_at] + block + lines[insert_at:])
+
+
+def diff(old, new, path):
+    """A unified diff of a file's old and new text (None = absent)."""
+    return "".join(
+        difflib.unified_diff(
+            (old or "").splitlines(True),
+            (new or "").splitlines(True),
+            fromfile=path if old is not None else "/dev/null",
+            tofile=path if new is not None else "/dev/null",
+        )
+    )
+
+
+# --------------------------------------------------------------------------
+# I/O
+# --------------------------------------------------------------------------
+
+
+def read(path):
+    """
+    The file's text, or None when it does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_files.read /rw/config/rc.local
+    """
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandExecutionError("cannot read %s: %s" % (path, exc)) from exc
+
+
+def mode_of(path):
+    """The permission bits of ``path`` as an int, or None when it is absent."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path, text, mode=0o755, group=None, makedirs=True):
+    """
+    Replace ``path`` with ``text`` atomically: a temporary file in the same
+    directory, flushed to disk, then renamed over the old one.  An existing
+    file keeps its mode and ownership; a new one gets ``mode`` (and ``group``
+    when given).  ``text`` None removes the file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_files.write_atomic /rw/config/rc.local "#!/bin/sh"
+    """
+    directory = os.path.dirname(path) or "."
+    if text is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return True
+    try:
+        if makedirs:
+            os.makedirs(directory, exist_ok=True)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if current is not None:
+                os.chmod(tmp, stat.S_IMODE(current.st_mode))
+                os.chown(tmp, current.st_uid, current.st_gid)
+            else:
+                os.chmod(tmp, mode)
+                if group is not None:
+                    os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
+            os.rename(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, KeyError) as exc:
+        raise CommandExecutionError("cannot write %s: %s" % (path, exc)) from exc
+    return True
+
+
+def ensure_mode(path, mode):
+    """Set the permission bits of an existing file; True when they changed."""
+    try:
+        if stat.S_IMODE(os.stat(path).st_mode) == mode:
+            return False
+        os.chmod(path, mode)
+    except OSError as exc:
+        raise CommandExecutionError("cannot chmod %s: %s" % (path, exc)) from exc
+    return True

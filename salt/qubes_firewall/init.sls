@@ -1,0 +1,14 @@
+{#- qubes-firewall-formula: one SLS for dom0 and for every qube; what it does
+    depends on the minion id (under qubesctl: the qube's name, dom0 for dom0).
+    Every state requires qubes_firewall-validated, so a bad pillar changes
+    nothing anywhere. #}
+qubes_firewall-validated:
+  qubes_firewall.validated: []
+
+{%- if grains['id'] == 'dom0' %}
+{#- dom0 part: BEGIN dom0 states #}
+{#- dom0 part: END dom0 states #}
+{%- else %}
+{#- qube part: BEGIN qube states #}
+{#- qube part: END qube states #}
+{%- endif %}
