@@ -10,5 +10,14 @@ qubes_firewall-validated:
 {#- dom0 part: END dom0 states #}
 {%- else %}
 {#- qube part: BEGIN qube states #}
+qubes_firewall-runtime-rules:
+  qubes_firewall.runtime_rules:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+
+qubes_firewall-persisted-rules:
+  qubes_firewall.persisted_rules:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
 {#- qube part: END qube states #}
 {%- endif %}
