@@ -152,3 +152,111 @@ def persisted_rules(name):
         return _fail(ret, exc)
     ret["comment"] = "Updated %s." % ", ".join(sorted(todo))
     return ret
+
+
+# ---- connect_tcp states ----
+
+
+def _file_changes(files):
+    """``{path: unified diff}`` (or a mode note) for a ``{path: {"old", "new"}}`` plan."""
+    out = {}
+    for path, item in sorted(files.items()):
+        text = __salt__["qubes_firewall_files.diff"](item["old"], item["new"], path)
+        out[path] = text or "mode %04o (rc.local must be executable)" % item["mode"]
+    return out
+
+
+def _sentences(first, notes):
+    return " ".join([first] + [note for note in notes if note])
+
+
+def connect_tcp_policy(name):
+    """
+    dom0: the qrexec policy for every ``qubes_firewall:connect_tcp`` entry, in
+    a managed block of ``lookup:policy_file`` (default
+    ``/etc/qubes/policy.d/30-user-networking.policy``); the user's lines in
+    that file stay as they are.  The new file is checked with
+    ``qubes-policy-lint`` (when installed) before it replaces the old one,
+    then written atomically (a new file gets mode 0664, group qubes).
+
+    .. code-block:: yaml
+
+        qubes_firewall-connect-tcp-policy:
+          qubes_firewall.connect_tcp_policy:
+            - require:
+              - qubes_firewall: qubes_firewall-validated
+    """
+    ret = _ret(name)
+    try:
+        plan = __salt__["qubes_firewall_connect_tcp.policy_plan"]()
+        path = plan["path"]
+        if plan["old"] == plan["new"]:
+            ret["comment"] = "The qubes.ConnectTCP policy in %s is up to date." % path
+            return ret
+        lint = __salt__["qubes_firewall_connect_tcp.lint_policy"](path, plan["new"])
+        ret["changes"][path] = __salt__["qubes_firewall_files.diff"](plan["old"], plan["new"], path)
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "The qubes.ConnectTCP policy in %s would be updated. %s" % (path, lint)
+            return ret
+        __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
+    except CommandExecutionError as exc:
+        ret["changes"] = {}
+        return _fail(ret, exc)
+    ret["comment"] = "Updated the qubes.ConnectTCP policy in %s. %s" % (path, lint)
+    return ret
+
+
+def connect_tcp_bindings(name, qube=None):
+    """
+    A client qube (default: the minion id): for each ``connect_tcp`` entry
+    with ``persistent: true`` and this client, a socket unit on
+    ``127.0.0.1:local_port`` and its service template in ``lookup:rw_config``,
+    a managed block in ``rc.local`` that installs and starts them at boot, and
+    the sockets started now when systemd runs.  Entries gone from the pillar
+    lose their units and lines.  The comment lists the one-off
+    ``qvm-connect-tcp`` commands of the client's non-persistent entries.
+
+    .. code-block:: yaml
+
+        qubes_firewall-connect-tcp-bindings:
+          qubes_firewall.connect_tcp_bindings:
+            - require:
+              - qubes_firewall: qubes_firewall-validated
+    """
+    ret = _ret(name)
+    mod = "qubes_firewall_connect_tcp."
+    writing = False
+    try:
+        plan = __salt__[mod + "binding_plan"](qube)
+        notes = [__salt__[mod + "verify_units"](plan["units"]) or ""]
+        runtime = __salt__[mod + "runtime_plan"](plan["units"], plan["qube"])
+        actions = __salt__[mod + "runtime_actions"](runtime)
+        ret["changes"] = _file_changes(plan["files"])
+        if actions:
+            ret["changes"]["runtime"] = actions
+        if runtime["skip"] and plan["units"]:
+            notes.append(runtime["skip"] + ".")
+        if plan["commands"]:
+            notes.append("Run by hand in %s (not persistent): %s."
+                         % (plan["qube"], "; ".join(plan["commands"])))
+        if not ret["changes"]:
+            ret["comment"] = _sentences(
+                "The qubes.ConnectTCP bindings of %s are up to date." % plan["qube"], notes)
+            return ret
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = _sentences(
+                "The qubes.ConnectTCP bindings of %s would be updated." % plan["qube"], notes)
+            return ret
+        writing = True
+        __salt__[mod + "write_bindings"](plan["files"])
+        if not runtime["skip"]:
+            __salt__[mod + "runtime_apply"](runtime, plan["units"])
+    except CommandExecutionError as exc:
+        if not writing:
+            ret["changes"] = {}
+        return _fail(ret, exc)
+    ret["comment"] = _sentences(
+        "Updated the qubes.ConnectTCP bindings of %s." % plan["qube"], notes)
+    return ret

@@ -7,6 +7,10 @@ qubes_firewall-validated:
 
 {%- if grains['id'] == 'dom0' %}
 {#- dom0 part: BEGIN dom0 states #}
+qubes_firewall-connect-tcp-policy:
+  qubes_firewall.connect_tcp_policy:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
 {#- dom0 part: END dom0 states #}
 {%- else %}
 {#- qube part: BEGIN qube states #}
@@ -17,6 +21,11 @@ qubes_firewall-runtime-rules:
 
 qubes_firewall-persisted-rules:
   qubes_firewall.persisted_rules:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+
+qubes_firewall-connect-tcp-bindings:
+  qubes_firewall.connect_tcp_bindings:
     - require:
       - qubes_firewall: qubes_firewall-validated
 {#- qube part: END qube states #}

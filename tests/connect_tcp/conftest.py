@@ -1,0 +1,165 @@
+"""
+Shared helpers of the qubes.ConnectTCP tests: the formula's real module files
+loaded with importlib and wired together through a fake ``__salt__``, and fake
+``qubes-policy-lint`` / ``systemctl`` commands on PATH.
+"""
+
+import importlib.util
+import inspect
+import os
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PILLAR_EXAMPLE = REPO / "pillar.example" / "connect-tcp.sls"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+# virtual name -> file; the execution modules the connect_tcp states reach
+MODULES = {
+    "qubes_firewall_model": "_modules/qubes_firewall_model.py",
+    "qubes_firewall_files": "_modules/qubes_firewall_files.py",
+    "qubes_firewall": "_modules/qubes_firewall.py",
+    "qubes_firewall_connect_tcp": "_modules/qubes_firewall_connect_tcp.py",
+}
+
+
+def load_file(relpath, name):
+    spec = importlib.util.spec_from_file_location(name, str(REPO / relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def example_pillar():
+    return yaml.safe_load(PILLAR_EXAMPLE.read_text())["qubes_firewall"]
+
+
+class Minion:
+    """The formula's modules as Salt's loader would wire them, for one minion id."""
+
+    def __init__(self, minion_id, pillar, **opts):
+        self.salt = {}
+        self.opts = {"id": minion_id, "test": False}
+        self.opts.update(opts)
+        self.pillar = {"qubes_firewall": pillar}
+        self.modules = {}
+        for virtual, relpath in MODULES.items():
+            module = load_file(relpath, "qf_ct_test_" + virtual)
+            self._wire(module)
+            self.modules[virtual] = module
+            for fname, func in vars(module).items():
+                if fname.startswith("_") or not inspect.isfunction(func):
+                    continue
+                if func.__module__ == module.__name__:
+                    self.salt["%s.%s" % (virtual, fname)] = func
+        self.states = load_file("_states/qubes_firewall.py", "qf_ct_test_states")
+        self._wire(self.states)
+
+    def _wire(self, module):
+        module.__salt__ = self.salt
+        module.__opts__ = self.opts
+        module.__pillar__ = self.pillar
+
+    def set_pillar(self, pillar):
+        self.pillar["qubes_firewall"] = pillar
+
+    def state(self, function, name="qubes_firewall-test", test=False, **kwargs):
+        self.opts["test"] = test
+        return getattr(self.states, function)(name, **kwargs)
+
+
+def write_tool(directory, name, source):
+    """An executable Python script ``name`` in ``directory``."""
+    path = Path(directory) / name
+    path.write_text("#!%s\n%s" % (sys.executable, textwrap.dedent(source)))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+# Behaves like core-qrexec's qubes-policy-lint for what we write: checks the
+# line syntax, prints "path:line: error: ...", exits 1 on any error.
+FAKE_POLICY_LINT = r'''
+import re, sys
+TOKEN = re.compile(r"\A(@anyvm|@adminvm|@default|@dispvm(:[A-Za-z0-9_.-]+)?|@tag:[A-Za-z0-9_.-]+|"
+                   r"@type:[A-Za-z]+|[A-Za-z][A-Za-z0-9_.-]*)\Z")
+rc = 0
+for path in sys.argv[1:]:
+    text = sys.stdin.read() if path == "-" else open(path).read()
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("!"):
+            continue
+        words = stripped.split()
+        error = None
+        if len(words) < 5:
+            error = "wrong number of fields"
+        elif not (words[1] == "*" or words[1].startswith("+")):
+            error = "invalid argument: %s" % words[1]
+        elif not TOKEN.match(words[2]) or words[2] == "@default":
+            error = "invalid source: %s" % words[2]
+        elif not TOKEN.match(words[3]):
+            error = "invalid target: %s" % words[3]
+        elif words[4] not in ("allow", "deny", "ask"):
+            error = "invalid action: %s" % words[4]
+        elif words[3] == "@default" and words[4] == "allow" and not any(
+                w.startswith("target=") for w in words[5:]):
+            error = "allow to @default requires target="
+        if error:
+            print("%s:%d: error: %s" % (path, number, error))
+            rc = 1
+sys.exit(rc)
+'''
+
+# systemctl for tests: logs each call to $FAKE_SYSTEMCTL_DIR/calls and keeps
+# the started sockets in $FAKE_SYSTEMCTL_DIR/active.
+FAKE_SYSTEMCTL = r'''
+import os, sys
+state = os.environ["FAKE_SYSTEMCTL_DIR"]
+args = sys.argv[1:]
+with open(os.path.join(state, "calls"), "a") as log:
+    log.write(" ".join(args) + "\n")
+active_file = os.path.join(state, "active")
+active = set(open(active_file).read().split()) if os.path.exists(active_file) else set()
+verb, units = args[0], [a for a in args[1:] if not a.startswith("-")]
+if verb == "is-active":
+    sys.exit(0 if all(u in active for u in units) else 3)
+if verb in ("start", "restart"):
+    active |= set(units)
+elif verb == "stop":
+    active -= set(units)
+elif verb != "daemon-reload":
+    sys.exit(1)
+with open(active_file, "w") as handle:
+    handle.write("\n".join(sorted(active)))
+'''
+
+
+@pytest.fixture
+def fake_bin(tmp_path, monkeypatch):
+    """A directory first on PATH, for fake tools."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    monkeypatch.setenv("PATH", "%s%s%s" % (directory, os.pathsep, os.environ["PATH"]))
+    return directory
+
+
+@pytest.fixture
+def fake_systemd(tmp_path, fake_bin, monkeypatch):
+    """A fake systemctl and a stand-in for /run/systemd/system; returns the run dir."""
+    state = tmp_path / "systemctl"
+    state.mkdir()
+    monkeypatch.setenv("FAKE_SYSTEMCTL_DIR", str(state))
+    write_tool(fake_bin, "systemctl", FAKE_SYSTEMCTL)
+    run_dir = tmp_path / "run-systemd-system"
+    run_dir.mkdir()
+    return run_dir
+
+
+def systemctl_calls(tmp_path):
+    path = tmp_path / "systemctl" / "calls"
+    return path.read_text().splitlines() if path.exists() else []
