@@ -1,0 +1,144 @@
+"""
+The formula through the real Salt loader: salt-call --local state.apply
+qubes_firewall, as dom0 and as the client qube, applied twice.  salt-call gets
+its own config dir (root_dir inside tmp_path), so /etc/salt and /var/cache/salt
+are never touched; a fake systemctl stands in for the qube's systemd.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import (
+    FAKE_POLICY_LINT,
+    FAKE_SYSTEMCTL,
+    GOLDEN,
+    REPO,
+    example_pillar,
+    systemctl_calls,
+    write_tool,
+)
+
+SALT_CALL = Path(sys.executable).parent / "salt-call"
+POLICY_ID = "qubes_firewall_|-qubes_firewall-connect-tcp-policy_|-qubes_firewall-connect-tcp-policy_|-connect_tcp_policy"
+BINDINGS_ID = ("qubes_firewall_|-qubes_firewall-connect-tcp-bindings_|-qubes_firewall-connect-tcp-bindings"
+               "_|-connect_tcp_bindings")
+
+pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
+
+
+@pytest.fixture
+def salt_env(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_tool(bin_dir, "qubes-policy-lint", FAKE_POLICY_LINT)
+    write_tool(bin_dir, "systemctl", FAKE_SYSTEMCTL)
+    (tmp_path / "systemctl").mkdir()
+    run_dir = tmp_path / "run-systemd-system"
+    run_dir.mkdir()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "minion").write_text(yaml.safe_dump({
+        "root_dir": str(tmp_path / "salt-root"),
+        "file_client": "local",
+        "log_file": str(tmp_path / "salt-root" / "minion.log"),
+        "log_level_logfile": "warning",
+        "qubes_firewall_systemd_run_dir": str(run_dir),
+    }))
+    env = dict(os.environ)
+    env.update({"PATH": "%s:%s" % (bin_dir, env["PATH"]), "PYTHONWARNINGS": "ignore",
+                "FAKE_SYSTEMCTL_DIR": str(tmp_path / "systemctl")})
+    return {"conf": conf, "env": env, "run_dir": run_dir}
+
+
+def write_pillar(tmp_path, data):
+    pillar_dir = tmp_path / "pillar"
+    pillar_dir.mkdir(exist_ok=True)
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n")
+    (pillar_dir / "qubes_firewall.sls").write_text(yaml.safe_dump({"qubes_firewall": data}))
+    return pillar_dir
+
+
+def pillar(tmp_path, entries=None):
+    data = example_pillar() if entries is None else {"connect_tcp": entries}
+    data["lookup"] = {"rw_config": str(tmp_path / "rw"),
+                      "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
+    return data
+
+
+def apply(salt_env, tmp_path, minion_id, test=False):
+    argv = [str(SALT_CALL), "--config-dir", str(salt_env["conf"]), "--local", "--id", minion_id,
+            "--module-dirs", str(REPO), "--file-root", str(REPO / "salt"),
+            "--pillar-root", str(tmp_path / "pillar"), "--out", "json", "--retcode-passthrough",
+            "state.apply", "qubes_firewall"]
+    if test:
+        argv.append("test=True")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=salt_env["env"], timeout=300,
+                          stdin=subprocess.DEVNULL)
+    try:
+        states = json.loads(proc.stdout)["local"]
+    except (ValueError, KeyError, TypeError):
+        pytest.fail("salt-call gave no state output (rc %d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+    assert isinstance(states, dict), states
+    return states
+
+
+def test_dom0_policy_through_salt_call_twice(tmp_path, salt_env):
+    write_pillar(tmp_path, pillar(tmp_path))
+    policy = tmp_path / "policy.d" / "30-user-networking.policy"
+
+    dry = apply(salt_env, tmp_path, "dom0", test=True)[POLICY_ID]
+    assert dry["result"] is None and str(policy) in dry["changes"], dry
+    assert not policy.exists()
+
+    first = apply(salt_env, tmp_path, "dom0")[POLICY_ID]
+    assert first["result"] is True and first["changes"], first
+    assert "qubes-policy-lint accepts" in first["comment"]
+    assert (GOLDEN / "seed.policy").read_text() in policy.read_text()
+    assert first["changes"][str(policy)] == dry["changes"][str(policy)]
+
+    second = apply(salt_env, tmp_path, "dom0")[POLICY_ID]
+    assert second["result"] is True and second["changes"] == {}, second
+
+
+def test_client_bindings_through_salt_call_twice_then_removed(tmp_path, salt_env):
+    write_pillar(tmp_path, pillar(tmp_path))
+    rw = tmp_path / "rw"
+    socket = "qf-connect-tcp-444-untrusted.socket"
+
+    dry = apply(salt_env, tmp_path, "untrusted", test=True)[BINDINGS_ID]
+    assert dry["result"] is None and dry["changes"], dry
+    assert not rw.exists() and os.listdir(salt_env["run_dir"]) == []
+
+    first = apply(salt_env, tmp_path, "untrusted")[BINDINGS_ID]
+    assert first["result"] is True, first
+    assert first["changes"] == dry["changes"]
+    assert (rw / socket).read_text() == (GOLDEN / socket).read_text()
+    assert "qubes_firewall:connect-tcp" in (rw / "rc.local").read_text()
+    assert sorted(os.listdir(salt_env["run_dir"])) == [socket, "qf-connect-tcp-444-untrusted@.service"]
+    assert systemctl_calls(tmp_path)[-2:] == ["daemon-reload", "start " + socket]
+
+    second = apply(salt_env, tmp_path, "untrusted")[BINDINGS_ID]
+    assert second["result"] is True and second["changes"] == {}, second
+
+    write_pillar(tmp_path, pillar(tmp_path, []))
+    removed = apply(salt_env, tmp_path, "untrusted")[BINDINGS_ID]
+    assert removed["result"] is True and removed["changes"], removed
+    assert sorted(os.listdir(rw)) == ["rc.local"]
+    assert "qubes_firewall:connect-tcp" not in (rw / "rc.local").read_text()
+    assert os.listdir(salt_env["run_dir"]) == []
+
+
+def test_bad_pillar_stops_before_anything_changes(tmp_path, salt_env):
+    entries = example_pillar()["connect_tcp"] + [{"client": "work", "server": "db", "port": 70000}]
+    write_pillar(tmp_path, pillar(tmp_path, entries))
+    states = apply(salt_env, tmp_path, "dom0")
+    assert states[POLICY_ID]["result"] is False
+    validated = [s for k, s in states.items() if "qubes_firewall-validated" in k][0]
+    assert "qubes_firewall:connect_tcp:3:port" in validated["comment"]
+    assert not (tmp_path / "policy.d").exists()
