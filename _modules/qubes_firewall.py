@@ -126,3 +126,184 @@ def persisted_files(qube=None):
             raise CommandExecutionError("%s: %s" % (path, exc)) from exc
         out[path] = (old, new)
     return out
+
+
+# ---- dom0 ----
+# The dom0 part: the pure planner is qubes_firewall_dom0, Qubes itself is
+# reached only through qubes_firewall_qubes (qubesadmin in-process, or the
+# qvm-* tools).
+
+
+def _dom0(func):
+    return __salt__["qubes_firewall_dom0." + func]
+
+
+def _qubes(func):
+    return __salt__["qubes_firewall_qubes." + func]
+
+
+def inventory():
+    """
+    Every qube Qubes knows, read in one call (see
+    ``qubes_firewall_qubes.inventory``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.inventory
+    """
+    return _qubes("inventory")()
+
+
+def addresses(names=None):
+    """
+    ``{qube: ip}`` resolved from Qubes, for the qubes in ``names`` (a list or
+    a comma-separated string); by default for the qubes of the
+    ``qubes_firewall:qubes`` pillar, or, when there is none yet (a pillar being
+    rendered), for every qube that has an address. For the pillar of the
+    qube-side runs (docs/dom0.md):
+
+    .. code-block:: jinja
+
+        qubes_firewall:
+          addresses: {{ salt['qubes_firewall.addresses'](
+                           pillar.get('qubes_firewall', {}).get('qubes', {}).keys() | list) | yaml }}
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.addresses
+        sudo qubesctl qubes_firewall.addresses work,web
+    """
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if names is None:
+        raw = _raw_pillar()
+        qubes = raw.get("qubes") if isinstance(raw, dict) else None
+        if isinstance(qubes, dict) and qubes:
+            names = [str(n) for n in qubes]
+    return _dom0("addresses")(inventory(), names)
+
+
+def dom0_problems():
+    """
+    Every reason the pillar's topology cannot be applied to this Qubes (qubes
+    that do not exist, a network service qube without a firewall qube in
+    front, a hop that cannot hold nft rules, a connection the source's own
+    qvm-firewall list drops, a move Qubes refuses); empty when it fits.
+    Reads only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.dom0_problems
+    """
+    model_ = model()
+    inv = inventory()
+    feats = {}
+    lists = {}
+    if all(name in inv for name in model_.qubes):
+        feats = {name: _qubes("features")(name) for name in _dom0("needed_features")(model_, inv)}
+        lists = {name: _qubes("get_firewall")(name) for name in _dom0("needed_firewalls")(model_)}
+    return _dom0("problems")(model_, inv, feats, lists)
+
+
+def dom0_prefs_plan():
+    """
+    The ordered ``netvm`` / ``provides_network`` changes that make Qubes match
+    the pillar: ``[{qube, prop, old, new}, ...]``; empty when it matches
+    (values reached through Qubes' defaults count). Reads only.
+    """
+    try:
+        return _dom0("prefs_steps")(model(), inventory())
+    except ValueError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+
+
+def dom0_apply_prefs(steps):
+    """
+    Apply ``dom0_prefs_plan`` steps in order. Returns the steps done; on a
+    refusal raises CommandExecutionError naming the steps done before it.
+    """
+    done = []
+    for step in steps:
+        try:
+            _qubes("set_pref")(step["qube"], step["prop"], step["new"])
+        except CommandExecutionError as exc:
+            raise CommandExecutionError(
+                "%s (done before: %s)" % (exc, ", ".join(_step_text(s) for s in done) or "nothing"),
+                info={"done": done},
+            ) from exc
+        done.append(step)
+    return done
+
+
+def _step_text(step):
+    value = step["new"]
+    if step["prop"] == "netvm" and value is None:
+        value = "none"
+    return "%s %s=%s" % (step["qube"], step["prop"], value)
+
+
+def dom0_firewall_plan():
+    """
+    ``{qube: {"old": [...], "new": [...]}}``: the qvm-firewall lists (canonical
+    rule lines) to replace, for the qubes whose pillar list differs. Reads only.
+    """
+    model_ = model()
+    inv = inventory()
+    managed = [n for n, q in sorted(model_.qubes.items()) if q.firewall is not None and n in inv]
+    live = {name: _qubes("get_firewall")(name) for name in managed}
+    return _dom0("firewall_changes")(model_, live)
+
+
+def dom0_apply_firewall(plan):
+    """Replace each planned qube's whole qvm-firewall list. Returns the qubes done."""
+    done = []
+    for name in sorted(plan):
+        _qubes("set_firewall")(name, plan[name]["new"])
+        done.append(name)
+    return done
+
+
+def reconnect(netvm, test=False):
+    """
+    Re-attach the running clients of ``netvm`` after it restarted (the seed
+    document's "Reconnecting qubes after a NetVM reboot"): ``qvm-prefs CLIENT
+    netvm NETVM`` for each, network qubes such as sys-firewall first. Returns
+    the clients in the order used; ``test=True`` writes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.reconnect sys-net
+    """
+    return _qubes("reconnect")(netvm, test=test)
+
+
+# ---- connect_tcp ----
+
+
+def connect_tcp_commands(qube=None):
+    """
+    The one-off ``qvm-connect-tcp`` command of each non-persistent
+    ``qubes_firewall:connect_tcp`` entry (only client ``qube``'s, when given),
+    as ``[{"origin", "client", "command"}]``: what the user runs in the client
+    qube, since only persistent entries get socket units.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.connect_tcp_commands
+        salt-call qubes_firewall.connect_tcp_commands qube=untrusted
+    """
+    entries = model().connect_tcp
+    return [
+        {"origin": origin, "client": client, "command": command}
+        for origin, client, command in __salt__["qubes_firewall_connect_tcp.commands"](entries, qube)
+    ]

@@ -260,3 +260,168 @@ def connect_tcp_bindings(name, qube=None):
     ret["comment"] = _sentences(
         "Updated the qubes.ConnectTCP bindings of %s." % plan["qube"], notes)
     return ret
+
+
+# ---- dom0 states ----
+# Thin promises about Qubes itself (minion id dom0). Under test=True they only
+# read (unlike Qubes' own qvm.prefs state, which writes even then), and a
+# value Qubes already has, through its default or not, is left alone.
+
+
+def _shown(prop, value):
+    if prop == "netvm" and value is None:
+        return "none"
+    return value
+
+
+def topology_valid(name):
+    """
+    The pillar's topology fits this Qubes: every qube exists, a network
+    service qube (``service: true``) has a firewall qube between it and its
+    clients, every qube a port forward or connection goes through can hold
+    nft rules (no mirage unikernel, the qubes-firewall service on in network
+    qubes), no connection is dropped by its source's own qvm-firewall list,
+    and Qubes will accept every move. Reads only; the other dom0 states
+    require it, so nothing changes when it fails.
+
+    .. code-block:: yaml
+
+        qubes_firewall-dom0-topology:
+          qubes_firewall.topology_valid:
+            - require:
+              - qubes_firewall: qubes_firewall-validated
+    """
+    ret = _ret(name)
+    try:
+        problems = __salt__["qubes_firewall.dom0_problems"]()
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    if problems:
+        ret["result"] = False
+        ret["comment"] = "The pillar does not fit this Qubes:\n" + "\n".join(problems)
+        return ret
+    ret["comment"] = "The pillar's topology fits this Qubes."
+    return ret
+
+
+def prefs(name):
+    """
+    ``netvm`` and ``provides_network`` of every pillar qube match the pillar,
+    changed in an order Qubes never refuses (a netvm provides network before a
+    client points at it; uplinks first, so no loop arises mid-way; provides
+    network dropped last). ``changes`` lists each qube's old and new values,
+    the comment the order.
+
+    .. code-block:: yaml
+
+        qubes_firewall-dom0-prefs:
+          qubes_firewall.prefs:
+            - require:
+              - qubes_firewall: qubes_firewall-dom0-topology
+    """
+    ret = _ret(name)
+    try:
+        steps = __salt__["qubes_firewall.dom0_prefs_plan"]()
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    if not steps:
+        ret["comment"] = "netvm and provides_network already match the pillar."
+        return ret
+    order = "\n".join(
+        "%d. qvm-prefs %s %s %s" % (i, s["qube"], s["prop"], _shown(s["prop"], s["new"]))
+        for i, s in enumerate(steps, 1)
+    )
+    changes = {}
+    for step in steps:
+        entry = changes.setdefault(step["qube"], {}).setdefault(step["prop"], {"old": step["old"]})
+        entry["new"] = step["new"]
+        for key in ("old", "new"):
+            entry[key] = _shown(step["prop"], entry[key])
+    ret["changes"] = changes
+    if __opts__.get("test"):
+        ret["result"] = None
+        ret["comment"] = "Would change, in this order:\n" + order
+        return ret
+    try:
+        __salt__["qubes_firewall.dom0_apply_prefs"](steps)
+    except CommandExecutionError as exc:
+        done = (getattr(exc, "info", None) or {}).get("done", [])
+        ret["changes"] = {s["qube"]: {s["prop"]: {"old": _shown(s["prop"], s["old"]),
+                                                  "new": _shown(s["prop"], s["new"])}} for s in done}
+        return _fail(ret, exc)
+    ret["comment"] = "Changed, in this order:\n" + order
+    return ret
+
+
+def firewall_rules(name):
+    """
+    The qvm-firewall list of every pillar qube with a ``firewall`` key equals
+    the pillar's list, compared in Qubes' canonical form (``dstports`` ranges,
+    ``/32`` hosts, key order); a list that differs is replaced whole.
+    ``changes`` carries a unified diff per qube.
+
+    .. code-block:: yaml
+
+        qubes_firewall-dom0-firewall:
+          qubes_firewall.firewall_rules:
+            - require:
+              - qubes_firewall: qubes_firewall-dom0-topology
+    """
+    import difflib
+
+    ret = _ret(name)
+    try:
+        plan = __salt__["qubes_firewall.dom0_firewall_plan"]()
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    if not plan:
+        ret["comment"] = "The qvm-firewall lists already match the pillar."
+        return ret
+    ret["changes"] = {
+        qube: {"diff": "".join(difflib.unified_diff(
+            [line + "\n" for line in plan[qube]["old"]], [line + "\n" for line in plan[qube]["new"]],
+            "qvm-firewall %s (Qubes)" % qube, "qvm-firewall %s (pillar)" % qube))}
+        for qube in sorted(plan)
+    }
+    qubes = ", ".join(sorted(plan))
+    if __opts__.get("test"):
+        ret["result"] = None
+        ret["comment"] = "Would replace the qvm-firewall list of " + qubes
+        return ret
+    try:
+        __salt__["qubes_firewall.dom0_apply_firewall"](plan)
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    ret["comment"] = "Replaced the qvm-firewall list of " + qubes
+    return ret
+
+
+def reconnected(name):
+    """
+    Re-attach the running clients of the netvm ``name`` (the seed document's
+    "Reconnecting qubes after a NetVM reboot"), network qubes first. An
+    action, not a lasting promise: use it on demand, e.g. ``qubesctl
+    state.apply`` of an SLS holding only this state, after sys-net restarted.
+
+    .. code-block:: yaml
+
+        sys-net-clients-reconnected:
+          qubes_firewall.reconnected:
+            - name: sys-net
+    """
+    ret = _ret(name)
+    test = bool(__opts__.get("test"))
+    try:
+        clients = __salt__["qubes_firewall.reconnect"](name, test=test)
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    if not clients:
+        ret["comment"] = "No running qube uses %s as netvm." % name
+        return ret
+    ret["changes"] = {"reattached": clients}
+    if test:
+        ret["result"] = None
+        ret["comment"] = "Would re-attach to %s: %s" % (name, ", ".join(clients))
+        return ret
+    ret["comment"] = "Re-attached to %s: %s" % (name, ", ".join(clients))
+    return ret

@@ -11,6 +11,26 @@ qubes_firewall-connect-tcp-policy:
   qubes_firewall.connect_tcp_policy:
     - require:
       - qubes_firewall: qubes_firewall-validated
+{#- dom0 topology: check it against Qubes first (reads only); then the
+    qvm-firewall lists (so a qube never reaches a new netvm with its old
+    rules); then netvm and provides_network, in an order Qubes accepts. #}
+qubes_firewall-dom0-topology:
+  qubes_firewall.topology_valid:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+
+qubes_firewall-dom0-firewall:
+  qubes_firewall.firewall_rules:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-dom0-topology
+
+qubes_firewall-dom0-prefs:
+  qubes_firewall.prefs:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-dom0-topology
+      - qubes_firewall: qubes_firewall-dom0-firewall
 {#- dom0 part: END dom0 states #}
 {%- else %}
 {#- qube part: BEGIN qube states #}

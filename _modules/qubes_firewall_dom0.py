@@ -1,0 +1,507 @@
+"""
+Pure planning for the dom0 part of qubes-firewall-formula.
+
+Everything here takes the validated pillar :class:`Model` (from
+``qubes_firewall_model``) and plain data read from Qubes by
+``qubes_firewall_qubes`` (the inventory, features, qvm-firewall lists), and
+returns plain data: problems (``"pillar:path: reason"`` strings), an ordered
+list of qube property changes, the qvm-firewall lists to replace, the address
+map. Nothing here touches the system, so it is tested without Qubes.
+
+The rules it keeps (QUBES_FACTS sections 2.5, 5, 6):
+
+- the order of property changes never makes Qubes refuse one: a qube gets
+  ``provides_network`` before any client points at it, clients move in the
+  order of the wanted chains (uplink first), so no loop exists mid-way, and
+  ``provides_network`` is dropped only after the clients left;
+- a property already at the wanted value, also through its Qubes default, is
+  not touched (never pinned);
+- qvm-firewall lists compare in Qubes' canonical form (``dstports`` always a
+  range, bare IPs with ``/32``, ``/0`` omitted, key order fixed).
+
+Loaded by Salt as ``qubes_firewall_dom0``.
+"""
+
+import ipaddress
+import time
+
+__virtualname__ = "qubes_firewall_dom0"
+
+ROOT = "qubes_firewall"
+
+_RULE_KEYS = ("action", "proto", "dsthost", "dst4", "dst6", "dstports", "icmptype",
+              "specialtarget", "expire", "comment")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class PlanError(ValueError):
+    """A step Qubes would refuse; the dom0 validation should have caught it."""
+
+
+# --------------------------------------------------------------------------
+# qvm-firewall rules in canonical form
+# --------------------------------------------------------------------------
+
+
+def _host_token(host):
+    if host is None or host == "":
+        return None
+    try:
+        net = ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        return "dsthost=" + host.lower()
+    if net.prefixlen == 0:
+        return None  # 0.0.0.0/0 and ::/0 limit nothing; Qubes omits them
+    return "dst%d=%s" % (net.version, net.with_prefixlen)
+
+
+def _ports(value):
+    if isinstance(value, (tuple, list)):
+        low, high = value
+    else:
+        text = str(value)
+        low, _, high = text.partition("-")
+        high = high or low
+    return "%d-%d" % (int(low), int(high))
+
+
+def _line(action, proto=None, dsthost=None, dstports=None, icmptype=None,
+          specialtarget=None, expire=None, comment=None):
+    # qubesadmin Rule.rule order: action, proto, dst*, dstports, icmptype,
+    # specialtarget, expire, comment (always last)
+    parts = ["action=%s" % action]
+    if proto:
+        parts.append("proto=%s" % proto)
+    host = _host_token(dsthost)
+    if host:
+        parts.append(host)
+    if dstports is not None and proto in ("tcp", "udp"):
+        parts.append("dstports=%s" % _ports(dstports))
+    if icmptype is not None and proto == "icmp":
+        parts.append("icmptype=%d" % int(icmptype))
+    if specialtarget:
+        parts.append("specialtarget=%s" % specialtarget)
+    if expire is not None:
+        parts.append("expire=%d" % int(expire))
+    if comment:
+        parts.append("comment=%s" % comment)
+    return " ".join(parts)
+
+
+def rule_line(rule):
+    """The canonical Qubes rule line of a model ``FirewallRule``."""
+    return _line(rule.action, rule.proto, rule.dsthost, rule.dstports, rule.icmptype,
+                 rule.specialtarget, rule.expire, rule.comment)
+
+
+def canonical_line(line):
+    """
+    A Qubes rule line (``qvm-firewall --raw VM list``, Admin API order or any
+    key order; bare IPs, single ports) in canonical form. Raises ValueError on
+    an unknown or repeated key.
+    """
+    head, sep, comment = line.partition("comment=")
+    fields = {}
+    for token in head.split():
+        key, eq, value = token.partition("=")
+        if not eq or key not in _RULE_KEYS:
+            raise ValueError("unknown rule element %r in %r" % (token, line))
+        if key in ("dst4", "dst6"):
+            key = "dsthost"
+        if key in fields:
+            raise ValueError("repeated rule element %r in %r" % (key, line))
+        fields[key] = value
+    if "action" not in fields:
+        raise ValueError("rule without action: %r" % line)
+    if sep:
+        fields["comment"] = comment
+    return _line(**fields)
+
+
+def _canonical_or_raw(line):
+    try:
+        return canonical_line(line)
+    except (ValueError, TypeError):
+        return line.strip()
+
+
+def wanted_firewall(qube):
+    """The canonical lines the pillar wants for a qube, or None (unmanaged)."""
+    if qube.firewall is None:
+        return None
+    return [rule_line(rule) for rule in qube.firewall]
+
+
+def firewall_changes(model, live):
+    """
+    ``{qube: {"old": [...], "new": [...]}}`` for each qube whose pillar
+    ``firewall`` list differs from its live list (``live``: ``{qube: [lines]}``)
+    after canonical normalisation; both lists are canonical lines.
+    """
+    changes = {}
+    for name in sorted(model.qubes):
+        new = wanted_firewall(model.qubes[name])
+        if new is None or name not in live:
+            continue
+        old = [_canonical_or_raw(line) for line in live[name]]
+        if old != new:
+            changes[name] = {"old": old, "new": new}
+    return changes
+
+
+def _parse_fields(line):
+    head, _, _ = line.partition("comment=")
+    return dict(token.partition("=")[::2] for token in head.split())
+
+
+def _matches(fields, proto, port, ip, now):
+    """Does a canonical rule match a packet (port/ip None = any/unknown)?"""
+    if "expire" in fields and int(fields["expire"]) <= now:
+        return False  # expired rules are skipped by Qubes
+    if fields.get("specialtarget"):
+        return False  # the netvm's DNS servers, not a qube
+    if fields.get("proto") and fields["proto"] != proto:
+        return False
+    for key in ("dst4", "dst6", "dsthost"):
+        if key in fields:
+            if key == "dsthost" or ip is None:
+                return False  # a host name resolves to the outside world
+            if ipaddress.ip_address(ip) not in ipaddress.ip_network(fields[key], strict=False):
+                return False
+    if "dstports" in fields:
+        low, high = (int(p) for p in fields["dstports"].split("-"))
+        if port is None:
+            if (low, high) not in ((0, 65535), (1, 65535), (0, 65536), (1, 65536)):
+                return False  # only some of "every port"
+        elif not low <= port <= high:
+            return False
+    if "icmptype" in fields:
+        return False  # only some of "every icmp type"
+    return True
+
+
+def firewall_verdict(lines, proto, port, ip, now):
+    """
+    ``(action, index)`` the qvm-firewall list gives a packet from its qube:
+    the first matching rule, else the implicit drop (index None).
+    """
+    for index, line in enumerate(lines):
+        fields = _parse_fields(line)
+        if _matches(fields, proto, port, ip, now):
+            return fields.get("action"), index
+    return "drop", None
+
+
+# --------------------------------------------------------------------------
+# netvm and provides_network
+# --------------------------------------------------------------------------
+
+
+def wanted_provides(model, name):
+    """True/False to set, None to leave Qubes' value alone."""
+    qube = model.qubes[name]
+    if qube.provides_network_explicit is not None:
+        return qube.provides_network_explicit
+    return True if qube.provides_network else None
+
+
+class _Sim:
+    """The netvm graph as Qubes sees it, refusing what Qubes refuses."""
+
+    def __init__(self, inventory):
+        self.netvm = {n: q["netvm"] for n, q in inventory.items()}
+        self.provides = {n: bool(q["provides_network"]) for n, q in inventory.items()}
+        self.running = {n: bool(q["running"]) for n, q in inventory.items()}
+
+    def clients(self, name):
+        return sorted(n for n, v in self.netvm.items() if v == name)
+
+    def upstream(self, name):
+        seen = []
+        current = self.netvm.get(name)
+        while current is not None and current not in seen:
+            seen.append(current)
+            current = self.netvm.get(current)
+        return seen
+
+    def refusal(self, name, prop, value):
+        if prop == "netvm" and value is not None:
+            if not self.provides.get(value):
+                return "The %s qube does not provide network" % value
+            if value == name or name in self.upstream(value):
+                return "Loops in network are unsupported"
+            if self.running.get(name) and not self.running.get(value):
+                return "Cannot dynamically attach to stopped NetVM: %r" % value
+        if prop == "provides_network" and not value and self.clients(name):
+            return "%s is still the netvm of %s" % (name, ", ".join(self.clients(name)))
+        return None
+
+    def apply(self, name, prop, value):
+        problem = self.refusal(name, prop, value)
+        if problem:
+            raise PlanError("qvm-prefs %s %s %s would be refused: %s"
+                            % (name, prop, "" if value is None else value, problem))
+        if prop == "netvm":
+            self.netvm[name] = value
+        else:
+            self.provides[name] = bool(value)
+
+
+def prefs_steps(model, inventory):
+    """
+    The ordered property changes that make Qubes match the pillar:
+    ``[{"qube", "prop", "old", "new"}, ...]`` (netvm values are names or
+    None). Empty when everything already matches, through defaults or not.
+    Raises PlanError if a step would be refused (run ``problems`` first).
+    """
+    sim = _Sim(inventory)
+    steps = []
+
+    def step(name, prop, value):
+        old = sim.netvm[name] if prop == "netvm" else sim.provides[name]
+        sim.apply(name, prop, value)
+        steps.append({"qube": name, "prop": prop, "old": old, "new": value})
+
+    present = [n for n in sorted(model.qubes) if n in inventory]
+    # 1. providers first: a netvm must provide network before a client uses it
+    for name in present:
+        if wanted_provides(model, name) is True and not sim.provides[name]:
+            step(name, "provides_network", True)
+    # 2. netvms in the order of the wanted chains, uplinks first: when a qube
+    #    moves, its new netvm's own chain is final, so it cannot lead back to
+    #    the qube (no loop mid-way) and is never an unfinished chain
+    for name in sorted(present, key=lambda n: (len(model.chain(n)), n)):
+        if sim.netvm[name] != model.qubes[name].netvm:
+            step(name, "netvm", model.qubes[name].netvm)
+    # 3. provides_network off last, once the clients have moved away
+    for name in present:
+        if wanted_provides(model, name) is False and sim.provides[name]:
+            step(name, "provides_network", False)
+    return steps
+
+
+# --------------------------------------------------------------------------
+# validation against the live inventory
+# --------------------------------------------------------------------------
+
+
+def _path(*parts):
+    return ":".join([ROOT] + [str(p) for p in parts])
+
+
+def _service_on(features, name, default):
+    value = (features.get(name) or {}).get("service.qubes-firewall")
+    if value is None:
+        return default
+    return value not in ("", "0", "False", "false")
+
+
+def _no_nft_reason(name, inventory, features):
+    """Why a qube cannot hold nft rules, or None."""
+    entry = inventory[name]
+    kernel = entry.get("kernel") or ""
+    if "mirage" in kernel.lower() or "mirage" in (entry.get("template") or "").lower():
+        return "%s runs the mirage unikernel firewall (kernel %r): it has no nftables and no shell" % (
+            name, kernel)
+    osname = (features.get(name) or {}).get("os")
+    if osname and osname != "Linux":
+        return "%s runs %s, not Linux with nftables" % (name, osname)
+    return None
+
+
+def _holders_of_forward(model, fwd):
+    """The qubes holding a port forward's rules, uplink first, destination last."""
+    return list(reversed(model.chain(fwd.qube)))
+
+
+def connection_route(model, conn):
+    """
+    ``(hops, common)``: the providers a connection is forwarded through
+    (source side upwards, then target side downwards) and their lowest common
+    netvm, or ``(None, None)`` when the two qubes share no netvm chain.
+    """
+    up = model.chain(conn.source)
+    down = model.chain(conn.target)
+    common = next((q for q in up if q in down), None)
+    if common is None:
+        return None, None
+    hops = up[1:up.index(common) + 1] + list(reversed(down[1:down.index(common)]))
+    hops = [h for h in hops if h not in (conn.source, conn.target)]
+    return hops, common
+
+
+def needed_features(model, inventory):
+    """The qubes whose features the validation reads (hops, service clients)."""
+    names = set()
+    for fwd in model.port_forwards:
+        names.update(_holders_of_forward(model, fwd))
+    for conn in model.connections:
+        hops, _ = connection_route(model, conn)
+        names.update(hops or [])
+        names.add(conn.target)
+        if model.qubes[conn.source].netvm:
+            names.add(model.qubes[conn.source].netvm)
+    for name, qube in model.qubes.items():
+        if qube.service:
+            names.update(model.clients(name))
+            names.update(n for n, q in inventory.items() if q["netvm"] == name)
+    return sorted(n for n in names if n in inventory)
+
+
+def needed_firewalls(model):
+    """Connection sources whose live qvm-firewall list the validation reads."""
+    return sorted({c.source for c in model.connections
+                   if model.qubes[c.source].firewall is None and model.qubes[c.source].netvm})
+
+
+def _probes(conn):
+    protos = [conn.proto] if conn.proto else ["tcp", "udp", "icmp"]
+    for proto in protos:
+        if proto in ("tcp", "udp") and conn.ports:
+            for port in conn.ports:
+                yield proto, port
+        else:
+            yield proto, None
+
+
+def problems(model, inventory, features=None, firewalls=None, now=None):
+    """
+    Every reason the pillar's topology cannot be applied to this Qubes, each a
+    ``"qubes_firewall:path: reason"`` string; empty when it fits.
+
+    ``features``: ``{qube: {feature: value}}`` for ``needed_features``;
+    ``firewalls``: ``{qube: [lines]}`` for ``needed_firewalls``.
+    """
+    features = features or {}
+    firewalls = firewalls or {}
+    now = time.time() if now is None else now
+    out = []
+
+    # qubes that do not exist
+    missing = set()
+    for name in sorted(model.qubes):
+        if name not in inventory:
+            missing.add(name)
+            out.append("%s: no such qube in Qubes (qvm-ls does not list it)" % _path("qubes", name))
+    for entry in model.connect_tcp:
+        for key in ("client", "server"):
+            value = getattr(entry, key)
+            if not value.startswith("@") and value not in inventory:
+                out.append("%s: no such qube in Qubes (qvm-ls does not list it)"
+                           % _path("connect_tcp", entry.index, key))
+    for name, addr in sorted(model.addresses.items()):
+        live = inventory.get(name, {}).get("ip")
+        if name in inventory and live and live != addr:
+            out.append("%s: %s, but Qubes gives %s the address %s (leave addresses to dom0: "
+                       "see docs/dom0.md)" % (_path("addresses", name), addr, name, live))
+    if missing:
+        return out  # the other checks need every qube
+
+    final_provides = {n: (wanted_provides(model, n) if wanted_provides(model, n) is not None
+                          else inventory[n]["provides_network"]) for n in model.qubes}
+
+    # the moves Qubes would refuse whatever the order
+    for name in sorted(model.qubes):
+        qube, live = model.qubes[name], inventory[name]
+        if qube.netvm is not None and qube.netvm != live["netvm"]:
+            target = inventory[qube.netvm]
+            if live["running"] and not target["running"]:
+                out.append("%s: %s is running and %s is %s: Qubes refuses to attach a running qube "
+                           "to a stopped netvm; start %s first"
+                           % (_path("qubes", name, "netvm"), name, qube.netvm, target["state"], qube.netvm))
+        if final_provides[name] is False and live["provides_network"]:
+            others = sorted(n for n, q in inventory.items()
+                            if q["netvm"] == name and n not in model.qubes)
+            if others:
+                out.append("%s: false, but %s still use %s as netvm (Qubes refuses); move them first"
+                           % (_path("qubes", name, "provides_network"), ", ".join(others), name))
+
+    # network service qubes need a firewall qube between them and clients
+    for name in sorted(model.qubes):
+        if not model.qubes[name].service:
+            continue
+        clients = [(c, _path("qubes", c, "netvm"), final_provides[c]) for c in model.clients(name)]
+        clients += [(c, _path("qubes", name, "service"), q["provides_network"])
+                    for c, q in sorted(inventory.items())
+                    if q["netvm"] == name and c not in model.qubes]
+        for client, where, provides in clients:
+            if provides and _service_on(features, client, True):
+                continue
+            why = ("does not provide network" if not provides
+                   else "has its qubes-firewall service off")
+            out.append(
+                "%s: %s is a network service qube (service: true) and %s %s: Qubes does not "
+                "support network services in the qube that runs the firewall of its clients; put a "
+                "firewall qube between them (%s -> sys-firewall-2 -> %s)"
+                % (where, name, client, why, client, name))
+
+    # every qube holding a port forward's or a connection's rules can hold them
+    def holders_check(where, holders, what):
+        for holder in holders:
+            reason = _no_nft_reason(holder, inventory, features)
+            if reason is None and final_provides.get(holder) and not _service_on(features, holder, True):
+                reason = ("%s provides network but its qubes-firewall service is off, so "
+                          "qubes-firewall-user-script (where the formula keeps a network qube's "
+                          "rules) never runs" % holder)
+            if reason:
+                out.append("%s: %s goes through %s, which cannot hold the nft rules: %s"
+                           % (where, what, holder, reason))
+
+    for index, fwd in enumerate(model.port_forwards):
+        holders_check(_path("port_forwards", index), _holders_of_forward(model, fwd),
+                      "port forward %r" % fwd.name)
+
+    for conn in model.connections:
+        where = _path("connections", conn.index)
+        hops, common = connection_route(model, conn)
+        if hops is None:
+            out.append("%s: %s and %s share no netvm chain (uplinks %s and %s): no route between them"
+                       % (where, conn.source, conn.target, model.uplink(conn.source),
+                          model.uplink(conn.target)))
+            continue
+        holders_check(where, hops + [conn.target], "the connection %s -> %s" % (conn.source, conn.target))
+        # the source's own qvm-firewall list runs first, in its netvm
+        netvm = model.qubes[conn.source].netvm
+        if netvm is None or common == conn.source or not _service_on(features, netvm, True):
+            continue
+        qube = model.qubes[conn.source]
+        if qube.firewall is not None:
+            lines, origin = wanted_firewall(qube), "pillar list %s" % _path("qubes", conn.source, "firewall")
+        elif conn.source in firewalls:
+            lines = [_canonical_or_raw(line) for line in firewalls[conn.source]]
+            origin = "list in Qubes (qvm-firewall %s)" % conn.source
+        else:
+            continue
+        ip = model.addresses.get(conn.target) or inventory[conn.target]["ip"]
+        for proto, port in _probes(conn):
+            action, index = firewall_verdict(lines, proto, port, ip, now)
+            if action == "accept":
+                continue
+            what = proto + ("/%d" % port if port is not None else "")
+            by = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit final drop"
+            out.append(
+                "%s: the qvm-firewall %s of %s drops %s to %s (%s) in %s by %s, before the "
+                "formula's forward rule can accept it; put an accept rule for it first"
+                % (where, origin, conn.source, what, conn.target, ip or "address unknown", netvm, by))
+    return out
+
+
+# --------------------------------------------------------------------------
+# addresses for the qube-side runs
+# --------------------------------------------------------------------------
+
+
+def addresses(inventory, names=None):
+    """
+    ``{qube: ip}`` from the inventory for ``names`` (default: every qube
+    with an address, dom0 excluded). Qubes without an address are left out.
+    """
+    wanted = sorted(inventory) if names is None else sorted(set(names))
+    return {
+        name: inventory[name]["ip"]
+        for name in wanted
+        if name in inventory and inventory[name]["ip"] and inventory[name]["klass"] != "AdminVM"
+    }

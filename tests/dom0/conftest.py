@@ -1,0 +1,145 @@
+"""
+Fixtures for the dom0 tests: a fake Qubes world (JSON file), the fake qvm-*
+tools on PATH, the fake qubesadmin module, and the formula's modules wired
+the way Salt's loader wires them (``__salt__``, ``__opts__``, ``__pillar__``).
+"""
+
+import copy
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import fake_qubesadmin  # noqa: E402
+import fakequbes  # noqa: E402
+
+FULL = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())["qubes_firewall"]
+
+MODULES = {
+    "qubes_firewall_model": "_modules/qubes_firewall_model.py",
+    "qubes_firewall_dom0": "_modules/qubes_firewall_dom0.py",
+    "qubes_firewall_qubes": "_modules/qubes_firewall_qubes.py",
+    "qubes_firewall": "_modules/qubes_firewall.py",
+}
+
+
+def load_file(relpath, modname):
+    spec = importlib.util.spec_from_file_location(modname, REPO / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def full_pillar():
+    """pillar.example/full.sls without its hand-typed addresses."""
+    data = copy.deepcopy(FULL)
+    data.pop("addresses", None)
+    return data
+
+
+class Dom0:
+    """The formula's dom0 modules and states, wired like Salt's loader does."""
+
+    def __init__(self, pillar, **opts):
+        self.salt = {}
+        self.opts = {"id": "dom0", "test": False}
+        self.opts.update(opts)
+        self.pillar = {"qubes_firewall": pillar}
+        for virtual, relpath in MODULES.items():
+            module = load_file(relpath, "qf_dom0_test_" + virtual)
+            module.__salt__ = self.salt
+            module.__opts__ = self.opts
+            module.__pillar__ = self.pillar
+            for name in dir(module):
+                func = getattr(module, name)
+                if not name.startswith("_") and callable(func) and getattr(func, "__module__", "") == module.__name__:
+                    self.salt["%s.%s" % (virtual, name)] = func
+            setattr(self, virtual, module)
+        self.states = load_file("_states/qubes_firewall.py", "qf_dom0_test_states")
+        self.states.__salt__ = self.salt
+        self.states.__opts__ = self.opts
+        self.states.__pillar__ = self.pillar
+
+    def set_pillar(self, pillar):
+        self.pillar["qubes_firewall"] = pillar
+
+    def run(self, test=False):
+        """The dom0 states in SLS order, each only if its requisites passed."""
+        self.opts["test"] = test
+        out = {"validated": self.states.validated("qubes_firewall-validated")}
+        ok = out["validated"]["result"] is not False
+        out["topology"] = self.states.topology_valid("qubes_firewall-dom0-topology") if ok else None
+        ok = ok and out["topology"]["result"] is not False
+        out["firewall"] = self.states.firewall_rules("qubes_firewall-dom0-firewall") if ok else None
+        ok = ok and out["firewall"]["result"] is not False
+        out["prefs"] = self.states.prefs("qubes_firewall-dom0-prefs") if ok else None
+        self.opts["test"] = False
+        return out
+
+
+class FakeQubes:
+    """The world file, the call log, and helpers to look at them."""
+
+    def __init__(self, tmp_path, monkeypatch, data=None):
+        self.path = tmp_path / "qubes.json"
+        self.log = tmp_path / "qvm-calls.log"
+        self.bin = tmp_path / "bin"
+        fakequbes.write_world(self.path, data if data is not None else fakequbes.seed_world())
+        fakequbes.install_tools(str(self.bin))
+        monkeypatch.setenv(fakequbes.STATE_ENV, str(self.path))
+        monkeypatch.setenv(fakequbes.LOG_ENV, str(self.log))
+        monkeypatch.setenv("PATH", "%s:%s" % (self.bin, os.environ.get("PATH", "")))
+
+    def world(self):
+        return fakequbes.World(str(self.path))
+
+    def data(self):
+        return json.loads(self.path.read_text())
+
+    def edit(self, func):
+        data = self.data()
+        func(data)
+        fakequbes.write_world(self.path, data)
+
+    def calls(self):
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def clear_calls(self):
+        if self.log.exists():
+            self.log.unlink()
+
+    def get(self, vm, prop):
+        return self.world().get(vm, prop)
+
+
+@pytest.fixture
+def qubes(tmp_path, monkeypatch):
+    return FakeQubes(tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["cli", "qubesadmin"])
+def backend(request, monkeypatch):
+    """Run the test once with the qvm-* tools and once with qubesadmin."""
+    if request.param == "qubesadmin":
+        fake_qubesadmin.install(monkeypatch)
+    else:
+        # an entry of None makes "import qubesadmin" raise ImportError
+        monkeypatch.setitem(sys.modules, "qubesadmin", None)
+    return request.param
+
+
+@pytest.fixture
+def dom0(qubes, backend):
+    return Dom0(full_pillar())

@@ -1,0 +1,179 @@
+"""
+The Qubes backend (``qubes_firewall_qubes``): the same scenarios against the
+qvm-* tools (fake tools on PATH) and against qubesadmin (fake object API),
+both over one fake Qubes world.
+"""
+
+import fake_qubesadmin
+import pytest
+from salt.exceptions import CommandExecutionError
+
+INVENTORY_CALL = ["qvm-ls", "--raw-data", "--fields",
+                  "name,klass,netvm,provides_network,ip,state,template,kernel"]
+
+
+def test_backend_is_chosen_by_what_can_be_imported(dom0, backend):
+    assert dom0.qubes_firewall_qubes.backend() == backend
+
+
+def test_cli_backend_can_be_forced(qubes, monkeypatch):
+    fake_qubesadmin.install(monkeypatch)
+    from conftest import Dom0, full_pillar
+
+    d = Dom0(full_pillar(), qubes_firewall_backend="cli")
+    assert d.qubes_firewall_qubes.backend() == "cli"
+    d.qubes_firewall_qubes.inventory()
+    assert qubes.calls() == [INVENTORY_CALL]
+
+
+def test_inventory_is_one_call_with_defaults_resolved(dom0, qubes, backend):
+    inv = dom0.qubes_firewall_qubes.inventory()
+    if backend == "cli":
+        assert qubes.calls() == [INVENTORY_CALL]
+    else:
+        assert qubes.calls() == [] and fake_qubesadmin.calls["Qubes"] == 1
+    assert inv["dom0"]["klass"] == "AdminVM" and inv["dom0"]["ip"] is None
+    assert inv["sys-net"] == {
+        "name": "sys-net", "klass": "AppVM", "netvm": None, "provides_network": True,
+        "ip": "10.137.0.5", "state": "Running", "running": True, "template": "fedora-39-xfce",
+        "kernel": "6.6.48-1.fc37", "disposable": False,
+    }
+    # netvm through Qubes' default_netvm, not pinned
+    assert inv["work"]["netvm"] == "sys-firewall" and qubes.world().is_default("work", "netvm")
+    assert inv["build"]["running"] is False and inv["build"]["state"] == "Halted"
+    assert inv["fedora-39-xfce"]["netvm"] is None and inv["fedora-39-xfce"]["ip"] is None
+
+
+def test_inventory_of_disposables_and_unnetworked_qubes(qubes, monkeypatch, backend):
+    from conftest import Dom0, full_pillar
+
+    def add(data):
+        data["qubes"]["disp-fw"] = {"klass": "DispVM", "qid": 40, "dispid": 7, "state": "Running",
+                                    "template": "default-dvm", "props": {"provides_network": True,
+                                                                         "netvm": "sys-net"},
+                                    "features": {}}
+        data["qubes"]["vault"] = {"klass": "AppVM", "qid": 41, "state": "Halted",
+                                  "template": "fedora-39-xfce", "props": {"netvm": None}, "features": {}}
+
+    qubes.edit(add)
+    inv = Dom0(full_pillar()).qubes_firewall_qubes.inventory()
+    assert inv["disp-fw"]["disposable"] and inv["disp-fw"]["ip"] == "10.138.0.7"
+    assert inv["disp-fw"]["template"] == "default-dvm"
+    assert inv["vault"]["netvm"] is None and inv["vault"]["ip"] is None
+
+
+def test_set_pref_and_qubes_refusals(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    with pytest.raises(CommandExecutionError, match="The work qube does not provide network"):
+        mod.set_pref("build", "netvm", "work")
+    with pytest.raises(CommandExecutionError, match="Loops in network are unsupported"):
+        mod.set_pref("sys-net", "netvm", "sys-firewall")
+    qubes.edit(lambda d: d["qubes"]["sys-vpn"].update(state="Halted"))
+    mod.set_pref("sys-vpn", "provides_network", True)
+    with pytest.raises(CommandExecutionError, match="Cannot dynamically attach to stopped NetVM"):
+        mod.set_pref("work", "netvm", "sys-vpn")
+    with pytest.raises(CommandExecutionError, match="still used by other qubes"):
+        mod.set_pref("sys-firewall", "provides_network", False)
+    assert qubes.get("work", "netvm") == "sys-firewall"
+    mod.set_pref("work", "netvm", None)
+    assert qubes.get("work", "netvm") is None and not qubes.world().is_default("work", "netvm")
+    mod.reset_pref("work", "netvm")
+    assert qubes.get("work", "netvm") == "sys-firewall" and qubes.world().is_default("work", "netvm")
+    mod.set_pref("sys-vpn", "provides_network", False)
+    assert qubes.get("sys-vpn", "provides_network") is False
+
+
+def test_no_such_qube(dom0, backend):
+    with pytest.raises(CommandExecutionError, match="(?i)no such (domain|qube)"):
+        dom0.qubes_firewall_qubes.set_pref("nope", "netvm", None)
+    with pytest.raises(CommandExecutionError, match="(?i)no such (domain|qube)"):
+        dom0.qubes_firewall_qubes.get_firewall("nope")
+
+
+def test_firewall_list_round_trip_in_canonical_form(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    assert mod.get_firewall("work") == ["action=accept"]  # no firewall.xml: all allowed
+    lines = [
+        "action=accept proto=tcp dsthost=example.com dstports=443-443",
+        "action=accept proto=udp dst4=10.137.0.10/32 dstports=1000-2000 comment=lab traffic, see 1",
+        "action=accept proto=icmp icmptype=8",
+        "action=accept specialtarget=dns",
+        "action=drop",
+    ]
+    mod.set_firewall("work", lines)
+    assert mod.get_firewall("work") == lines
+    mod.set_firewall("work", [])
+    assert mod.get_firewall("work") == []  # empty list: everything blocked
+    mod.set_firewall("work", ["action=drop proto=tcp dst4=10.0.0.1/32"])
+    assert mod.get_firewall("work") == ["action=drop proto=tcp dst4=10.0.0.1/32"]
+
+
+def test_firewall_replacement_is_one_call_with_qubesadmin_and_fail_closed_with_the_cli(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    mod.set_firewall("work", ["action=accept proto=tcp dstports=22-22", "action=drop"])
+    qubes.edit(lambda d: d.update(firewall_sets=[]))
+    qubes.clear_calls()
+    new = ["action=accept proto=tcp dstports=443-443", "action=accept specialtarget=dns", "action=drop"]
+    mod.set_firewall("work", new)
+    assert mod.get_firewall("work") == new
+    if backend == "qubesadmin":
+        assert qubes.data()["firewall_sets"] == ["work"]
+        return
+    # deleting from the end then adding in order: every list Qubes held on the
+    # way was a prefix of the old or of the new list (never more open)
+    calls = [c for c in qubes.calls() if c[0] == "qvm-firewall" and c[-1] != "list"]
+    assert calls == [
+        ["qvm-firewall", "work", "del", "--rule-no", "1"],
+        ["qvm-firewall", "work", "del", "--rule-no", "0"],
+        ["qvm-firewall", "work", "add", "action=accept", "proto=tcp", "dstports=443-443"],
+        ["qvm-firewall", "work", "add", "action=accept", "specialtarget=dns"],
+        ["qvm-firewall", "work", "add", "action=drop"],
+    ]
+
+
+def test_bad_rule_is_refused(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    mod.set_firewall("work", ["action=drop"])
+    with pytest.raises(CommandExecutionError):
+        mod.set_firewall("work", ["action=accept proto=tcp dstports=70000"])
+    if backend == "qubesadmin":
+        assert mod.get_firewall("work") == ["action=drop"]  # Set: nothing changed
+    else:
+        assert mod.get_firewall("work") == []  # fail-closed: the old list is gone, nothing added
+
+
+def test_features(dom0, qubes, backend):
+    qubes.edit(lambda d: d["qubes"]["sys-vpn"]["features"].update(
+        {"service.qubes-firewall": "", "os": "Linux", "menu-items": "a b c"}))
+    assert dom0.qubes_firewall_qubes.features("sys-vpn") == {
+        "menu-items": "a b c", "os": "Linux", "service.qubes-firewall": ""}
+
+
+def test_reconnect_reattaches_running_clients_sys_firewall_first(dom0, qubes, backend):
+    def wire(data):
+        data["qubes"]["sys-usb-net"] = {"klass": "AppVM", "qid": 30, "state": "Running",
+                                        "template": "fedora-39-xfce", "features": {},
+                                        "props": {"netvm": "sys-net", "provides_network": True}}
+        data["qubes"]["apt-cacher"] = {"klass": "AppVM", "qid": 31, "state": "Running",
+                                       "template": "fedora-39-xfce", "features": {},
+                                       "props": {"netvm": "sys-net"}}
+        data["qubes"]["offline"] = {"klass": "AppVM", "qid": 32, "state": "Halted",
+                                    "template": "fedora-39-xfce", "features": {},
+                                    "props": {"netvm": "sys-net"}}
+
+    qubes.edit(wire)
+    assert dom0.qubes_firewall.reconnect("sys-net", test=True) == ["sys-firewall", "sys-usb-net", "apt-cacher"]
+    assert qubes.data()["events"] == []
+    assert dom0.qubes_firewall.reconnect("sys-net") == ["sys-firewall", "sys-usb-net", "apt-cacher"]
+    assert qubes.data()["events"] == [["attach", "sys-firewall", "sys-net"],
+                                      ["attach", "sys-usb-net", "sys-net"],
+                                      ["attach", "apt-cacher", "sys-net"]]
+    # nothing pinned that was not pinned before
+    assert qubes.world().is_default("apt-cacher", "provides_network")
+
+
+def test_reconnect_refuses_a_stopped_netvm(dom0, qubes, backend):
+    qubes.edit(lambda d: d["qubes"]["sys-net"].update(state="Halted"))
+    with pytest.raises(CommandExecutionError, match="sys-net is not running"):
+        dom0.qubes_firewall.reconnect("sys-net")
+    assert qubes.data()["events"] == []
