@@ -39,10 +39,12 @@ qubes_firewall-runtime-rules:
     - require:
       - qubes_firewall: qubes_firewall-validated
 
+{#- persisted only once the live ruleset took the same rules #}
 qubes_firewall-persisted-rules:
   qubes_firewall.persisted_rules:
     - require:
       - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-runtime-rules
 
 qubes_firewall-connect-tcp-bindings:
   qubes_firewall.connect_tcp_bindings:

@@ -149,3 +149,15 @@ def test_entries_with_the_same_line_share_it():
 
 def test_no_entries_no_block():
     assert ct.policy_body(()) is None
+
+
+def test_public_connect_tcp_commands_lists_the_non_persistent_entries():
+    from .conftest import Minion
+
+    minion = Minion("dom0", example_pillar())
+    commands = minion.salt["qubes_firewall.connect_tcp_commands"]
+    assert commands() == [
+        {"origin": "connect_tcp:1", "client": "untrusted", "command": "qvm-connect-tcp 10444:mytcp-service:444"},
+        {"origin": "connect_tcp:2", "client": "untrusted", "command": "qvm-connect-tcp ::445"},
+    ]
+    assert commands(qube="work") == []
