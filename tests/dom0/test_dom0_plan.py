@@ -1,0 +1,334 @@
+"""
+The pure dom0 planner (``qubes_firewall_dom0``): property change order,
+canonical qvm-firewall comparison, topology validation against an inventory,
+the address map.  Plans are also replayed on the fake Qubes world, which
+refuses what Qubes refuses, so "Qubes never refuses a step" is checked
+against Qubes' rules rather than against the planner's own.
+"""
+
+import copy
+
+import fakequbes
+import pytest
+from conftest import full_pillar, load_file
+
+model_mod = load_file("_modules/qubes_firewall_model.py", "qf_dom0_plan_model")
+dom0 = load_file("_modules/qubes_firewall_dom0.py", "qf_dom0_plan_dom0")
+
+
+def parse(pillar):
+    return model_mod.parse(pillar)
+
+
+def inventory_of(world):
+    out = {}
+    for name in world.names():
+        q = world.qube(name)
+        if q["klass"] == "AdminVM":
+            out[name] = {"name": name, "klass": "AdminVM", "netvm": None, "provides_network": False,
+                         "ip": None, "state": "Running", "running": True, "template": None,
+                         "kernel": None, "disposable": False}
+            continue
+        out[name] = {"name": name, "klass": q["klass"], "netvm": world.get(name, "netvm"),
+                     "provides_network": bool(world.get(name, "provides_network")),
+                     "ip": world.get(name, "ip"), "state": world.state(name),
+                     "running": world.running(name), "template": q.get("template"),
+                     "kernel": q.get("kernel"), "disposable": q["klass"] == "DispVM"}
+    return out
+
+
+@pytest.fixture
+def world(tmp_path):
+    path = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
+    return fakequbes.World(str(path))
+
+
+def replay(world, steps):
+    for step in steps:
+        world.set(step["qube"], step["prop"], step["new"])
+    return fakequbes.World(world.path)
+
+
+def steps_text(steps):
+    return ["%s %s %s" % (s["qube"], s["prop"], s["new"]) for s in steps]
+
+
+# ---- prefs order ---------------------------------------------------------
+
+
+def test_seed_sandwich_from_a_fresh_install(world):
+    model = parse(full_pillar())
+    steps = dom0.prefs_steps(model, inventory_of(world))
+    assert steps_text(steps) == [
+        "sys-firewall-2 provides_network True",
+        "sys-vpn provides_network True",
+        "sys-firewall-2 netvm sys-vpn",
+        "build netvm sys-firewall-2",
+        "work netvm sys-firewall-2",
+    ]
+    # sys-vpn and web reach sys-firewall through Qubes' default: not pinned
+    after = replay(world, steps)
+    assert after.is_default("sys-vpn", "netvm") and after.is_default("web", "netvm")
+    assert dom0.prefs_steps(model, inventory_of(after)) == []
+
+
+def test_chain_reversal_needs_uplink_first_order(world):
+    # live: sys-net <- fw-a <- fw-b ; wanted: sys-net <- fw-b <- fw-a
+    world.data["qubes"]["fw-a"] = fakequbes._qube("AppVM", 20, props={"netvm": "sys-net", "provides_network": True})
+    world.data["qubes"]["fw-b"] = fakequbes._qube("AppVM", 21, props={"netvm": "fw-a", "provides_network": True})
+    world.save()
+    pillar = {"qubes": {"sys-net": {"netvm": None}, "fw-a": {"netvm": "fw-b"}, "fw-b": {"netvm": "sys-net"}}}
+    model = parse(pillar)
+    steps = dom0.prefs_steps(model, inventory_of(world))
+    assert steps_text(steps) == ["fw-b netvm sys-net", "fw-a netvm fw-b"]
+    # the naive pillar order would have made a loop mid-way, and Qubes says so
+    naive = fakequbes.World(world.path)
+    with pytest.raises(fakequbes.QubesValueError, match="Loops in network are unsupported"):
+        naive.set("fw-a", "netvm", "fw-b")
+    after = replay(fakequbes.World(world.path), steps)
+    assert after.get("fw-a", "netvm") == "fw-b" and after.get("fw-b", "netvm") == "sys-net"
+
+
+def test_netvm_none_and_provides_network_off_after_the_clients_left(world):
+    world.data["qubes"]["sys-vpn"]["props"] = {"provides_network": True}
+    world.data["qubes"]["work"]["props"] = {"netvm": "sys-vpn"}
+    world.save()
+    pillar = {"qubes": {
+        "sys-net": {"netvm": "none"}, "sys-firewall": {"netvm": "sys-net"},
+        "sys-vpn": {"netvm": None, "provides_network": False},
+        "work": {"netvm": "sys-firewall"},
+        "personal": {"netvm": "none"},
+    }}
+    steps = dom0.prefs_steps(parse(pillar), inventory_of(world))
+    assert steps_text(steps) == [
+        "personal netvm None",
+        "sys-vpn netvm None",
+        "work netvm sys-firewall",
+        "sys-vpn provides_network False",
+    ]
+    after = replay(world, steps)
+    assert after.get("personal", "netvm") is None and not after.is_default("personal", "netvm")
+
+
+def test_values_reached_through_defaults_change_nothing(world):
+    pillar = {"qubes": {"sys-net": {"netvm": None, "provides_network": True},
+                        "sys-firewall": {"netvm": "sys-net", "provides_network": True},
+                        "web": {"netvm": "sys-firewall", "provides_network": False}}}
+    assert dom0.prefs_steps(parse(pillar), inventory_of(world)) == []
+
+
+def test_planner_never_emits_a_step_qubes_refuses(world):
+    inv = inventory_of(world)
+    inv["work"]["netvm"] = "sys-net"
+    with pytest.raises(dom0.PlanError, match="Cannot dynamically attach to stopped NetVM"):
+        inv["sys-vpn"]["running"] = False
+        dom0.prefs_steps(parse(full_pillar()), inv)
+
+
+# ---- firewall canonical form ---------------------------------------------
+
+
+def test_firewall_rules_compare_in_canonical_form():
+    pillar = full_pillar()
+    pillar["qubes"]["work"]["firewall"] = [
+        {"action": "accept", "proto": "tcp", "dsthost": "example.com", "dstports": 443},
+        {"proto": "udp", "dstports": "1000-2000", "action": "accept", "dsthost": "192.168.1.7"},
+        {"action": "accept", "proto": "tcp", "dst6": "2001:db8::1", "dstports": 22},
+        {"action": "accept", "specialtarget": "dns"},
+        {"action": "accept", "proto": "icmp", "icmptype": 8, "comment": "ping, see ticket 7"},
+        {"action": "drop", "dsthost": "0.0.0.0/0"},
+    ]
+    model = parse(pillar)
+    live = [
+        "action=accept dstports=443 proto=tcp dsthost=example.com",
+        "action=accept proto=udp dst4=192.168.1.7 dstports=1000-2000",
+        "action=accept proto=tcp dst6=2001:db8:0::1/128 dstports=22-22",
+        "action=accept specialtarget=dns",
+        "action=accept proto=icmp icmptype=8 comment=ping, see ticket 7",
+        "action=drop",
+    ]
+    assert dom0.firewall_changes(model, {"work": live}) == {}
+    assert dom0.wanted_firewall(model.qubes["work"])[1] == \
+        "action=accept proto=udp dst4=192.168.1.7/32 dstports=1000-2000"
+    changed = dom0.firewall_changes(model, {"work": live[:-1]})
+    assert changed["work"]["new"][-1] == "action=drop"
+    # unmanaged qubes (no firewall key) are left alone, even with a live list
+    assert "build" not in dom0.firewall_changes(model, {"build": ["action=drop"]})
+
+
+def test_empty_pillar_list_means_block_everything():
+    pillar = full_pillar()
+    pillar["qubes"]["build"]["firewall"] = []
+    changes = dom0.firewall_changes(parse(pillar), {"build": ["action=accept"]})
+    assert changes == {"build": {"old": ["action=accept"], "new": []}}
+
+
+# ---- topology validation ---------------------------------------------------
+
+
+def problems(pillar, world, features=None, firewalls=None, mutate=None):
+    inv = inventory_of(world)
+    if mutate:
+        mutate(inv)
+    return dom0.problems(parse(pillar), inv, features or {}, firewalls or {}, now=1_700_000_000)
+
+
+def test_the_seed_machine_fits(world):
+    assert problems(full_pillar(), world) == []
+
+
+def test_qubes_that_do_not_exist(world):
+    pillar = full_pillar()
+    pillar["qubes"]["sys-dns"] = {"netvm": "sys-firewall"}
+    pillar["connect_tcp"] = [{"client": "work", "server": "db", "port": 5432}]
+    out = problems(pillar, world)
+    assert out == [
+        "qubes_firewall:qubes:sys-dns: no such qube in Qubes (qvm-ls does not list it)",
+        "qubes_firewall:connect_tcp:0:server: no such qube in Qubes (qvm-ls does not list it)",
+    ]
+
+
+def test_service_qube_with_a_client_attached_directly(world):
+    pillar = full_pillar()
+    pillar["qubes"]["work"]["netvm"] = "sys-vpn"
+    pillar["connections"] = []
+    out = problems(pillar, world)
+    assert len(out) == 1
+    assert out[0].startswith("qubes_firewall:qubes:work:netvm: sys-vpn is a network service qube "
+                             "(service: true) and work does not provide network")
+    assert "work -> sys-firewall-2 -> sys-vpn" in out[0]
+
+
+def test_service_qube_with_an_unmanaged_live_client(world):
+    out = problems(full_pillar(), world, mutate=lambda inv: inv["personal"].update(netvm="sys-vpn"))
+    assert len(out) == 1 and out[0].startswith("qubes_firewall:qubes:sys-vpn:service: sys-vpn is a network "
+                                               "service qube (service: true) and personal")
+
+
+def test_firewall_qube_in_front_of_a_service_qube_needs_its_qubes_firewall_service(world):
+    out = problems(full_pillar(), world, features={"sys-firewall-2": {"service.qubes-firewall": ""}})
+    assert any(p.startswith("qubes_firewall:qubes:sys-firewall-2:netvm: sys-vpn is a network service qube")
+               and "has its qubes-firewall service off" in p for p in out)
+
+
+def test_port_forward_through_a_mirage_firewall(world):
+    def mirage(inv):
+        inv["sys-firewall"]["kernel"] = "mirage-firewall"
+    out = problems(full_pillar(), world, mutate=mirage)
+    assert out == [
+        "qubes_firewall:port_forwards:0: port forward 'https' goes through sys-firewall, which cannot "
+        "hold the nft rules: sys-firewall runs the mirage unikernel firewall (kernel 'mirage-firewall'): "
+        "it has no nftables and no shell",
+    ]
+
+
+def test_connection_through_a_provider_without_the_qubes_firewall_service(world):
+    out = problems(full_pillar(), world, features={"sys-firewall-2": {"service.qubes-firewall": "",
+                                                                      "os": "Linux"}})
+    assert any(p.startswith("qubes_firewall:connections:0: the connection work -> build goes through "
+                            "sys-firewall-2, which cannot hold the nft rules: sys-firewall-2 provides network "
+                            "but its qubes-firewall service is off") for p in out)
+
+
+def test_destination_that_is_not_linux(world):
+    out = problems(full_pillar(), world, features={"web": {"os": "Windows"}})
+    assert out == ["qubes_firewall:port_forwards:0: port forward 'https' goes through web, which cannot "
+                   "hold the nft rules: web runs Windows, not Linux with nftables"]
+
+
+def test_connection_dropped_by_the_pillar_list_of_its_source(world):
+    pillar = full_pillar()
+    pillar["qubes"]["work"]["firewall"] = [
+        {"action": "accept", "proto": "tcp", "dsthost": "example.com", "dstports": 443},
+        {"action": "accept", "specialtarget": "dns"},
+        {"action": "drop"},
+    ]
+    out = problems(pillar, world)
+    assert out == [
+        "qubes_firewall:connections:0: the qvm-firewall pillar list qubes_firewall:qubes:work:firewall of "
+        "work drops tcp/22 to build (10.137.0.10) in sys-firewall-2 by rule 2 (action=drop), before the "
+        "formula's forward rule can accept it; put an accept rule for it first",
+    ]
+    pillar["qubes"]["work"]["firewall"].insert(0, {"action": "accept", "proto": "tcp",
+                                                   "dsthost": "10.137.0.0/24", "dstports": "20-25"})
+    assert problems(pillar, world) == []
+
+
+def test_connection_dropped_by_the_live_list_of_its_source(world):
+    live = {"work": ["action=accept proto=tcp dsthost=example.com dstports=443-443"]}
+    out = problems(full_pillar(), world, firewalls=live)
+    assert len(out) == 1 and "the qvm-firewall list in Qubes (qvm-firewall work) of work drops tcp/22" in out[0]
+    assert "by the implicit final drop" in out[0]
+    expired = {"work": ["action=accept proto=tcp dst4=10.137.0.10/32 expire=1600000000"]}
+    assert len(problems(full_pillar(), world, firewalls=expired)) == 1
+    fine = {"work": ["action=accept proto=tcp dst4=10.137.0.10/32 dstports=22-22", "action=drop"]}
+    assert problems(full_pillar(), world, firewalls=fine) == []
+
+
+def test_connection_without_proto_needs_every_protocol(world):
+    pillar = full_pillar()
+    pillar["connections"] = [{"from": "work", "to": "build"}]
+    live = {"work": ["action=accept proto=tcp dst4=10.137.0.10/32", "action=drop"]}
+    out = problems(pillar, world, firewalls=live)
+    assert [p.split(" drops ")[1].split(" ")[0] for p in out] == ["udp", "icmp"]
+
+
+def test_moves_qubes_would_refuse(world):
+    def halted(inv):
+        inv["sys-vpn"].update(running=False, state="Halted")
+        inv["sys-firewall-2"]["netvm"] = "sys-firewall"
+    out = problems(full_pillar(), world, mutate=halted)
+    assert out == ["qubes_firewall:qubes:sys-firewall-2:netvm: sys-firewall-2 is running and sys-vpn is "
+                   "Halted: Qubes refuses to attach a running qube to a stopped netvm; start sys-vpn first"]
+
+    # provides_network off while qubes the pillar does not manage still use it
+    pillar = {"qubes": {"sys-net": {"netvm": None},
+                        "sys-firewall": {"netvm": "sys-net", "provides_network": False}}}
+    out = problems(pillar, world)
+    assert out == ["qubes_firewall:qubes:sys-firewall:provides_network: false, but build, default-dvm, personal, "
+                   "sys-firewall-2, sys-vpn, web, work still use sys-firewall as netvm (Qubes refuses); "
+                   "move them first"]
+
+
+def test_connections_between_separate_chains(world):
+    pillar = full_pillar()
+    pillar["qubes"]["sys-net-2"] = {"netvm": None, "provides_network": True}
+    pillar["qubes"]["lab"] = {"netvm": "sys-net-2"}
+    pillar["connections"] = [{"from": "work", "to": "lab"}]
+    inv_world = copy.deepcopy(world.data)
+    inv_world["qubes"]["sys-net-2"] = fakequbes._qube("AppVM", 50, props={"netvm": None, "provides_network": True})
+    inv_world["qubes"]["lab"] = fakequbes._qube("AppVM", 51, props={"netvm": "sys-net-2"})
+    world.data = inv_world
+    world.save()
+    out = problems(pillar, fakequbes.World(world.path))
+    assert out == ["qubes_firewall:connections:0: work and lab share no netvm chain (uplinks sys-net and "
+                   "sys-net-2): no route between them"]
+
+
+def test_hand_typed_addresses_that_disagree_with_qubes(world):
+    pillar = full_pillar()
+    pillar["addresses"] = {"work": "10.137.0.9", "web": "10.137.0.99"}
+    out = problems(pillar, world)
+    assert out == ["qubes_firewall:addresses:web: 10.137.0.99, but Qubes gives web the address 10.137.0.11 "
+                   "(leave addresses to dom0: see docs/dom0.md)"]
+
+
+def test_connection_route_hops():
+    model = parse(full_pillar())
+    conn = model_mod.Connection(0, "work", "web", "tcp", (80,))
+    assert dom0.connection_route(model, conn) == (["sys-firewall-2", "sys-vpn", "sys-firewall"], "sys-firewall")
+    conn = model_mod.Connection(0, "web", "sys-firewall-2", "tcp", (80,))
+    assert dom0.connection_route(model, conn) == (["sys-firewall", "sys-vpn"], "sys-firewall")
+    conn = model_mod.Connection(0, "sys-firewall", "web", "tcp", (80,))
+    assert dom0.connection_route(model, conn) == ([], "sys-firewall")
+
+
+# ---- addresses -----------------------------------------------------------------
+
+
+def test_addresses_from_the_inventory(world):
+    inv = inventory_of(world)
+    assert dom0.addresses(inv, ["work", "web", "nope", "fedora-39-xfce"]) == {
+        "web": "10.137.0.11", "work": "10.137.0.9"}
+    everything = dom0.addresses(inv)
+    assert "dom0" not in everything and everything["sys-net"] == "10.137.0.5"
