@@ -73,6 +73,24 @@ class Minion:
         return getattr(self.states, function)(name, **kwargs)
 
 
+def pillar_in(tmp_path, entries=None):
+    """The seed example's pillar (or just ``entries``) with lookup paths inside tmp_path."""
+    data = example_pillar() if entries is None else {"connect_tcp": entries}
+    data["lookup"] = {"rw_config": str(tmp_path / "rw"),
+                      "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
+    return data
+
+
+def snapshot(directory):
+    """{path: (bytes, mode)} of every file under directory: to prove nothing was written."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            out[path] = (Path(path).read_bytes(), stat.S_IMODE(os.stat(path).st_mode))
+    return out
+
+
 def write_tool(directory, name, source):
     """An executable Python script ``name`` in ``directory``."""
     path = Path(directory) / name

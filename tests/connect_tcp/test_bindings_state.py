@@ -3,34 +3,22 @@
 import os
 import stat
 
-from .conftest import GOLDEN, Minion, example_pillar, systemctl_calls
+from .conftest import GOLDEN, Minion, example_pillar, pillar_in, snapshot, systemctl_calls
 
 SOCKET = "qf-connect-tcp-444-untrusted.socket"
 SERVICE = "qf-connect-tcp-444-untrusted@.service"
 BEGIN = "# BEGIN qubes_firewall:connect-tcp (managed by Salt, do not edit)"
 
 
-def pillar(tmp_path, entries=None):
-    data = example_pillar() if entries is None else {"connect_tcp": entries}
-    data["lookup"] = {"rw_config": str(tmp_path / "rw"),
-                      "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
-    return data
 
 
 def minion(tmp_path, run_dir=None, qube="untrusted", entries=None):
     opts = {}
     # never the host's /run/systemd/system: a missing dir stands for "systemd not running"
     opts["qubes_firewall_systemd_run_dir"] = str(run_dir or tmp_path / "no-systemd")
-    return Minion(qube, pillar(tmp_path, entries), **opts)
+    return Minion(qube, pillar_in(tmp_path, entries), **opts)
 
 
-def snapshot(directory):
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            out[path] = (open(path, "rb").read(), stat.S_IMODE(os.stat(path).st_mode))
-    return out
 
 
 def test_units_and_rc_local_block_without_systemd(tmp_path):
@@ -100,7 +88,7 @@ def test_changed_server_rewrites_the_service_and_reloads(tmp_path, fake_systemd)
     m.state("connect_tcp_bindings")
     entries = example_pillar()["connect_tcp"]
     entries[0] = dict(entries[0], server="other-service", call="named")
-    m.set_pillar(pillar(tmp_path, entries))
+    m.set_pillar(pillar_in(tmp_path, entries))
     ret = m.state("connect_tcp_bindings")
     assert ret["result"] is True, ret
     assert "ExecStart=qrexec-client-vm other-service qubes.ConnectTCP+444" in (
@@ -120,7 +108,7 @@ def test_removed_entry_removes_units_rc_local_lines_and_runtime(tmp_path, fake_s
     m = minion(tmp_path, fake_systemd)
     m.state("connect_tcp_bindings")
     assert (rw / SOCKET).exists()
-    m.set_pillar(pillar(tmp_path, [e for e in example_pillar()["connect_tcp"] if not e.get("persistent")]))
+    m.set_pillar(pillar_in(tmp_path, [e for e in example_pillar()["connect_tcp"] if not e.get("persistent")]))
     ret = m.state("connect_tcp_bindings")
     assert ret["result"] is True, ret
     assert not (rw / SOCKET).exists() and not (rw / SERVICE).exists()

@@ -20,6 +20,7 @@ from .conftest import (
     GOLDEN,
     REPO,
     example_pillar,
+    pillar_in,
     systemctl_calls,
     write_tool,
 )
@@ -64,11 +65,6 @@ def write_pillar(tmp_path, data):
     return pillar_dir
 
 
-def pillar(tmp_path, entries=None):
-    data = example_pillar() if entries is None else {"connect_tcp": entries}
-    data["lookup"] = {"rw_config": str(tmp_path / "rw"),
-                      "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
-    return data
 
 
 def apply(salt_env, tmp_path, minion_id, test=False):
@@ -89,7 +85,7 @@ def apply(salt_env, tmp_path, minion_id, test=False):
 
 
 def test_dom0_policy_through_salt_call_twice(tmp_path, salt_env):
-    write_pillar(tmp_path, pillar(tmp_path))
+    write_pillar(tmp_path, pillar_in(tmp_path))
     policy = tmp_path / "policy.d" / "30-user-networking.policy"
 
     dry = apply(salt_env, tmp_path, "dom0", test=True)[POLICY_ID]
@@ -107,7 +103,7 @@ def test_dom0_policy_through_salt_call_twice(tmp_path, salt_env):
 
 
 def test_client_bindings_through_salt_call_twice_then_removed(tmp_path, salt_env):
-    write_pillar(tmp_path, pillar(tmp_path))
+    write_pillar(tmp_path, pillar_in(tmp_path))
     rw = tmp_path / "rw"
     socket = "qf-connect-tcp-444-untrusted.socket"
 
@@ -126,7 +122,7 @@ def test_client_bindings_through_salt_call_twice_then_removed(tmp_path, salt_env
     second = apply(salt_env, tmp_path, "untrusted")[BINDINGS_ID]
     assert second["result"] is True and second["changes"] == {}, second
 
-    write_pillar(tmp_path, pillar(tmp_path, []))
+    write_pillar(tmp_path, pillar_in(tmp_path, []))
     removed = apply(salt_env, tmp_path, "untrusted")[BINDINGS_ID]
     assert removed["result"] is True and removed["changes"], removed
     assert sorted(os.listdir(rw)) == ["rc.local"]
@@ -136,7 +132,7 @@ def test_client_bindings_through_salt_call_twice_then_removed(tmp_path, salt_env
 
 def test_bad_pillar_stops_before_anything_changes(tmp_path, salt_env):
     entries = example_pillar()["connect_tcp"] + [{"client": "work", "server": "db", "port": 70000}]
-    write_pillar(tmp_path, pillar(tmp_path, entries))
+    write_pillar(tmp_path, pillar_in(tmp_path, entries))
     states = apply(salt_env, tmp_path, "dom0")
     assert states[POLICY_ID]["result"] is False
     validated = [s for k, s in states.items() if "qubes_firewall-validated" in k][0]

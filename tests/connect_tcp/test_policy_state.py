@@ -7,34 +7,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import FAKE_POLICY_LINT, GOLDEN, Minion, example_pillar, write_tool
+from .conftest import FAKE_POLICY_LINT, GOLDEN, Minion, example_pillar, pillar_in, snapshot, write_tool
 
 BEGIN = "# BEGIN qubes_firewall:connect-tcp (managed by Salt, do not edit)"
 END = "# END qubes_firewall:connect-tcp"
 
 
-def pillar(tmp_path, entries=None):
-    data = example_pillar() if entries is None else {"connect_tcp": entries}
-    data["lookup"] = {"rw_config": str(tmp_path / "rw"),
-                      "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
-    return data
 
 
 def policy_path(tmp_path):
     return tmp_path / "policy.d" / "30-user-networking.policy"
 
 
-def snapshot(directory):
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            out[path] = (open(path, "rb").read(), stat.S_IMODE(os.stat(path).st_mode))
-    return out
 
 
 def test_new_policy_file_holds_the_seed_block_mode_0664(tmp_path):
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     ret = minion.state("connect_tcp_policy")
     assert ret["result"] is True, ret
     path = policy_path(tmp_path)
@@ -45,7 +33,7 @@ def test_new_policy_file_holds_the_seed_block_mode_0664(tmp_path):
 
 
 def test_second_run_reports_no_changes(tmp_path):
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     assert minion.state("connect_tcp_policy")["changes"]
     before = snapshot(tmp_path)
     ret = minion.state("connect_tcp_policy")
@@ -57,7 +45,7 @@ def test_test_mode_writes_nothing_and_shows_the_exact_diff(tmp_path):
     path = policy_path(tmp_path)
     path.parent.mkdir()
     path.write_text("qubes.ConnectTCP +22 work build allow\n")
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     before = snapshot(tmp_path)
     ret = minion.state("connect_tcp_policy", test=True)
     assert ret["result"] is None, ret
@@ -74,23 +62,23 @@ def test_removed_entries_lose_their_lines_and_the_users_lines_stay(tmp_path):
     path.parent.mkdir()
     user = "# mine\nqubes.ConnectTCP +22 work build allow\n"
     path.write_text(user)
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     minion.state("connect_tcp_policy")
     assert "target=mytcp-service-bis" in path.read_text()
     entries = [e for e in example_pillar()["connect_tcp"] if e["server"] != "mytcp-service-bis"]
-    minion.set_pillar(pillar(tmp_path, entries))
+    minion.set_pillar(pillar_in(tmp_path, entries))
     ret = minion.state("connect_tcp_policy")
     assert ret["result"] is True and ret["changes"]
     assert "mytcp-service-bis" not in path.read_text()
-    minion.set_pillar(pillar(tmp_path, []))
+    minion.set_pillar(pillar_in(tmp_path, []))
     ret = minion.state("connect_tcp_policy")
     assert path.read_text() == user, ret
 
 
 def test_a_file_the_formula_created_goes_away_with_the_last_entry(tmp_path):
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     minion.state("connect_tcp_policy")
-    minion.set_pillar(pillar(tmp_path, []))
+    minion.set_pillar(pillar_in(tmp_path, []))
     ret = minion.state("connect_tcp_policy")
     assert ret["result"] is True and ret["changes"]
     assert not policy_path(tmp_path).exists()
@@ -105,7 +93,7 @@ def test_lint_failure_leaves_the_old_file(tmp_path, fake_bin):
     old = "qubes.ConnectTCP +22 work @default allow\n"
     path.write_text(old)
     path.chmod(0o640)
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     for test in (True, False):
         ret = minion.state("connect_tcp_policy", test=test)
         assert ret["result"] is False, ret
@@ -118,7 +106,7 @@ def test_lint_failure_leaves_the_old_file(tmp_path, fake_bin):
 
 def test_lint_passes_the_formulas_own_lines(tmp_path, fake_bin):
     write_tool(fake_bin, "qubes-policy-lint", FAKE_POLICY_LINT)
-    minion = Minion("dom0", pillar(tmp_path, example_pillar()["connect_tcp"] + [
+    minion = Minion("dom0", pillar_in(tmp_path, example_pillar()["connect_tcp"] + [
         {"client": "@anyvm", "server": "cache", "port": 3128},
         {"client": "@tag:dev", "server": "git", "port": 22, "call": "named"}]))
     ret = minion.state("connect_tcp_policy")
@@ -127,7 +115,7 @@ def test_lint_passes_the_formulas_own_lines(tmp_path, fake_bin):
 
 
 def test_policy_file_name_qubes_would_refuse_fails_before_any_change(tmp_path):
-    data = pillar(tmp_path)
+    data = pillar_in(tmp_path)
     data["lookup"]["policy_file"] = str(tmp_path / "policy.d" / "30-User.policy")
     minion = Minion("dom0", data)
     ret = minion.state("connect_tcp_policy")
@@ -141,7 +129,7 @@ def test_broken_markers_fail_and_change_nothing(tmp_path):
     path.parent.mkdir()
     old = BEGIN + "\nqubes.ConnectTCP +1 a @default allow target=b\n"
     path.write_text(old)
-    ret = Minion("dom0", pillar(tmp_path)).state("connect_tcp_policy")
+    ret = Minion("dom0", pillar_in(tmp_path)).state("connect_tcp_policy")
     assert ret["result"] is False and "markers" in ret["comment"]
     assert path.read_text() == old
 
@@ -158,7 +146,7 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
     tmp_path = tmp_path_factory.mktemp("policy")
     path = policy_path(tmp_path)
     path.parent.mkdir()
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     # the block in the middle of the user's lines
     path.write_text(before + BEGIN + "\nold line\n" + END + "\n" + after)
     assert minion.state("connect_tcp_policy")["result"] is True
@@ -167,7 +155,7 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
     assert text.endswith(END + "\n" + after)
     assert minion.state("connect_tcp_policy")["changes"] == {}
     # removal gives back exactly the user's lines
-    minion.set_pillar(pillar(tmp_path, []))
+    minion.set_pillar(pillar_in(tmp_path, []))
     assert minion.state("connect_tcp_policy")["result"] is True
     rest = before + after
     if rest.strip() == "":
@@ -181,7 +169,7 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
         user = user[:-1]
     path.parent.mkdir(exist_ok=True)
     path.write_text(user)
-    minion.set_pillar(pillar(tmp_path))
+    minion.set_pillar(pillar_in(tmp_path))
     assert minion.state("connect_tcp_policy")["result"] is True
     text = path.read_text()
     start = text.index(BEGIN)
@@ -193,7 +181,7 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
 def test_new_file_gets_the_policy_group_when_it_exists(tmp_path):
     import grp
 
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     module = minion.modules["qubes_firewall_connect_tcp"]
     assert module.POLICY_GROUP == "qubes"
     # this machine has no group qubes: stand in with another existing group
@@ -203,7 +191,7 @@ def test_new_file_gets_the_policy_group_when_it_exists(tmp_path):
 
 
 def test_no_policy_group_no_chown(tmp_path):
-    minion = Minion("dom0", pillar(tmp_path))
+    minion = Minion("dom0", pillar_in(tmp_path))
     minion.modules["qubes_firewall_connect_tcp"].POLICY_GROUP = "no-such-group-qf"
     assert minion.state("connect_tcp_policy")["result"] is True
     assert policy_path(tmp_path).stat().st_gid == os.getegid()
