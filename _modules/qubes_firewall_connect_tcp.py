@@ -337,9 +337,9 @@ def binding_plan(qube=None):
     """
     What the client qube ``qube`` (default: this minion) should hold:
     ``{"qube", "rw_config", "units": {file name: text}, "files": {path:
-    {"old", "new", "mode"}}}`` covering its unit files in ``<rw_config>``
-    (stale ones with ``new`` None) and ``<rw_config>/rc.local``; only files
-    that differ are listed.  ``commands`` lists the one-off commands of its
+    {"old", "new", "mode"}}, "changed_units": {...}}`` covering its unit
+    files in ``<rw_config>`` (stale ones with ``new`` None) and
+    ``<rw_config>/rc.local``; only files that differ are listed.  ``commands`` lists the one-off commands of its
     non-persistent entries.
 
     CLI Example:
@@ -374,6 +374,8 @@ def binding_plan(qube=None):
         "qube": qube,
         "rw_config": rw_config,
         "units": wanted,
+        # the units whose files change: what systemd-analyze has not seen yet
+        "changed_units": {n: t for n, t in wanted.items() if os.path.join(rw_config, n) in files},
         "files": files,
         "commands": [c for _, _, c in commands(model.connect_tcp, qube)],
     }

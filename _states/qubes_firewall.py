@@ -229,7 +229,7 @@ def connect_tcp_bindings(name, qube=None):
     writing = False
     try:
         plan = __salt__[mod + "binding_plan"](qube)
-        notes = [__salt__[mod + "verify_units"](plan["units"]) or ""]
+        notes = [__salt__[mod + "verify_units"](plan["changed_units"])]
         runtime = __salt__[mod + "runtime_plan"](plan["units"], plan["qube"])
         actions = __salt__[mod + "runtime_actions"](runtime)
         ret["changes"] = _file_changes(plan["files"])

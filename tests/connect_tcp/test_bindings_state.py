@@ -180,3 +180,15 @@ def test_real_systemd_analyze_accepts_the_units(tmp_path):
     ret = minion(tmp_path).state("connect_tcp_bindings")
     assert ret["result"] is True, ret
     assert "systemd-analyze verify accepts the units" in ret["comment"]
+
+
+def test_units_are_verified_only_when_they_change(tmp_path, fake_bin):
+    log = tmp_path / "analyze.log"
+    (fake_bin / "systemd-analyze").write_text('#!/bin/sh\necho "$@" >> %s\n' % log)
+    (fake_bin / "systemd-analyze").chmod(0o755)
+    m = minion(tmp_path)
+    assert "systemd-analyze verify accepts" in m.state("connect_tcp_bindings")["comment"]
+    assert len(log.read_text().splitlines()) == 1
+    assert SOCKET in log.read_text() and SERVICE in log.read_text()
+    assert m.state("connect_tcp_bindings")["changes"] == {}
+    assert len(log.read_text().splitlines()) == 1
