@@ -160,15 +160,15 @@ def addresses(names=None):
     """
     ``{qube: ip}`` resolved from Qubes, for the qubes in ``names`` (a list or
     a comma-separated string); by default for the qubes of the
-    ``qubes_firewall:qubes`` pillar, or, when there is none yet (a pillar being
-    rendered), for every qube that has an address. For the pillar of the
-    qube-side runs (docs/dom0.md):
+    ``qubes_firewall:qubes`` pillar, or, when there is none (while a pillar
+    is being rendered), for every qube that has an address. A pillar file
+    should therefore always pass the names, as docs/dom0.md shows:
 
     .. code-block:: jinja
 
+        {%- import_yaml 'qubes_firewall.sls' as topology %}
         qubes_firewall:
-          addresses: {{ salt['qubes_firewall.addresses'](
-                           pillar.get('qubes_firewall', {}).get('qubes', {}).keys() | list) | yaml }}
+          addresses: {{ salt['qubes_firewall.addresses'](topology.qubes_firewall.qubes.keys() | list) | yaml }}
 
     CLI Example:
 

@@ -1,0 +1,156 @@
+"""
+The dom0 part through the real Salt loader, as qubesctl runs it in dom0:
+
+    salt-call --local --id=dom0 --module-dirs=REPO --file-root=REPO/salt \
+              --pillar-root=PILLARDIR state.apply qubes_firewall
+
+with the fake qvm-* tools first on PATH (qubesadmin is not importable here, so
+the CLI backend runs), salt-call's own config dir inside tmp_path. Also the
+pillar set-up of docs/dom0.md: the addresses pillar resolved in dom0.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fakequbes
+import pytest
+import yaml
+from conftest import REPO, full_pillar
+
+SALT_CALL = Path(sys.executable).parent / "salt-call"
+pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
+
+# the addresses pillar file of docs/dom0.md, verbatim
+ADDRESSES_SLS = """\
+{%- import_yaml 'qubes_firewall.sls' as topology %}
+qubes_firewall:
+  addresses: {{ salt['qubes_firewall.addresses'](topology.qubes_firewall.qubes.keys() | list) | yaml }}
+"""
+
+
+@pytest.fixture
+def env(tmp_path):
+    bindir = fakequbes.install_tools(str(tmp_path / "bin"))
+    state = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "minion").write_text(yaml.safe_dump({
+        "root_dir": str(tmp_path / "salt-root"),
+        "file_client": "local",
+        "log_file": str(tmp_path / "salt-root" / "minion.log"),
+        "log_level_logfile": "warning",
+    }))
+    pillar_dir = tmp_path / "pillar"
+    pillar_dir.mkdir()
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n    - qubes_firewall_addresses\n")
+    (pillar_dir / "qubes_firewall_addresses.sls").write_text(ADDRESSES_SLS)
+    pillar = full_pillar()
+    pillar["lookup"] = {"rw_config": str(tmp_path / "rw"),
+                        "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
+    pillar["qubes"]["work"]["firewall"] = [
+        {"action": "accept", "proto": "tcp", "dsthost": "10.137.0.10", "dstports": 22},
+        {"action": "accept", "specialtarget": "dns"},
+        {"action": "drop"},
+    ]
+    (pillar_dir / "qubes_firewall.sls").write_text(yaml.safe_dump({"qubes_firewall": pillar}))
+    environ = dict(os.environ)
+    environ.update({"PATH": "%s:%s" % (bindir, environ.get("PATH", "")), "PYTHONWARNINGS": "ignore",
+                    fakequbes.STATE_ENV: str(state), fakequbes.LOG_ENV: str(tmp_path / "calls.log")})
+    environ.pop("PYTHONPATH", None)
+    return {"conf": conf, "pillar": pillar_dir, "env": environ, "state": state,
+            "log": tmp_path / "calls.log"}
+
+
+def salt_call(env, minion_id, *args):
+    argv = [str(SALT_CALL), "--config-dir", str(env["conf"]), "--local", "--id", minion_id,
+            "--module-dirs", str(REPO), "--file-root", str(REPO / "salt"),
+            "--pillar-root", str(env["pillar"]), "--out", "json", "--retcode-passthrough"] + list(args)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env["env"], timeout=300,
+                          stdin=subprocess.DEVNULL)
+    try:
+        return proc.returncode, json.loads(proc.stdout)["local"], proc
+    except (ValueError, KeyError, TypeError):
+        pytest.fail("salt-call printed no result (rc %d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+
+
+def apply(env, test=False):
+    rc, out, proc = salt_call(env, "dom0", "state.apply", "qubes_firewall", *(["test=True"] if test else []))
+    assert isinstance(out, dict), (out, proc.stderr)
+    return rc, {v["__id__"]: v for v in out.values()}
+
+
+def mine(states):
+    return {k: v for k, v in states.items() if k.startswith("qubes_firewall-dom0-")}
+
+
+def test_dom0_apply_test_mode_then_twice(env):
+    before = env["state"].read_bytes()
+
+    rc, dry = apply(env, test=True)
+    assert env["state"].read_bytes() == before
+    dry = mine(dry)
+    assert sorted(dry) == ["qubes_firewall-dom0-firewall", "qubes_firewall-dom0-prefs",
+                           "qubes_firewall-dom0-topology"]
+    assert dry["qubes_firewall-dom0-topology"]["result"] is True
+    assert dry["qubes_firewall-dom0-prefs"]["result"] is None and dry["qubes_firewall-dom0-prefs"]["changes"]
+    assert dry["qubes_firewall-dom0-firewall"]["result"] is None
+    # state order: topology, then qvm-firewall, then prefs
+    order = sorted(dry.values(), key=lambda s: s["__run_num__"])
+    assert [s["__id__"] for s in order] == ["qubes_firewall-dom0-topology", "qubes_firewall-dom0-firewall",
+                                            "qubes_firewall-dom0-prefs"]
+
+    rc, first = apply(env)
+    first = mine(first)
+    for sid in ("qubes_firewall-dom0-firewall", "qubes_firewall-dom0-prefs"):
+        assert first[sid]["result"] is True and first[sid]["changes"] == dry[sid]["changes"], first[sid]
+    world = fakequbes.World(str(env["state"]))
+    assert world.get("work", "netvm") == "sys-firewall-2"
+    assert world.firewall("work") == ["action=accept proto=tcp dst4=10.137.0.10/32 dstports=22-22",
+                                      "action=accept specialtarget=dns", "action=drop"]
+
+    after_first = env["state"].read_bytes()
+    rc, second = apply(env)
+    for sid, state in mine(second).items():
+        assert state["result"] is True and state["changes"] == {}, (sid, state)
+    assert env["state"].read_bytes() == after_first
+
+
+def test_dom0_topology_error_stops_every_change(env):
+    data = json.loads(env["state"].read_text())
+    data["qubes"]["sys-firewall"]["kernel"] = "mirage-firewall"
+    fakequbes.write_world(env["state"], data)
+    before = env["state"].read_bytes()
+    rc, states = apply(env)
+    states = mine(states)
+    assert rc != 0
+    assert states["qubes_firewall-dom0-topology"]["result"] is False
+    assert "qubes_firewall:port_forwards:0: port forward 'https' goes through sys-firewall" in \
+        states["qubes_firewall-dom0-topology"]["comment"]
+    for sid in ("qubes_firewall-dom0-firewall", "qubes_firewall-dom0-prefs"):
+        assert states[sid]["result"] is False and states[sid]["changes"] == {}
+    assert env["state"].read_bytes() == before
+
+
+@pytest.mark.parametrize("minion_id", ["work", "sys-firewall-2"])
+def test_pillar_rendered_in_dom0_carries_addresses_from_qubes(env, minion_id):
+    rc, out, proc = salt_call(env, minion_id, "pillar.get", "qubes_firewall:addresses")
+    assert rc == 0, proc.stderr
+    expected = {"sys-net": "10.137.0.5", "sys-firewall": "10.137.0.6", "sys-vpn": "10.137.0.7",
+                "sys-firewall-2": "10.137.0.8", "work": "10.137.0.9", "build": "10.137.0.10",
+                "web": "10.137.0.11"}
+    assert sorted(out) == sorted(expected)
+    if not any(v == "**********" for v in out.values()):  # Salt 3008 masks pillar values in its output
+        assert out == expected
+    # only the pillar's qubes: other qubes' names and addresses stay in dom0
+    assert "personal" not in out and "default-dvm" not in out
+
+
+def test_addresses_execution_function(env):
+    rc, out, proc = salt_call(env, "dom0", "qubes_firewall.addresses")
+    assert rc == 0, proc.stderr
+    assert out["work"] == "10.137.0.9" and "personal" not in out
+    rc, out, proc = salt_call(env, "dom0", "qubes_firewall.addresses", "personal,work")
+    assert out == {"personal": "10.137.0.12", "work": "10.137.0.9"}
