@@ -182,7 +182,8 @@ def _forward_rules(model, fwd, qube, ip):
         dest = ip(qube)
         if uplink:
             if fwd.external_port != fwd.port:
-                dnat.append(Rule(chain, _join(arriving, sources, _l4(fwd.proto, [fwd.external_port])),
+                dnat.append(Rule(chain, _join(arriving, "fib daddr type local", sources,
+                                              _l4(fwd.proto, [fwd.external_port])),
                                  "redirect to :%d" % fwd.port, fwd.origin + " redirect"))
         inputs.append(Rule(INPUT_CHAIN,
                            _join(arriving, sources, "ip daddr %s" % dest, _l4(fwd.proto, [fwd.port]), "ct state new"),
@@ -190,7 +191,9 @@ def _forward_rules(model, fwd, qube, ip):
         return tuple(dnat), (), tuple(inputs)
     nxt = path[where - 1]
     last_hop = where == 1
-    own = "" if uplink else "ip daddr %s" % ip(qube)
+    # only what is addressed to this qube itself: its LAN address at the uplink
+    # (unknown to the pillar, hence fib), its Qubes address below
+    own = "fib daddr type local" if uplink else "ip daddr %s" % ip(qube)
     to_port = fwd.port if last_hop else fwd.external_port
     target = ip(nxt) if to_port == fwd.external_port else "%s:%d" % (ip(nxt), to_port)
     dnat.append(Rule(chain, _join(arriving, own, sources, _l4(fwd.proto, [fwd.external_port])),

@@ -75,7 +75,8 @@ def test_hand_added_rule_in_an_owned_chain_is_drift_and_gets_replaced():
 
 def test_duplicate_jumps_are_removed_by_handle_and_missing_ones_added():
     doc = fixture("sys-net-applied.json")
-    jump = copy.deepcopy([i for i in doc["nftables"] if "rule" in i and i["rule"]["chain"] == "custom-input"][0])
+    jump = copy.deepcopy([i for i in doc["nftables"] if "rule" in i and i["rule"]["chain"] == "custom-input"
+                          and i["rule"].get("comment") == "qf jump"][0])
     jump["rule"]["handle"] = 77
     doc["nftables"].append(jump)
     doc["nftables"] = [i for i in doc["nftables"] if not ("rule" in i and i["rule"]["chain"] == "custom-forward")]

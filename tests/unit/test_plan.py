@@ -47,7 +47,8 @@ def test_seed_port_forward_rules_per_hop():
     web = plan.plan_qube(mdl, "web")
     chains = {c.name: c for c in net.chains}
     (dnat,) = chains["qf-dnat-https"].rules
-    assert dnat.body == 'iifname "ens6" ip saddr 192.168.1.0/24 tcp dport 443 counter dnat to 10.137.0.6'
+    assert dnat.body == ('iifname "ens6" fib daddr type local ip saddr 192.168.1.0/24 tcp dport 443 '
+                         'counter dnat to 10.137.0.6')
     (fwd,) = chains["qf-forward"].rules
     assert fwd.body == ('iifname "ens6" ip saddr 192.168.1.0/24 ip daddr 10.137.0.6 tcp dport 443 '
                         'ct state new counter accept')
@@ -113,7 +114,8 @@ def test_forward_to_the_uplink_itself_redirects_the_external_port():
     p = plan.plan_qube(parse(pillar), "net")
     chains = {c.name: c for c in p.chains}
     (redirect,) = chains["qf-dnat-ssh"].rules
-    assert redirect.body == 'iifname { "ens6", "wlan0" } tcp dport 2222 counter redirect to :22'
+    assert redirect.body == ('iifname { "ens6", "wlan0" } fib daddr type local tcp dport 2222 '
+                             'counter redirect to :22')
     (inp,) = chains["qf-input"].rules
     assert "tcp dport 22" in inp.match and 'iifname { "ens6", "wlan0" }' in inp.match
 

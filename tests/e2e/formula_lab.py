@@ -1,0 +1,162 @@
+"""
+The formula in the lab: a network-namespace Qubes (tests.lab) built from a
+pillar's topology and addresses, with ``salt-call`` run inside each emulated
+qube exactly as CONTRACT.md section 2 shows.  Each qube gets the pillar dom0
+would render for it: the same pillar, with ``lookup:rw_config`` pointing at
+that qube's emulated /rw/config.
+"""
+
+import copy
+import json
+import dataclasses
+import pathlib
+from typing import List, Optional
+
+from tests.lab import Lab, OutsideHost, QubeSpec
+from tests.modules import model as model_mod
+from tests.salt_call import SaltCall
+
+
+def outside_hosts(uplinks):
+    """A LAN host on ens6 and a second network on ens7 of each uplink qube."""
+    hosts = []
+    for i, uplink in enumerate(sorted(uplinks)):
+        suffix = "" if i == 0 else str(i + 1)
+        hosts.append(OutsideHost(name="lan" + suffix, uplink=uplink, ifname="ens6",
+                                 host_ip="192.168.%d.50/24" % (1 + 2 * i), uplink_ip="192.168.%d.10/24" % (1 + 2 * i),
+                                 extra_ips=["192.168.%d.51/24" % (1 + 2 * i)]))
+        hosts.append(OutsideHost(name="wan" + suffix, uplink=uplink, ifname="ens7",
+                                 host_ip="172.30.%d.50/24" % i, uplink_ip="172.30.%d.10/24" % i))
+    return hosts
+
+
+def lab_qubes(mdl):
+    return {
+        name: QubeSpec(ip=mdl.addresses[name], netvm=q.netvm, provides_network=q.provides_network)
+        for name, q in mdl.qubes.items()
+    }
+
+
+@dataclasses.dataclass
+class Applied:
+    qube: str
+    retcode: int
+    states: dict
+
+    @property
+    def changed(self):
+        return {sid: s["changes"] for sid, s in self.states.items() if s["changes"]}
+
+    @property
+    def failed(self):
+        return {sid: s["comment"] for sid, s in self.states.items() if s["result"] is False}
+
+
+class FormulaLab:
+    """``with FormulaLab(pillar, workdir) as flab:`` builds the lab; ``flab.lab`` is the Lab."""
+
+    def __init__(self, pillar: dict, workdir, outside: Optional[List[OutsideHost]] = None):
+        self.pillar = copy.deepcopy(pillar)
+        self.workdir = pathlib.Path(workdir)
+        self.model = model_mod.parse(self.pillar["qubes_firewall"])
+        uplinks = [n for n, q in self.model.qubes.items() if q.netvm is None]
+        self.outside = outside if outside is not None else outside_hosts(uplinks)
+        self.lab = Lab(lab_qubes(self.model), self.outside, workdir=self.workdir / "lab")
+        self._minions = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lab.close()
+
+    def close(self):
+        self.lab.close()
+
+    def qube_pillar(self, qube, pillar=None):
+        pillar = copy.deepcopy(pillar if pillar is not None else self.pillar)
+        lookup = pillar["qubes_firewall"].setdefault("lookup", {}) if isinstance(pillar.get("qubes_firewall"), dict) else {}
+        lookup["rw_config"] = str(self.lab.rw_config(qube))
+        return pillar
+
+    def minion(self, qube):
+        if qube not in self._minions:
+            self._minions[qube] = SaltCall(self.workdir / "salt", qube, self.qube_pillar(qube),
+                                           netns=self.lab.netns(qube))
+        return self._minions[qube]
+
+    def set_pillar(self, pillar):
+        self.pillar = copy.deepcopy(pillar)
+        for qube, minion in self._minions.items():
+            minion.set_pillar(self.qube_pillar(qube))
+
+    def apply(self, qube, test=False):
+        rc, states = self.minion(qube).apply(test=test)
+        return Applied(qube, rc, states)
+
+    def apply_all(self, test=False):
+        return {qube: self.apply(qube, test=test) for qube in self.lab.order}
+
+    def snapshot(self, qube):
+        """Everything the formula could change in a qube: its ruleset and its /rw/config files."""
+        ruleset = self.lab.run(qube, ["nft", "-s", "list", "ruleset"]).stdout
+        rw = self.lab.rw_config(qube)
+        files = {str(p.relative_to(rw)): (p.read_bytes(), p.stat().st_mode)
+                 for p in sorted(rw.rglob("*")) if p.is_file()}
+        return ruleset, files
+
+    def ruleset_model(self, qube):
+        """
+        The ruleset as data, for "same ruleset" comparisons: handles and counters
+        dropped, chains keyed by table and name (the listing order of chains carries
+        no meaning: Qubes itself recreates dnat-dns last), rules in order per chain.
+        """
+        doc = json.loads(self.lab.run(qube, ["nft", "-j", "-s", "list", "ruleset"]).stdout)
+        out = {}
+        for item in doc["nftables"]:
+            (kind, body), = item.items()
+            if kind == "metainfo":
+                continue
+            body = {k: v for k, v in body.items() if k != "handle"}
+            table = (body.get("family"), body.get("table", body.get("name")))
+            if kind == "rule":
+                out.setdefault(("rules",) + table + (body["chain"],), []).append(json.dumps(body, sort_keys=True))
+            else:
+                out[(kind,) + table + (body.get("name", ""),)] = json.dumps(body, sort_keys=True)
+        return out
+
+    def snapshot_all(self):
+        return {qube: self.snapshot(qube) for qube in self.lab.order}
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow:
+    """One probe of the connectivity matrix."""
+
+    label: str
+    source: str  # node (qube or outside host)
+    dest: str  # node name or address
+    port: int
+    expect: Optional[str]  # banner expected, None = must not connect
+    proto: str = "tcp"
+    from_ip: Optional[str] = None
+
+    def probe(self, lab):
+        fn = lab.probe_tcp if self.proto == "tcp" else lab.probe_udp
+        return fn(self.source, self.dest, self.port, source=self.from_ip, timeout=1.0)
+
+
+def check_flows(lab, flows):
+    """[(flow, got)] for every flow."""
+    return [(flow, flow.probe(lab)) for flow in flows]
+
+
+def matrix_text(results):
+    rows = [("flow", "from", "to", "expected", "got", "")]
+    for flow, got in results:
+        to = "%s %s:%d" % (flow.dest, flow.proto, flow.port)
+        src = flow.source + (" (%s)" % flow.from_ip if flow.from_ip else "")
+        rows.append((flow.label, src, to, flow.expect or "blocked", got or "blocked",
+                     "ok" if got == flow.expect else "MISMATCH"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
