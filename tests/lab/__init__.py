@@ -1,0 +1,33 @@
+"""Lab for qubes-firewall-formula: Qubes OS 4.2 networking reproduced with real nftables
+in Linux network namespaces (one namespace per qube or outside host, a veth pair per Xen
+vif).  Needs root, `ip` (iproute2) and `nft`; tests call preflight.require_lab() first.
+
+    from tests.lab import Lab, QubeSpec, OutsideHost
+    from tests.lab.seed import seed_qubes, seed_outside      # the seed document's topology
+
+    with Lab(seed_qubes(), seed_outside(), workdir=tmp_path) as lab:
+        lab.serve_tcp("web", 443)                       # banner "web:443" (report_peer=True adds ":peer")
+        assert lab.probe_tcp("lan", "192.168.1.10", 443, timeout=1) is None
+
+Lab (topology.py):
+    run(node, argv, check=True, input=None, env=None) / sh(node, cmdline, ...)
+    nft_json(node), nft_load(node, text), chain_rules(node, chain, table="qubes", family="ip")
+    serve_tcp/serve_udp(node, port, report_peer=False) -> Server; stop_servers()
+    probe_tcp/probe_udp(node, dest, port, source=None, timeout=2.0) -> banner or None
+    probe_tcp_result/probe_udp_result(...) -> ProbeResult(banner, error)
+    ip(node), netns(node), vif(client), rw_config(qube), boot_log(qube), qubesdb(qube)
+    reboot(qube), restart_qubes_firewall(qube), set_firewall_rules(client, rules), reset()
+    order, qubes, outside_hosts, namespaces, prefix; close() (also via `with` and atexit)
+
+Modules: spec (QubeSpec, OutsideHost, validate), netns (namespaces, exec, cleanup_stale),
+qubes_base (the 4.2 nftables text), qubesdb (keys and the qubesdb-read stub), boot (the boot
+sequence), probes (servers and probes), topology (Lab), seed (shared topology),
+preflight (skip, or fail under CI=true).  test_fidelity.py shows what behaves like Qubes.
+"""
+
+from tests.lab.netns import LabCommandError, cleanup_stale
+from tests.lab.probes import ProbeResult
+from tests.lab.spec import OutsideHost, QubeSpec
+from tests.lab.topology import Lab, Server
+
+__all__ = ["Lab", "QubeSpec", "OutsideHost", "Server", "ProbeResult", "LabCommandError", "cleanup_stale"]

@@ -1,0 +1,58 @@
+"""Fixtures for lab tests (real nftables in network namespaces).
+
+A test marked ``lab`` (and any test using the fixtures below) SKIPS when the lab cannot
+run here (not root, no ip/nft), and FAILS instead under CI=true.  Tests elsewhere that
+build a Lab should call tests.lab.preflight.require_lab() first, to the same effect.
+
+Fixtures:
+    seed_lab      the seed topology (tests.lab.seed), built once per module.
+    fresh_seed_lab  that module lab, reset after the test (servers stopped, rw_config
+                  emptied, every qube rebooted): for tests that change rules.
+    make_lab      factory: make_lab(qubes, outside=(), **kw) -> Lab, closed after the test.
+"""
+
+import pytest
+
+from tests.lab.preflight import require_lab
+from tests.lab.seed import seed_outside, seed_qubes
+from tests.lab.topology import Lab
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "lab: needs root, nftables and network namespaces (tests/lab)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("lab") is not None:
+        require_lab()
+
+
+@pytest.fixture(scope="module")
+def seed_lab(tmp_path_factory):
+    require_lab()
+    with Lab(seed_qubes(), seed_outside(), workdir=tmp_path_factory.mktemp("seed-lab")) as lab:
+        yield lab
+
+
+@pytest.fixture
+def fresh_seed_lab(seed_lab):
+    try:
+        yield seed_lab
+    finally:
+        seed_lab.reset()
+
+
+@pytest.fixture
+def make_lab(tmp_path):
+    require_lab()
+    labs = []
+
+    def factory(qubes, outside=(), **kwargs):
+        kwargs.setdefault("workdir", tmp_path / "lab{}".format(len(labs)))
+        lab = Lab(qubes, outside, **kwargs)
+        labs.append(lab)
+        return lab
+
+    yield factory
+    for lab in labs:
+        lab.close()

@@ -1,0 +1,81 @@
+"""The QubesDB view of a lab qube, and a `qubesdb-read` stub that serves it.
+
+Keys follow core-admin's create_qdb_entries (Qubes 4.2): every qube has /name; a qube
+with a netvm has /qubes-ip, /qubes-netmask, /qubes-gateway (its netvm's IP) and the
+/qubes-*-dns pair; a qube that provides network has /qubes-netvm-gateway (its own IP),
+/qubes-netvm-network, /qubes-netvm-netmask, /qubes-netvm-*-dns and /connected-ips.
+So sys-net (no netvm) has no /qubes-ip, and an app qube has no /qubes-netvm-gateway:
+the stub exits 1 for them, as qubesdb-read does on Qubes.
+"""
+
+import os
+import shlex
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence
+
+from tests.lab.qubes_base import VIRTUAL_DNS
+
+
+def entries(name: str, ip: str, netvm_ip: Optional[str], provides_network: bool,
+            connected: Sequence[str] = ()) -> Dict[str, str]:
+    """QubesDB keys and values of one qube."""
+    data = {"/name": name}
+    if provides_network:
+        data.update({
+            "/qubes-netvm-network": ip,
+            "/qubes-netvm-gateway": ip,
+            "/qubes-netvm-netmask": "255.255.255.255",
+            "/qubes-netvm-primary-dns": VIRTUAL_DNS[0],
+            "/qubes-netvm-secondary-dns": VIRTUAL_DNS[1],
+            "/connected-ips": " ".join(connected),
+            "/connected-ips6": "",
+        })
+    if netvm_ip is not None:
+        data.update({
+            "/qubes-ip": ip,
+            "/qubes-netmask": "255.255.255.255",
+            "/qubes-gateway": netvm_ip,
+            "/qubes-primary-dns": VIRTUAL_DNS[0],
+            "/qubes-secondary-dns": VIRTUAL_DNS[1],
+        })
+    return data
+
+
+_STUB = """\
+#!/bin/sh
+# qubesdb-read stub of the qubes-firewall-formula lab, for qube {name}.
+# Usage like the real tool: qubesdb-read [-q] [-d DEFAULT] PATH...
+default=""; has_default=0; quiet=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d) has_default=1; default="$2"; shift 2 ;;
+    -q) quiet=1; shift ;;
+    -r|-w|--) shift ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || {{ echo "usage: qubesdb-read [-q] [-d DEFAULT] PATH..." >&2; exit 2; }}
+rc=0
+for key in "$@"; do
+  case "$key" in
+{cases}
+    *)
+      if [ "$has_default" = 1 ]; then printf '%s\\n' "$default"
+      else [ "$quiet" = 1 ] || echo "Failed to read $key" >&2; rc=1; fi ;;
+  esac
+done
+exit $rc
+"""
+
+
+def write_stub(bin_dir: Path, name: str, data: Mapping[str, str]) -> Path:
+    """Write an executable bin_dir/qubesdb-read answering from data; return its path."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    cases = "\n".join("    {}) printf '%s\\n' {} ;;".format(shlex.quote(key), shlex.quote(value))
+                      for key, value in sorted(data.items()))
+    path = bin_dir / "qubesdb-read"
+    tmp = bin_dir / ".qubesdb-read.tmp"
+    tmp.write_text(_STUB.format(name=name, cases=cases))
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
