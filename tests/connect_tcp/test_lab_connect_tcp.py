@@ -21,6 +21,8 @@ import pytest
 
 from .conftest import Minion, example_pillar, write_tool
 
+pytestmark = pytest.mark.lab
+
 LAB = Path(__file__).resolve().parent / "lab"
 CLIENT = "untrusted"
 SERVERS = {  # qube -> {port: banner}
