@@ -16,7 +16,8 @@ Lab (topology.py):
     probe_tcp/probe_udp(node, dest, port, source=None, timeout=2.0) -> banner or None
     probe_tcp_result/probe_udp_result(...) -> ProbeResult(banner, error)
     ip(node), netns(node), vif(client), rw_config(qube), boot_log(qube), qubesdb(qube)
-    reboot(qube), restart_qubes_firewall(qube), set_firewall_rules(client, rules), reset()
+    reboot(qube), restart_qube(qube), restart_qubes_firewall(qube), set_firewall_rules(client, rules),
+    reset()
     order, qubes, outside_hosts, namespaces, prefix; close() (also via `with` and atexit)
 
 Modules: spec (QubeSpec, OutsideHost, validate), netns (namespaces, exec, cleanup_stale),

@@ -574,3 +574,26 @@ def test_seed_persisted_script_replays_with_its_flaws(fresh_seed_lab):
     assert len(forward) == 1 and 'iif "ens6" ip saddr 192.168.1.0/24 ip daddr 10.137.0.6' in forward[0]
     lab.restart_qubes_firewall("sys-net")
     assert lab.chain_rules("sys-net", "custom-forward") == forward * 2
+
+
+def test_restart_qube_renames_its_vif(fresh_seed_lab):
+    """Restarting a client gives it a new domid, so a new vif name in its netvm (Qubes:
+    never match a vif by name); antispoof then holds only the new vif, a netvm rule pinned to
+    the old vif name no longer matches, traffic flows again, and its rc.local runs again."""
+    lab = fresh_seed_lab
+    lab.serve_tcp("lan", 8080)
+    old_vif = lab.vif("web")
+    lab.sh("sys-firewall", 'nft add rule ip qubes custom-forward iifname "{}" tcp dport 8080 '
+                           "reject with icmp type admin-prohibited".format(old_vif))
+    assert lab.probe_tcp_result("web", "lan", 8080, timeout=DROP).error == "unreachable"
+    _write(lab.rw_config("web") / "rc.local", "#!/bin/sh\necho booted >> \"$QF_LAB_RW_CONFIG/trace\"\n", 0o755)
+
+    lab.restart_qube("web")
+    new_vif = lab.vif("web")
+    assert new_vif != old_vif and new_vif.startswith("vif")
+    allowed = lab.run("sys-firewall", ["nft", "-j", "list", "set", "ip", "qubes", "allowed"]).stdout
+    assert '"{}"'.format(new_vif) in allowed and '"{}"'.format(old_vif) not in allowed
+    assert lab.probe_tcp("web", "lan", 8080) == "lan:8080"
+    assert (lab.rw_config("web") / "trace").read_text() == "booted\n"
+    with pytest.raises(ValueError):
+        lab.restart_qube("sys-firewall")

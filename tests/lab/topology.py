@@ -90,6 +90,7 @@ class Lab:
         self._logs: Dict[str, List[str]] = {name: [] for name in self._qubes}
         self._domid: Dict[str, int] = {}
         self._client_mac: Dict[str, str] = {}
+        self._next_domid = 2
         self._closed = False
         atexit.register(self.close)
         try:
@@ -355,6 +356,30 @@ class Lab:
         for client in self.clients_of(qube):
             boot.vif_online(self, qube, client)
 
+    def restart_qube(self, qube: str) -> None:
+        """qvm-shutdown + qvm-start of a qube that serves no client: its servers stop, it gets
+        a new domid, so a new veth pair (new ``eth0`` ifindex, new ``vif<K>.0`` name in its
+        netvm, whose set elements are swapped as vif-route-qubes offline/online does), then
+        it boots.  Rules that pinned the old interface (``iif``, a vif name) stop matching."""
+        if self.clients_of(qube):
+            raise ValueError("{} serves clients {}; restart them elsewhere first".format(
+                qube, ", ".join(self.clients_of(qube))))
+        node_ns = self.netns(qube)
+        for server in [s for s in self._servers if s.node == qube]:
+            server.stop()
+            self._servers.remove(server)
+        netvm = self.spec(qube).netvm
+        if netvm is not None:
+            old_vif = self.vif(qube)
+            self.nft_load(netvm, qubes_base.vif_offline(old_vif, self.ip(qube)), check=False)
+            netns.exec_in(self.netns(netvm), ["ip", "link", "del", old_vif])
+            self._new_domid(qube)
+            self._link_client(qube)
+        netns.kill_pids(netns.pids(node_ns))
+        boot.boot(self, qube)
+        if netvm is not None:
+            boot.vif_online(self, netvm, qube)
+
     def restart_qubes_firewall(self, qube: str) -> None:
         """`systemctl restart qubes-firewall`: delete and recreate ip/ip6 qubes-firewall,
         re-run qubes-firewall.d and the user script, re-add client chains.  ip qubes stays."""
@@ -391,12 +416,9 @@ class Lab:
             netns.create(ns)
         for name in self.order:
             qubesdb.write_stub(self.bin_dir(name), name, self.qubesdb(name))
-        next_domid = 2
         for name in self.order:
             if self._qubes[name].netvm is not None:
-                self._domid[name] = next_domid
-                self._client_mac[name] = "00:16:3e:5e:6c:{:02x}".format(next_domid % 256)
-                next_domid += 1
+                self._new_domid(name)
                 self._link_client(name)
         for host in self._outside.values():
             self._link_outside(host)
@@ -406,6 +428,11 @@ class Lab:
             netvm = self._qubes[name].netvm
             if netvm is not None:
                 boot.vif_online(self, netvm, name)
+
+    def _new_domid(self, client: str) -> None:
+        self._domid[client] = self._next_domid
+        self._client_mac[client] = "00:16:3e:5e:6c:{:02x}".format(self._next_domid % 256)
+        self._next_domid += 1
 
     def _ip_batch(self, node: str, lines: Sequence[str]) -> None:
         netns.exec_in(self.netns(node), ["ip", "-batch", "-"], input="\n".join(lines) + "\n")
