@@ -1,0 +1,169 @@
+"""
+Backup and atomic revert of a qube's whole nftables ruleset: the seed
+document's "Nftables tips" as commands.
+
+- ``backup(directory, keep, owner)``: ``nft list ruleset`` saved as
+  ``<directory>/<owner>-<UTC timestamp>.nft``; only the newest ``keep`` files
+  of that owner stay.
+- ``revert(directory, owner, name=None)``: one transaction, ``flush ruleset``
+  followed by the saved file, checked with ``nft -c`` first (through
+  ``qubes_firewall_nft.load``): on any error the running ruleset stays as it
+  was.
+
+Files carry the owner (the minion id) in their names, so one directory shared
+by several minions (a test machine, a lab) never mixes their rulesets.
+Loaded by Salt as ``qubes_firewall_backup``.
+"""
+
+import datetime
+import os
+import re
+import subprocess
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "qubes_firewall_backup"
+
+DEFAULT_DIR = "/var/lib/qubes-firewall-formula/backups"
+DEFAULT_KEEP = 10
+NFT = "nft"
+SUFFIX = ".nft"
+_STAMP = r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z"
+_OWNER = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------
+# pure
+# --------------------------------------------------------------------------
+
+
+def file_name(owner, now):
+    """``<owner>-YYYYmmddTHHMMSS.ffffffZ.nft`` for a UTC datetime: sorts by time."""
+    return "%s-%s%s" % (owner, now.strftime("%Y%m%dT%H%M%S.%fZ"), SUFFIX)
+
+
+def owned(names, owner):
+    """The backup file names of ``owner`` among ``names``, oldest first."""
+    pattern = re.compile(r"\A%s-%s%s\Z" % (re.escape(owner), _STAMP, re.escape(SUFFIX)))
+    return sorted(n for n in names if pattern.match(n))
+
+
+def to_prune(names, owner, keep):
+    """The files of ``owner`` beyond the newest ``keep``."""
+    mine = owned(names, owner)
+    return mine[: max(0, len(mine) - keep)]
+
+
+def revert_script(saved):
+    """The one transaction that replaces the whole ruleset with ``saved``."""
+    return "flush ruleset\n" + saved + ("" if saved.endswith("\n") else "\n")
+
+
+def _check_owner(owner):
+    if not _OWNER.match(owner or ""):
+        raise CommandExecutionError("bad backup owner %r" % owner)
+
+
+# --------------------------------------------------------------------------
+# I/O
+# --------------------------------------------------------------------------
+
+
+def ruleset_text():
+    """``nft list ruleset``: what the seed document saves (counters included)."""
+    try:
+        proc = subprocess.run([NFT, "list", "ruleset"], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise CommandExecutionError("cannot run nft: %s" % exc) from exc
+    if proc.returncode != 0:
+        raise CommandExecutionError("nft list ruleset failed: %s" % proc.stderr.strip())
+    return proc.stdout
+
+
+def _listdir(directory):
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
+
+
+def backup(directory=None, keep=None, owner="local"):
+    """
+    Save the live ruleset, keep the newest ``keep`` backups of ``owner``
+    (None: ``DEFAULT_DIR``, ``DEFAULT_KEEP``).  Returns ``{"path", "removed"}``.
+    """
+    _check_owner(owner)
+    directory = directory or DEFAULT_DIR
+    try:
+        keep = int(DEFAULT_KEEP if keep is None else keep)
+    except (TypeError, ValueError):
+        raise CommandExecutionError("qubes_firewall_backup_keep must be an integer, got %r" % keep) from None
+    if keep < 1:
+        raise CommandExecutionError("qubes_firewall_backup_keep must be at least 1, got %d" % keep)
+    text = ruleset_text()
+    names = _listdir(directory)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = file_name(owner, now)
+    while name in names:  # two backups within one microsecond
+        now += datetime.timedelta(microseconds=1)
+        name = file_name(owner, now)
+    path = os.path.join(directory, name)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CommandExecutionError("cannot create %s: %s" % (directory, exc)) from exc
+    __salt__["qubes_firewall_files.write_atomic"](path, text, mode=0o600, makedirs=False)
+    removed = []
+    for old in to_prune(_listdir(directory), owner, keep):
+        try:
+            os.unlink(os.path.join(directory, old))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CommandExecutionError("cannot remove old backup %s: %s" % (old, exc)) from exc
+        removed.append(os.path.join(directory, old))
+    return {"path": path, "removed": removed}
+
+
+def backups(directory=None, owner="local"):
+    """The backups of ``owner``, newest first: ``[{"name", "path", "bytes"}]``."""
+    _check_owner(owner)
+    directory = directory or DEFAULT_DIR
+    out = []
+    for name in reversed(owned(_listdir(directory), owner)):
+        path = os.path.join(directory, name)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            continue
+        out.append({"name": name, "path": path, "bytes": size})
+    return out
+
+
+def revert(directory=None, owner="local", name=None):
+    """
+    Replace the whole live ruleset with a backup (default: the newest) in one
+    checked transaction.  Returns ``{"reverted_to", "path"}``.
+    """
+    _check_owner(owner)
+    directory = directory or DEFAULT_DIR
+    mine = owned(_listdir(directory), owner)
+    if name is None:
+        if not mine:
+            raise CommandExecutionError("no backup of %s in %s" % (owner, directory))
+        name = mine[-1]
+    elif name not in mine:
+        raise CommandExecutionError(
+            "%r is not a backup of %s in %s (see qubes_firewall.backups)" % (name, owner, directory))
+    path = os.path.join(directory, name)
+    saved = __salt__["qubes_firewall_files.read"](path)
+    if saved is None:
+        raise CommandExecutionError("%s vanished" % path)
+    __salt__["qubes_firewall_nft.load"](revert_script(saved))
+    return {"reverted_to": name, "path": path}

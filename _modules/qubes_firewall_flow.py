@@ -1,0 +1,431 @@
+"""
+``check``: may this flow pass, and through which rules?  Answered from the
+pillar alone, before anything is applied, by walking the first packet of a new
+connection hop by hop through the Qubes 4.2 netvm chain (QUBES_FACTS 1.3, 1.4,
+2.1, 2.3, 2.5):
+
+- in each qube, the formula's own chains as the planner
+  (``qubes_firewall_plan.plan_qube``) writes them: the ``qf-dnat-*`` nat
+  chains, then ``qf-input`` or ``qf-forward``; their match expressions are
+  evaluated as nft would, never re-derived;
+- Qubes' base chains around them: new traffic into a qube is dropped (from
+  its clients: rejected) unless ``qf-input`` accepts it; forwarding down into a
+  client is dropped unless ``qf-forward`` accepts it; forwarding up or out is
+  allowed, masqueraded as the hop;
+- in a netvm, the qvm-firewall list of the client the packet comes from
+  (``qubes_firewall_dom0.firewall_verdict`` on the pillar's list; a qube
+  without a ``firewall`` list in the pillar keeps Qubes' default, accept).
+
+Nodes are qube names, or an outside name (``outside``, ``lan``, ``wan``,
+``internet``): from outside, the packet arrives at the target's uplink
+addressed to the uplink itself on ``port`` (what a port forward publishes);
+to outside, it leaves through the source's uplink.  The outside interface and
+source address are unknown to the pillar: give ``interface`` / ``source_ip``,
+or rules that depend on them are listed as ``conditions``.
+
+Pure; reaches the planner and the qvm-firewall evaluator through
+``__salt__``.  Loaded by Salt as ``qubes_firewall_flow``.
+"""
+
+import fnmatch
+import ipaddress
+import re
+import time
+
+__virtualname__ = "qubes_firewall_flow"
+
+OUTSIDE_NAMES = ("outside", "lan", "wan", "internet")
+# symbolic addresses the pillar cannot know
+OUTSIDE_ADDR = "<outside>"  # an address in the outside world
+_LOCAL_PREFIX = "<local:"  # an uplink's own address on the outside network
+MAX_HOPS = 64
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class FlowError(ValueError):
+    """The question itself is wrong (unknown node, same node twice, bad port)."""
+
+
+# --------------------------------------------------------------------------
+# nft match expressions as the planner writes them
+# --------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'\{[^}]*\}|"[^"]*"|!=|\S+')
+
+
+def _values(token):
+    if token.startswith("{"):
+        items = [i.strip() for i in token[1:-1].split(",")]
+    else:
+        items = [token]
+    return [i.strip('"') for i in items if i]
+
+
+def _addr_in(addr, items):
+    if addr is None or addr.startswith("<"):
+        return False
+    ip = ipaddress.IPv4Address(addr)
+    return any(ip in ipaddress.IPv4Network(i, strict=False) for i in items)
+
+
+def _port_in(port, items):
+    for item in items:
+        low, _, high = item.partition("-")
+        if int(low) <= port <= int(high or low):
+            return True
+    return False
+
+
+def match(expr, packet):
+    """
+    Does the planner's match expression ``expr`` match ``packet``?  Returns
+    ``(matched, conditions)``: ``conditions`` lists the clauses assumed true
+    because the packet's interface or source is unknown (outside traffic).
+    Raises ValueError on a clause the planner never writes.
+    """
+    tokens = _TOKEN.findall(expr or "")
+    conditions = []
+    i = 0
+
+    def take(n):
+        nonlocal i
+        out = tokens[i:i + n]
+        if len(out) != n:
+            raise ValueError("truncated match expression %r" % expr)
+        i += n
+        return out
+
+    ok = True
+    while i < len(tokens):
+        word = tokens[i]
+        if word == "iifgroup":
+            _, value = take(2)
+            ok = ok and packet["iifgroup"] == int(value)
+        elif word == "iifname":
+            take(1)
+            negate = tokens[i] == "!="
+            if negate:
+                take(1)
+            items = _values(take(1)[0])
+            name = packet["iifname"]
+            if name is None:
+                if packet["iifgroup"] == 0 and negate and all(v.startswith("vif") for v in items):
+                    continue  # an outside interface is never a client vif
+                conditions.append("arrives on %s%s" % ("an interface other than " if negate else "", ", ".join(items)))
+                continue
+            found = any(fnmatch.fnmatchcase(name, v) for v in items)
+            ok = ok and (found != negate)
+        elif word == "fib":
+            if take(4) != ["fib", "daddr", "type", "local"]:
+                raise ValueError("unknown fib clause in %r" % expr)
+            ok = ok and packet["daddr"] in packet["local_addrs"]
+        elif word == "ip":
+            _, field, value = take(3)
+            items = _values(value)
+            if field == "saddr" and packet["saddr"] is None:
+                conditions.append("comes from %s" % ", ".join(items))
+                continue
+            if field not in ("saddr", "daddr"):
+                raise ValueError("unknown ip clause in %r" % expr)
+            ok = ok and _addr_in(packet[field], items)
+        elif word in ("tcp", "udp"):
+            _, field, value = take(3)
+            if field != "dport":
+                raise ValueError("unknown %s clause in %r" % (word, expr))
+            ok = ok and packet["proto"] == word and _port_in(packet["dport"], _values(value))
+        elif word == "meta":
+            _, field, value = take(3)
+            if field != "l4proto":
+                raise ValueError("unknown meta clause in %r" % expr)
+            ok = ok and packet["proto"] in _values(value)
+            if i < len(tokens) and tokens[i] == "th":
+                _, field, value = take(3)
+                ok = ok and packet["proto"] in ("tcp", "udp") and _port_in(packet["dport"], _values(value))
+        elif word == "ct":
+            _, field, value = take(3)
+            if field != "state":
+                raise ValueError("unknown ct clause in %r" % expr)
+            ok = ok and "new" in value.split(",")
+        else:
+            raise ValueError("unknown clause %r in %r" % (word, expr))
+    return ok, conditions
+
+
+# --------------------------------------------------------------------------
+# the walk
+# --------------------------------------------------------------------------
+
+
+def is_outside(name):
+    return name in OUTSIDE_NAMES
+
+
+def _local(qube):
+    return "%s%s>" % (_LOCAL_PREFIX, qube)
+
+
+def _show(addr, model):
+    if addr == OUTSIDE_ADDR:
+        return "an outside address"
+    if addr and addr.startswith(_LOCAL_PREFIX):
+        return "%s's outside address" % addr[len(_LOCAL_PREFIX):-1]
+    names = [n for n, a in model.addresses.items() if a == addr]
+    return "%s (%s)" % (addr, names[0]) if names else str(addr)
+
+
+class _Walk:
+    def __init__(self, model, proto, now):
+        self.model = model
+        self.proto = proto
+        self.now = now
+        self.plans = {}
+        self.steps = []
+        self.rules = []
+        self.conditions = []
+        self.notes = []
+
+    def plan(self, qube):
+        if qube not in self.plans:
+            self.plans[qube] = __salt__["qubes_firewall_plan.plan_qube"](self.model, qube)
+        return self.plans[qube]
+
+    def chain(self, qube, name):
+        for chain in self.plan(qube).chains:
+            if chain.name == name:
+                return chain
+        return None
+
+    def first_match(self, qube, rules, packet):
+        for rule in rules:
+            ok, conds = match(rule.match, packet)
+            if ok:
+                self.rules.append({"qube": qube, "chain": rule.chain, "comment": rule.comment,
+                                   "rule": rule.body})
+                for cond in conds:
+                    if cond not in self.conditions:
+                        self.conditions.append(cond)
+                return rule
+        return None
+
+    def step(self, text):
+        self.steps.append(text)
+
+    def address(self, qube):
+        addr = self.model.addresses.get(qube)
+        if addr is None:
+            raise FlowError("qubes_firewall:addresses:%s: check needs the address of %s" % (qube, qube))
+        return addr
+
+
+def _dnat(walk, node, packet):
+    """The formula's nat prerouting chains of ``node`` (first dnat wins)."""
+    chains = sorted((c for c in walk.plan(node).chains if c.hook and c.hook[1] == "prerouting"),
+                    key=lambda c: c.name)
+    for chain in chains:
+        rule = walk.first_match(node, chain.rules, packet)
+        if rule is None:
+            continue
+        verdict = rule.verdict.split()
+        if verdict[:2] == ["dnat", "to"]:
+            addr, _, port = verdict[2].partition(":")
+            packet["daddr"] = addr
+            if port:
+                packet["dport"] = int(port)
+        elif verdict[:2] == ["redirect", "to"]:
+            packet["daddr"] = walk.address(node)
+            packet["dport"] = int(verdict[2].lstrip(":"))
+        else:
+            raise ValueError("unknown nat verdict %r" % rule.verdict)
+        walk.step("%s: %s rewrites the destination to %s port %d"
+                  % (node, chain.name, _show(packet["daddr"], walk.model), packet["dport"]))
+        return
+
+
+def _firewall_list(walk, client, netvm, packet):
+    """The client's qvm-firewall list, applied in its netvm; True when it accepts."""
+    qube = walk.model.qubes[client]
+    lines = __salt__["qubes_firewall_dom0.wanted_firewall"](qube)
+    if lines is None:
+        walk.step("%s: qubes-firewall: %s's qvm-firewall list is not in the pillar (Qubes' default: accept)"
+                  % (netvm, client))
+        return True
+    dest = packet["daddr"]
+    ip = None if dest.startswith("<") else dest
+    action, index = __salt__["qubes_firewall_dom0.firewall_verdict"](lines, walk.proto, packet["dport"], ip, walk.now)
+    which = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit drop at its end"
+    if ip is None and any("dsthost=" in line for line in lines):
+        walk.notes.append("%s's qvm-firewall rules for named hosts were not evaluated: the outside "
+                          "destination is unknown" % client)
+    walk.step("%s: qubes-firewall: %s's qvm-firewall list: %s by %s" % (netvm, client, action, which))
+    return action == "accept"
+
+
+def _route(walk, node, packet):
+    """Where ``node`` sends the packet: ("local", None), ("down", client), ("up", netvm), ("out", None), ("none", why)."""
+    model = walk.model
+    daddr = packet["daddr"]
+    if daddr == model.addresses.get(node) or daddr == _local(node):
+        return "local", None
+    for client in model.clients(node):
+        if model.addresses.get(client) == daddr:
+            return "down", client
+    netvm = model.qubes[node].netvm
+    if netvm is not None:
+        return "up", netvm
+    if daddr == OUTSIDE_ADDR:
+        return "out", None
+    return "none", "%s has no route to %s (not one of its clients)" % (node, _show(daddr, model))
+
+
+def _packet_at(walk, node, packet, came_from):
+    """The packet as ``node`` sees it arriving: interface group and name."""
+    packet = dict(packet)
+    if came_from == "netvm":
+        packet["iifgroup"], packet["iifname"] = 1, "eth0"
+    elif came_from == "outside":
+        packet["iifgroup"] = 0
+    else:  # a client
+        packet["iifgroup"], packet["iifname"] = 2, "vif0.0"
+    packet["local_addrs"] = {walk.model.addresses.get(node), _local(node)}
+    return packet
+
+
+def _walk(walk, source, target, port, interface, source_ip):
+    model = walk.model
+    packet = {"proto": walk.proto, "dport": port, "iifname": None}
+    if is_outside(source):
+        node = model.uplink(target)
+        packet.update(saddr=source_ip, daddr=_local(node))
+        packet = _packet_at(walk, node, packet, "outside")
+        packet["iifname"] = interface
+        walk.step("%s: sends to %s %s/%d" % (source, _show(packet["daddr"], model), walk.proto, port))
+        came_from = "outside"
+    else:
+        daddr = OUTSIDE_ADDR if is_outside(target) else walk.address(target)
+        packet.update(saddr=walk.address(source), daddr=daddr)
+        node, came_from = source, None
+        walk.step("%s: sends to %s %s/%d" % (source, _show(daddr, model), walk.proto, port))
+    prev = source
+    for _ in range(MAX_HOPS):
+        if came_from is not None:
+            _dnat(walk, node, packet)
+        where, other = _route(walk, node, packet)
+        if where == "none":
+            walk.step(other)
+            return None, other
+        if came_from is None:  # generated in this qube: no input/forward chain
+            if where == "local":
+                return None, "%s cannot reach itself this way" % node
+        elif where == "local":
+            rule = walk.first_match(node, walk.chain(node, "qf-input").rules, packet)
+            if rule is None:
+                why = ("%s rejects new connections from its clients (Qubes' input chain)" % node
+                       if packet["iifgroup"] == 2 else
+                       "%s drops new incoming connections (Qubes' input chain policy)" % node)
+                walk.step(why)
+                return None, why
+            walk.step("%s: qf-input accepts it (%s)" % (node, rule.origin))
+            return (node, packet["dport"]), None
+        else:
+            rule = walk.first_match(node, walk.chain(node, "qf-forward").rules, packet)
+            if rule is not None:
+                walk.step("%s: qf-forward accepts it (%s)" % (node, rule.origin))
+            elif where == "down":
+                why = "%s drops forwarding to its client %s (Qubes' forward chain)" % (node, other)
+                walk.step(why)
+                return None, why
+            else:
+                walk.step("%s: Qubes' forward chain lets it %s" % (node, "up" if where == "up" else "out"))
+            if came_from == "client" and not _firewall_list(walk, prev, node, packet):
+                return None, "%s's qvm-firewall list drops it in %s" % (prev, node)
+        if where == "out":
+            walk.step("%s: leaves to the outside network, masqueraded as its outside address" % node)
+            return (OUTSIDE_ADDR, packet["dport"]), None
+        if where == "up" and came_from is not None:
+            packet["saddr"] = walk.address(node)
+            walk.step("%s: masquerades it as %s and sends it up to %s" % (node, packet["saddr"], other))
+        elif where == "up":
+            walk.step("%s: sends it up to its netvm %s" % (node, other))
+        else:
+            walk.step("%s: sends it down to its client %s" % (node, other))
+        prev = node
+        node = other
+        packet = _packet_at(walk, node, packet, "netvm" if where == "down" else "client")
+        came_from = "netvm" if where == "down" else "client"
+    raise ValueError("the walk did not end after %d hops" % MAX_HOPS)
+
+
+def check(model, source, target, port, proto="tcp", interface=None, source_ip=None, now=None):
+    """
+    May a new ``proto`` connection from ``source`` to ``target`` port
+    ``port`` pass?  Returns::
+
+        {"allowed": bool, "source", "target", "proto", "port",
+         "reaches": {"node", "port"} | None,   # where the packet ends up
+         "reason": str,                         # why not, or what lets it
+         "rules": [{"qube", "chain", "comment", "rule"}],  # the formula's rules on the way
+         "steps": [str],                        # the walk, hop by hop
+         "conditions": [str], "notes": [str]}
+
+    ``reaches`` may be another node than ``target`` (a port forward's DNAT
+    sends the uplink's port elsewhere): then ``allowed`` is False.
+    """
+    for name, what in ((source, "source"), (target, "target")):
+        if not is_outside(name) and name not in model.qubes:
+            raise FlowError("%s %r is neither a qube of qubes_firewall:qubes nor an outside name (%s)"
+                            % (what, name, ", ".join(OUTSIDE_NAMES)))
+    if source == target or (is_outside(source) and is_outside(target)):
+        raise FlowError("source and target must differ, and one of them must be a qube")
+    if proto not in ("tcp", "udp"):
+        raise FlowError("proto must be tcp or udp, got %r" % proto)
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise FlowError("port must be an integer 1-65535, got %r" % port) from None
+    if not 1 <= port <= 65535:
+        raise FlowError("port must be an integer 1-65535, got %d" % port)
+    if source_ip is not None:
+        ipaddress.IPv4Address(source_ip)
+    walk = _Walk(model, proto, time.time() if now is None else now)
+    reached, why = _walk(walk, source, target, port, interface, source_ip)
+    reaches = None
+    allowed = False
+    if reached is not None:
+        node, landed = reached
+        node = target if node == OUTSIDE_ADDR else node
+        reaches = {"node": node, "port": landed}
+        allowed = node == target
+        if allowed:
+            why = "allowed: %s reaches %s %s/%d" % (source, target, proto, landed)
+        else:
+            why = "%s %s/%d lands in %s %s/%d, not in %s" % (
+                _show(_local(model.uplink(target)), model) if is_outside(source) else target,
+                proto, port, node, proto, landed, target)
+    return {
+        "allowed": allowed,
+        "source": source,
+        "target": target,
+        "proto": proto,
+        "port": port,
+        "reaches": reaches,
+        "reason": why,
+        "rules": walk.rules,
+        "steps": walk.steps,
+        "conditions": walk.conditions if allowed else [],
+        "notes": walk.notes,
+    }
+
+
+def matrix(model, nodes, ports, proto="tcp", **kwargs):
+    """``{(source, target, port): check(...)}`` for every ordered pair of ``nodes``."""
+    out = {}
+    for source in nodes:
+        for target in nodes:
+            if source == target or (is_outside(source) and is_outside(target)):
+                continue
+            for port in ports:
+                out[(source, target, port)] = check(model, source, target, port, proto, **kwargs)
+    return out
