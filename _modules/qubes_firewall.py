@@ -102,29 +102,58 @@ def rules_transaction(qube=None):
     return __salt__["qubes_firewall_nft.transaction"](plan, live)
 
 
+def _stale_disposable_block(mdl, name):
+    """
+    A block ``rules:NAME`` found in a file: NAME's disposable template (or a
+    copy of its /rw) wrote it.  It is stale when NAME is no longer a disposable
+    with a template in the pillar; while it is one, only its template's run
+    manages it (a disposable's own /rw is a copy that must keep it).
+    """
+    qube = mdl.qubes.get(name)
+    return qube is None or qube.dispvm_template is None
+
+
 def persisted_files(qube=None):
     """
-    ``{path: (old_text, new_text)}`` for the files that replay this qube's
-    rules at boot: the managed block goes into ``qubes-firewall-user-script``
-    for qubes that provide network, ``rc.local`` for the others (and leaves the
-    other file).  Reads only.
+    ``{path: (old_text, new_text)}`` for the files that replay rules at boot.
+    A qube's own rules go in a managed block ``rules`` of
+    ``qubes-firewall-user-script`` when it provides network, of ``rc.local``
+    otherwise.  A named disposable (``dispvm_template`` in the pillar) gets its
+    /rw from its disposable template at each start: its block ``rules:NAME``
+    is written by the run on the template, and its own run writes none.
+    Blocks that are no longer wanted are removed; a ``rules:NAME`` block is
+    left alone while NAME is a disposable of another template.  Reads only.
     """
-    plan = qube_plan(qube)
-    if plan is None:
-        return {}
+    qube = qube or minion_id()
     mdl = model()
     plan_mod = "qubes_firewall_plan"
-    block = __salt__[plan_mod + ".persist_block"](plan)
+    wanted = {}  # block name -> (file name, body)
+    if qube in mdl.qubes and mdl.qubes[qube].dispvm_template is None:
+        plan = qube_plan(qube)
+        wanted["rules"] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
+    for name in mdl.disposables_of(qube):
+        try:
+            plan = __salt__[plan_mod + ".plan_qube"](mdl, name)
+        except ValueError as exc:
+            raise _plan_error(exc) from exc
+        wanted["rules:" + name] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
+    files = __salt__["qubes_firewall_files.replace_block"]
     out = {}
     for filename in ("qubes-firewall-user-script", "rc.local"):
         path = "%s/%s" % (mdl.lookup.rw_config, filename)
         old = __salt__["qubes_firewall_files.read"](path)
-        body = block if filename == plan.persist_file else None
+        present = [n for n in __salt__["qubes_firewall_files.block_names"](old)
+                   if n == "rules" or (n.startswith("rules:") and _stale_disposable_block(mdl, n[6:]))]
+        new = old
         try:
-            new = __salt__["qubes_firewall_files.replace_block"](old, "rules", body, header="#!/bin/sh\n")
+            for block in sorted(set(present) | set(wanted)):
+                where, body = wanted.get(block, (None, None))
+                new = files(new, block, body if where == filename else None, header="#!/bin/sh\n")
         except ValueError as exc:
             raise CommandExecutionError("%s: %s" % (path, exc)) from exc
         out[path] = (old, new)
+    if qube not in mdl.qubes and not wanted and all(o == n for o, n in out.values()):
+        return {}  # not ours to manage (a former template's leftovers are removed above)
     return out
 
 

@@ -23,7 +23,8 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall_files"
 
-_NAME = re.compile(r"\A[a-z0-9_.-]{1,64}\Z")
+_NAME = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
+_BEGIN = re.compile(r"\A# BEGIN qubes_firewall:([A-Za-z0-9_.:-]{1,64}) \(managed by Salt, do not edit\)\Z")
 
 
 class BlockError(ValueError):
@@ -51,6 +52,16 @@ def _find(lines, name):
             % (name, len(starts), len(ends))
         )
     return starts[0], ends[0]
+
+
+def block_names(text):
+    """The names of the managed blocks in ``text``, in order."""
+    names = []
+    for line in (text or "").splitlines():
+        match = _BEGIN.match(line)
+        if match:
+            names.append(match.group(1))
+    return names
 
 
 def get_block(text, name):

@@ -89,6 +89,9 @@ class Qube:
     service: bool = False
     # None = not managed; () = an empty list (everything blocked)
     firewall: Optional[Tuple[FirewallRule, ...]] = None
+    # a named disposable: its /rw comes from this disposable template at each
+    # start, so the boot replay of its rules is written there
+    dispvm_template: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +161,10 @@ class Model:
 
     def clients(self, name):
         return sorted(q.name for q in self.qubes.values() if q.netvm == name)
+
+    def disposables_of(self, template):
+        """The named disposables whose /rw comes from ``template``."""
+        return sorted(q.name for q in self.qubes.values() if q.dispvm_template == template)
 
 
 # --------------------------------------------------------------------------
@@ -413,7 +420,7 @@ def _firewall_rule(raw, path, errors):
     return FirewallRule(action, proto, dsthost, dstports, icmptype, special, expire, comment)
 
 
-_QUBE_KEYS = ("netvm", "provides_network", "service", "firewall")
+_QUBE_KEYS = ("netvm", "provides_network", "service", "firewall", "dispvm_template")
 
 
 def _qubes(raw, errors):
@@ -454,12 +461,17 @@ def _qubes(raw, errors):
                         for i, rule in enumerate(rules)
                     ) if r is not None
                 )
-        parsed[name] = (netvm, provides, service, firewall)
+        dvm = None
+        if spec.get("dispvm_template") is not None:
+            dvm = _qube_name(spec["dispvm_template"], qpath + ["dispvm_template"], errors)
+            if dvm == name:
+                errors.add(qpath + ["dispvm_template"], "a qube cannot be its own disposable template")
+        parsed[name] = (netvm, provides, service, firewall, dvm)
 
     # topology: netvms exist, provide network, no cycles
-    used_as_netvm = {netvm for netvm, _, _, _ in parsed.values() if netvm}
+    used_as_netvm = {spec[0] for spec in parsed.values() if spec[0]}
     qubes = {}
-    for name, (netvm, provides, service, firewall) in parsed.items():
+    for name, (netvm, provides, service, firewall, dvm) in parsed.items():
         qpath = path + [name]
         if netvm is not None:
             if netvm == name:
@@ -478,7 +490,10 @@ def _qubes(raw, errors):
         if service and provides is False:
             errors.add(qpath + ["service"], "a network service qube must provide network")
         effective = provides if provides is not None else (name in used_as_netvm or service)
-        qubes[name] = Qube(name, netvm, effective, provides, service, firewall)
+        if dvm is not None and dvm in parsed:
+            errors.add(qpath + ["dispvm_template"],
+                       "%r is listed under %s:qubes; a disposable template runs no qube's network" % (dvm, ROOT))
+        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm)
     for name in sorted(qubes):
         seen = [name]
         current = qubes[name].netvm

@@ -27,7 +27,7 @@ import time
 import yaml
 
 from tests.lab import qubes_base
-from tests.salt_call import REPO, SaltCall
+from tests.salt_call import SaltCall
 
 NS = "qf-bench-%d" % os.getpid()
 

@@ -11,13 +11,20 @@ py3006="$(scripts/bootstrap.sh 3006)"
 bin="$(dirname "$py3008")"
 export PYTHONWARNINGS=ignore PYTHONDONTWRITEBYTECODE=1
 
+failed=()
 echo "== ruff"
-"$bin/ruff" check .
+"$bin/ruff" check . || failed+=(ruff)
 echo "== salt-lint"
-"$bin/salt-lint" salt/qubes_firewall/*.sls
+"$bin/salt-lint" salt/qubes_firewall/*.sls || failed+=(salt-lint)
 echo "== yamllint"
-"$bin/yamllint" -s -c .yamllint.yaml pillar.example
+"$bin/yamllint" -s -c .yamllint.yaml pillar.example || failed+=(yamllint)
 for py in "$py3008" "$py3006"; do
-    echo "== pytest with $("$py" -c 'import salt.version; print("Salt", salt.version.__version__)')"
-    "$py" -m pytest "$@"
+    version="$("$py" -c 'import salt.version; print(salt.version.__version__)')"
+    echo "== pytest with Salt $version"
+    "$py" -m pytest "$@" || failed+=("pytest-salt-$version")
 done
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "all checks passed"

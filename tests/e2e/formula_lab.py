@@ -7,8 +7,8 @@ that qube's emulated /rw/config.
 """
 
 import copy
-import json
 import dataclasses
+import json
 import pathlib
 from typing import List, Optional
 
@@ -76,13 +76,22 @@ class FormulaLab:
     def qube_pillar(self, qube, pillar=None):
         pillar = copy.deepcopy(pillar if pillar is not None else self.pillar)
         lookup = pillar["qubes_firewall"].setdefault("lookup", {}) if isinstance(pillar.get("qubes_firewall"), dict) else {}
-        lookup["rw_config"] = str(self.lab.rw_config(qube))
+        lookup["rw_config"] = str(self.rw_config(qube))
         return pillar
+
+    def rw_config(self, qube):
+        """A lab qube's /rw/config; for a qube outside the lab (a disposable
+        template, which runs no network) a directory of its own."""
+        if qube in self.lab.qubes:
+            return self.lab.rw_config(qube)
+        path = self.workdir / "templates" / qube / "rw" / "config"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def minion(self, qube):
         if qube not in self._minions:
-            self._minions[qube] = SaltCall(self.workdir / "salt", qube, self.qube_pillar(qube),
-                                           netns=self.lab.netns(qube))
+            netns = self.lab.netns(qube) if qube in self.lab.qubes else None
+            self._minions[qube] = SaltCall(self.workdir / "salt", qube, self.qube_pillar(qube), netns=netns)
         return self._minions[qube]
 
     def set_pillar(self, pillar):

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from tests.e2e.formula_lab import Flow, FormulaLab, check_flows, matrix_text
+from tests.e2e.formula_lab import FormulaLab, check_flows, matrix_text
 from tests.e2e.full_example import FLOWS, full_pillar, start_servers
 
 
@@ -131,7 +131,7 @@ def test_bad_pillar_fails_before_anything_changes(tmp_path):
         bad["qubes_firewall"]["port_forwards"][0]["sources"] = ["192.168.1.0/24; flush ruleset"]
         bad["qubes_firewall"]["port_forwards"][0]["port"] = 8443
         flab.set_pillar(bad)
-        for qube, result in flab.apply_all().items():
+        for _qube, result in flab.apply_all().items():
             assert result.retcode != 0
             assert "qubes_firewall:port_forwards:0:sources:0" in result.states["qubes_firewall-validated"]["comment"]
         assert flab.snapshot_all() == before
@@ -170,3 +170,30 @@ def test_connection_across_branches_through_masquerading_hops(tmp_path):
         assert flab.lab.probe_tcp("work", "web", 8443) == "web:8443:10.137.0.7"
         assert flab.lab.probe_tcp("web", "work", 22) is None
         assert flab.lab.probe_tcp("lan", "192.168.1.10", 8443) is None
+
+
+def test_disposable_sys_firewall_gets_its_rules_from_its_template(tmp_path):
+    """
+    Qubes 4.2 installs sys-firewall as a named disposable: its /rw is copied
+    from default-dvm at each start.  The formula run on default-dvm writes the
+    boot block; a restart of sys-firewall (new /rw from the template, boot)
+    brings the port forward back.
+    """
+    pillar = full_pillar()
+    pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"] = "default-dvm"
+    with FormulaLab(pillar, tmp_path) as flab:
+        assert not any(r.failed for r in flab.apply_all().values())
+        template = flab.apply("default-dvm")
+        assert template.retcode == 0 and template.changed
+        assert not (flab.rw_config("sys-firewall") / "qubes-firewall-user-script").exists()
+        start_servers(flab.lab)
+        assert flab.lab.probe_tcp("lan", "192.168.1.10", 443) == "web:443"
+        # the disposable restarts: /rw from the template, then boot
+        rw = flab.rw_config("sys-firewall")
+        for item in flab.rw_config("default-dvm").iterdir():
+            target = rw / item.name
+            target.write_bytes(item.read_bytes())
+            target.chmod(item.stat().st_mode)
+        flab.lab.reboot("sys-firewall")
+        assert flab.lab.probe_tcp("lan", "192.168.1.10", 443) == "web:443"
+        assert flab.apply("sys-firewall").changed == {}

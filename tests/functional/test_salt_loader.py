@@ -86,3 +86,34 @@ def test_persisted_block_test_mode_then_apply_twice(tmp_path):
     rc, out, proc = minion.run(*sls_id)
     (result,) = out.values()
     assert result["result"] is True and result["changes"] == {}
+
+
+def test_disposable_netvm_block_is_written_by_its_disposable_template(tmp_path):
+    """
+    sys-firewall as a named disposable of default-dvm (the Qubes 4.2 default):
+    the run on default-dvm writes sys-firewall's boot block (guarded by its
+    name) into the template's /rw/config; sys-firewall's own run writes none,
+    since its /rw is replaced from the template at every start.
+    """
+    pillar = pillar_with(tmp_path)
+    pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"] = "default-dvm"
+    template = SaltCall(tmp_path, "default-dvm", pillar)
+    single = ("state.single", "qubes_firewall.persisted_rules", "name=persisted")
+    rc, out, proc = template.run(*single)
+    (result,) = out.values()
+    assert rc == 0 and result["result"] is True, proc.stderr
+    script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
+    assert "# BEGIN qubes_firewall:rules:sys-firewall " in script
+    assert '[ "$(qubesdb-read /name 2>/dev/null)" = "sys-firewall" ]' in script
+    assert "qf-dnat-https" in script
+    rc, out, proc = template.run(*single)
+    assert list(out.values())[0]["changes"] == {}
+    # the disposable's own run keeps its hands off its throw-away /rw
+    rc, out, proc = SaltCall(tmp_path / "fw", "sys-firewall", pillar).run(*single)
+    (result,) = out.values()
+    assert result["result"] is True and result["changes"] == {}
+    # no longer a disposable: the template's block goes away
+    del pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"]
+    template.set_pillar(pillar)
+    rc, out, proc = template.run(*single)
+    assert "rules:sys-firewall" not in (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()

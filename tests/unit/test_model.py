@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.modules import model, plan
-from tests.unit.test_plan import load_example
 
 CONTRACT_EXAMPLE = {
     "lookup": {"rw_config": "/rw/config", "policy_file": "/etc/qubes/policy.d/30-user-networking.policy"},
