@@ -419,6 +419,31 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
                 out.append("%s: false, but %s still use %s as netvm (Qubes refuses); move them first"
                            % (_path("qubes", name, "provides_network"), ", ".join(others), name))
 
+    # named disposables: their /rw (and so the boot replay of their rules) comes
+    # from their disposable template
+    holders = set()
+    for fwd in model.port_forwards:
+        holders.update(_holders_of_forward(model, fwd))
+    for conn in model.connections:
+        hops, _ = connection_route(model, conn)
+        holders.update(hops or [])
+        holders.add(conn.target)
+    for name in sorted(model.qubes):
+        qube, live = model.qubes[name], inventory[name]
+        disposable = live.get("klass") == "DispVM"
+        if qube.dispvm_template is not None:
+            if not disposable:
+                out.append("%s: %s is not a disposable (its class is %s); remove dispvm_template"
+                           % (_path("qubes", name, "dispvm_template"), name, live.get("klass")))
+            elif live.get("template") != qube.dispvm_template:
+                out.append("%s: %s is a disposable of %s, not of %s"
+                           % (_path("qubes", name, "dispvm_template"), name, live.get("template"),
+                              qube.dispvm_template))
+        elif disposable and name in holders:
+            out.append("%s: %s is a disposable whose /rw comes from %s at each start, so the boot "
+                       "replay of its rules must be written there: add `dispvm_template: %s`"
+                       % (_path("qubes", name), name, live.get("template"), live.get("template")))
+
     # network service qubes need a firewall qube between them and clients
     for name in sorted(model.qubes):
         if not model.qubes[name].service:

@@ -332,3 +332,29 @@ def test_addresses_from_the_inventory(world):
         "web": "10.137.0.11", "work": "10.137.0.9"}
     everything = dom0.addresses(inv)
     assert "dom0" not in everything and everything["sys-net"] == "10.137.0.5"
+
+
+def _disposable_sys_firewall(inv):
+    inv["sys-firewall"].update(klass="DispVM", template="default-dvm", disposable=True)
+
+
+def test_disposable_holding_rules_needs_its_dispvm_template(world):
+    """Qubes 4.2's default sys-firewall is a named disposable: without dispvm_template its rules die at reboot."""
+    out = problems(full_pillar(), world, mutate=_disposable_sys_firewall)
+    assert out == ["qubes_firewall:qubes:sys-firewall: sys-firewall is a disposable whose /rw comes from "
+                   "default-dvm at each start, so the boot replay of its rules must be written there: "
+                   "add `dispvm_template: default-dvm`"]
+    pillar = full_pillar()
+    pillar["qubes"]["sys-firewall"]["dispvm_template"] = "default-dvm"
+    assert problems(pillar, world, mutate=_disposable_sys_firewall) == []
+
+
+def test_dispvm_template_must_match_qubes(world):
+    pillar = full_pillar()
+    pillar["qubes"]["sys-firewall"]["dispvm_template"] = "other-dvm"
+    assert problems(pillar, world, mutate=_disposable_sys_firewall) == [
+        "qubes_firewall:qubes:sys-firewall:dispvm_template: sys-firewall is a disposable of default-dvm, "
+        "not of other-dvm"]
+    assert problems(pillar, world) == [
+        "qubes_firewall:qubes:sys-firewall:dispvm_template: sys-firewall is not a disposable (its class "
+        "is AppVM); remove dispvm_template"]
