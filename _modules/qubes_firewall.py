@@ -336,3 +336,170 @@ def connect_tcp_commands(qube=None):
         {"origin": origin, "client": client, "command": command}
         for origin, client, command in __salt__["qubes_firewall_connect_tcp.commands"](entries, qube)
     ]
+
+
+# ---- operations ----
+# What a user does after applying: look at the counters, find drift, back up
+# and revert, draw the topology, ask whether a flow may pass.  The work is in
+# qubes_firewall_report, _backup, _diagram and _flow.
+
+
+def _live():
+    return __salt__["qubes_firewall_nft.live_state"](__salt__["qubes_firewall_nft.read"]())
+
+
+def _not_named_here(qube):
+    return {"qube": qube, "comment": "%s is not named in the qubes_firewall:qubes pillar" % qube}
+
+
+def status(origin=None):
+    """
+    Every rule the formula owns in this qube, with its pillar origin and its
+    packet/byte counters (the seed document's "look at the counters"), summed
+    per pillar entry under ``by_origin``; ``missing`` lists planned rules that
+    are not loaded. ``origin`` keeps only rules of one pillar entry, e.g.
+    ``port_forwards:https``: the same name in every hop of a port forward.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.status
+        qubesctl --skip-dom0 --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https
+    """
+    plan = qube_plan()
+    if plan is None:
+        return _not_named_here(minion_id())
+    return __salt__["qubes_firewall_report.status"](plan, _live(), origin)
+
+
+def drift():
+    """
+    What differs between the pillar, the live ruleset and the boot block:
+    rules missing (a restart, a hand ``flush``), rules the pillar does not
+    imply (hand edits in the formula's chains), missing or duplicated jumps,
+    a lost or edited boot block. Salt's exit code is 1 when anything drifted;
+    ``fix`` holds the transaction ``state.apply qubes_firewall`` would load.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.drift
+    """
+    plan = qube_plan()
+    if plan is None:
+        return _not_named_here(minion_id())
+    live = _live()
+    files = persisted_files()
+
+    def block_of(text):
+        return __salt__["qubes_firewall_files.get_block"](text, "rules")
+
+    out = __salt__["qubes_firewall_report.drift"](plan, live, files, block_of)
+    if out["live"]:
+        try:
+            out["fix"] = __salt__["qubes_firewall_nft.transaction"](plan, live)[0]
+        except CommandExecutionError as exc:
+            out["fix"] = str(exc)
+    if out["drifted"]:
+        __context__["retcode"] = 1
+    return out
+
+
+def _backup_args():
+    return {
+        "directory": __opts__.get("qubes_firewall_backup_dir"),
+        "owner": minion_id(),
+    }
+
+
+def backup():
+    """
+    Save the live ruleset (``nft list ruleset``, the seed document's backup)
+    as ``<dir>/<minion id>-<UTC timestamp>.nft`` and keep the newest N. The
+    directory is the minion option ``qubes_firewall_backup_dir`` (default
+    ``/var/lib/qubes-firewall-formula/backups``), N the option
+    ``qubes_firewall_backup_keep`` (default 10). The formula's state takes one
+    before each change of the live rules.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.backup
+    """
+    return __salt__["qubes_firewall_backup.backup"](keep=__opts__.get("qubes_firewall_backup_keep"),
+                                                   **_backup_args())
+
+
+def backups():
+    """
+    The saved rulesets of this minion, newest first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.backups
+    """
+    return __salt__["qubes_firewall_backup.backups"](**_backup_args())
+
+
+def revert(name=None):
+    """
+    Replace the whole live ruleset with a saved one (default: the newest) in
+    one transaction, ``flush ruleset`` followed by the saved file, checked
+    with ``nft -c`` first: on any error nothing changes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.revert
+        salt-call qubes_firewall.revert name=sys-net-20240101T120000.000000Z.nft
+    """
+    return __salt__["qubes_firewall_backup.revert"](name=name, **_backup_args())
+
+
+def diagram(fmt="mermaid"):
+    """
+    The pillar's topology as Mermaid (``fmt=mermaid``) or Graphviz DOT
+    (``fmt=dot``) text: the netvm chain with roles, each port forward's path,
+    connections and qubes.ConnectTCP bindings.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call --out=newline_values_only qubes_firewall.diagram fmt=dot | dot -Tpng -o topology.png
+    """
+    try:
+        return __salt__["qubes_firewall_diagram.render"](model(), fmt)
+    except ValueError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+
+
+def check(source, target, port, proto="tcp", interface=None, source_ip=None):
+    """
+    May a new connection from ``source`` to ``target`` on ``port`` pass, and
+    through which rules? Answered from the pillar alone (nothing is read from
+    or written to the system), by walking the packet through every hop.
+    ``source``/``target``: qube names, or ``outside`` (also ``lan``, ``wan``,
+    ``internet``) for the world beyond the uplink; from outside, ``port`` is
+    the port opened on the uplink and ``interface``/``source_ip`` say where
+    the packet comes from (else rules that depend on them are listed as
+    ``conditions``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.check work build 22
+        salt-call qubes_firewall.check outside web 443 interface=ens6 source_ip=192.168.1.50
+    """
+    try:
+        return __salt__["qubes_firewall_flow.check"](model(), source, target, port, proto,
+                                                     interface=interface, source_ip=source_ip)
+    except ValueError as exc:
+        raise CommandExecutionError(str(exc)) from exc

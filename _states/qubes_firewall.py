@@ -96,11 +96,13 @@ def runtime_rules(name):
         ret["comment"] = "The nft rules of %s would be updated in one transaction." % qube
         return ret
     try:
+        saved = __salt__["qubes_firewall.backup"]()
         __salt__["qubes_firewall_nft.load"](script)
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
-    ret["comment"] = "The nft rules of %s were updated in one transaction." % qube
+    ret["comment"] = ("The nft rules of %s were updated in one transaction (the ruleset before: %s)."
+                      % (qube, saved["path"]))
     return ret
 
 
