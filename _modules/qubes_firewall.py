@@ -462,22 +462,30 @@ def revert(name=None):
     return __salt__["qubes_firewall_backup.revert"](name=name, **_backup_args())
 
 
-def diagram(fmt="mermaid"):
+def diagram(fmt="mermaid", path=None):
     """
     The pillar's topology as Mermaid (``fmt=mermaid``) or Graphviz DOT
     (``fmt=dot``) text: the netvm chain with roles, each port forward's path,
-    connections and qubes.ConnectTCP bindings.
+    connections and qubes.ConnectTCP bindings. With ``path``, the text is
+    written to that file (Salt's outputters cannot print bare text) and the
+    path returned.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call --out=newline_values_only qubes_firewall.diagram fmt=dot | dot -Tpng -o topology.png
+        sudo qubesctl qubes_firewall.diagram
+        sudo qubesctl qubes_firewall.diagram fmt=dot path=/tmp/topology.dot
+        dot -Tpng /tmp/topology.dot -o topology.png
     """
     try:
-        return __salt__["qubes_firewall_diagram.render"](model(), fmt)
+        text = __salt__["qubes_firewall_diagram.render"](model(), fmt)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
+    if path is None:
+        return text
+    __salt__["qubes_firewall_files.write_atomic"](path, text, mode=0o644)
+    return {"path": path}
 
 
 def check(source, target, port, proto="tcp", interface=None, source_ip=None):

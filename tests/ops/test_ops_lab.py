@@ -168,6 +168,10 @@ def test_the_state_backs_up_before_each_write_and_keeps_the_last_n(flab):
     assert call(flab, qube, "qubes_firewall.backups")[1] == listed  # no write, no backup
 
 
-def test_diagram_through_salt_call(flab):
+def test_diagram_through_salt_call(flab, tmp_path):
     rc, text = call(flab, "web", "qubes_firewall.diagram", "fmt=dot")
     assert rc == 0 and text.startswith("digraph qubes_firewall {")
+    target = tmp_path / "topology.mmd"
+    rc, out = call(flab, "web", "qubes_firewall.diagram", "path=%s" % target)
+    assert rc == 0 and out == {"path": str(target)}
+    assert target.read_text() == (pathlib.Path(__file__).parent / "golden" / "full.mmd").read_text()
