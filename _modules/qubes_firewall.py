@@ -414,14 +414,15 @@ def _backup_args():
     }
 
 
-def backup():
+def backup(document=None):
     """
-    Save the live ruleset (``nft list ruleset``, the seed document's backup)
-    as ``<dir>/<minion id>-<UTC timestamp>.nft`` and keep the newest N. The
+    Save the live ruleset (the seed document's backup, as nft's JSON:
+    ``nft -j list ruleset``, counters included) as
+    ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N. The
     directory is the minion option ``qubes_firewall_backup_dir`` (default
     ``/var/lib/qubes-firewall-formula/backups``), N the option
     ``qubes_firewall_backup_keep`` (default 10). The formula's state takes one
-    before each change of the live rules.
+    before each change of the live rules, from the document it read already.
 
     CLI Example:
 
@@ -430,7 +431,7 @@ def backup():
         salt-call qubes_firewall.backup
     """
     return __salt__["qubes_firewall_backup.backup"](keep=__opts__.get("qubes_firewall_backup_keep"),
-                                                   **_backup_args())
+                                                   document=document, **_backup_args())
 
 
 def backups():
@@ -457,7 +458,7 @@ def revert(name=None):
     .. code-block:: bash
 
         salt-call qubes_firewall.revert
-        salt-call qubes_firewall.revert name=sys-net-20240101T120000.000000Z.nft
+        salt-call qubes_firewall.revert name=sys-net-20240101T120000.000000Z.json
     """
     return __salt__["qubes_firewall_backup.revert"](name=name, **_backup_args())
 

@@ -2,13 +2,15 @@
 Backup and atomic revert of a qube's whole nftables ruleset: the seed
 document's "Nftables tips" as commands.
 
-- ``backup(directory, keep, owner)``: ``nft list ruleset`` saved as
-  ``<directory>/<owner>-<UTC timestamp>.nft``; only the newest ``keep`` files
+- ``backup(directory, keep, owner, document=None)``: the whole ruleset as
+  nft's JSON (``nft -j list ruleset``, counters included; the state passes the
+  document it has already read, so a run still reads nft once) saved as
+  ``<directory>/<owner>-<UTC timestamp>.json``; only the newest ``keep`` files
   of that owner stay.
 - ``revert(directory, owner, name=None)``: one transaction, ``flush ruleset``
-  followed by the saved file, checked with ``nft -c`` first (through
-  ``qubes_firewall_nft.load``): on any error the running ruleset stays as it
-  was.
+  followed by the saved ruleset, checked with ``nft -j -c`` first (through
+  ``qubes_firewall_nft.load_json``): on any error the running ruleset stays as
+  it was.  JSON round-trips: the reverted ``nft list ruleset`` is byte-identical.
 
 Files carry the owner (the minion id) in their names, so one directory shared
 by several minions (a test machine, a lab) never mixes their rulesets.
@@ -16,9 +18,9 @@ Loaded by Salt as ``qubes_firewall_backup``.
 """
 
 import datetime
+import json
 import os
 import re
-import subprocess
 
 from salt.exceptions import CommandExecutionError
 
@@ -26,8 +28,7 @@ __virtualname__ = "qubes_firewall_backup"
 
 DEFAULT_DIR = "/var/lib/qubes-firewall-formula/backups"
 DEFAULT_KEEP = 10
-NFT = "nft"
-SUFFIX = ".nft"
+SUFFIX = ".json"
 _STAMP = r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z"
 _OWNER = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 
@@ -42,7 +43,7 @@ def __virtual__():
 
 
 def file_name(owner, now):
-    """``<owner>-YYYYmmddTHHMMSS.ffffffZ.nft`` for a UTC datetime: sorts by time."""
+    """``<owner>-YYYYmmddTHHMMSS.ffffffZ.json`` for a UTC datetime: sorts by time."""
     return "%s-%s%s" % (owner, now.strftime("%Y%m%dT%H%M%S.%fZ"), SUFFIX)
 
 
@@ -58,9 +59,10 @@ def to_prune(names, owner, keep):
     return mine[: max(0, len(mine) - keep)]
 
 
-def revert_script(saved):
-    """The one transaction that replaces the whole ruleset with ``saved``."""
-    return "flush ruleset\n" + saved + ("" if saved.endswith("\n") else "\n")
+def revert_document(saved):
+    """The one transaction (nft JSON) that replaces the whole ruleset with ``saved``."""
+    items = [item for item in saved.get("nftables", []) if "metainfo" not in item]
+    return {"nftables": [{"flush": {"ruleset": None}}] + items}
 
 
 def _check_owner(owner):
@@ -73,15 +75,9 @@ def _check_owner(owner):
 # --------------------------------------------------------------------------
 
 
-def ruleset_text():
-    """``nft list ruleset``: what the seed document saves (counters included)."""
-    try:
-        proc = subprocess.run([NFT, "list", "ruleset"], capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise CommandExecutionError("cannot run nft: %s" % exc) from exc
-    if proc.returncode != 0:
-        raise CommandExecutionError("nft list ruleset failed: %s" % proc.stderr.strip())
-    return proc.stdout
+def ruleset_document():
+    """``nft -j list ruleset``: the whole ruleset, counters included."""
+    return __salt__["qubes_firewall_nft.read"]()
 
 
 def _listdir(directory):
@@ -93,9 +89,10 @@ def _listdir(directory):
         raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
 
 
-def backup(directory=None, keep=None, owner="local"):
+def backup(directory=None, keep=None, owner="local", document=None):
     """
-    Save the live ruleset, keep the newest ``keep`` backups of ``owner``
+    Save the live ruleset (``document``, an ``nft -j list ruleset`` already
+    read, or a fresh read), keep the newest ``keep`` backups of ``owner``
     (None: ``DEFAULT_DIR``, ``DEFAULT_KEEP``).  Returns ``{"path", "removed"}``.
     """
     _check_owner(owner)
@@ -106,7 +103,7 @@ def backup(directory=None, keep=None, owner="local"):
         raise CommandExecutionError("qubes_firewall_backup_keep must be an integer, got %r" % keep) from None
     if keep < 1:
         raise CommandExecutionError("qubes_firewall_backup_keep must be at least 1, got %d" % keep)
-    text = ruleset_text()
+    text = json.dumps(document if document is not None else ruleset_document(), indent=1) + "\n"
     names = _listdir(directory)
     now = datetime.datetime.now(datetime.timezone.utc)
     name = file_name(owner, now)
@@ -165,5 +162,9 @@ def revert(directory=None, owner="local", name=None):
     saved = __salt__["qubes_firewall_files.read"](path)
     if saved is None:
         raise CommandExecutionError("%s vanished" % path)
-    __salt__["qubes_firewall_nft.load"](revert_script(saved))
+    try:
+        document = json.loads(saved)
+    except ValueError as exc:
+        raise CommandExecutionError("%s is not an nft JSON ruleset: %s" % (path, exc)) from exc
+    __salt__["qubes_firewall_nft.load_json"](revert_document(document))
     return {"reverted_to": name, "path": path}

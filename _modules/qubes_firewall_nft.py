@@ -2,7 +2,8 @@
 nftables I/O for qubes-firewall-formula, and the pure comparison of the live
 ruleset with a plan.
 
-- ``read()``: one ``nft -j list table ip qubes`` (the only nft read of a run).
+- ``read()``: one ``nft -j list ruleset`` (the only nft read of a run; the
+  same document is what a backup before a write saves).
 - ``live_state(doc)``: pure; the owned chains (``qf-*``) with their hooks and
   the comments of their rules, and the handles of our jump rules in
   ``custom-input`` / ``custom-forward``.  Parsed from nft's JSON, never from
@@ -43,7 +44,7 @@ NFT = "nft"
 def live_state(doc):
     """
     The formula's part of ``table ip qubes`` in nft's JSON (``nft -j list
-    table ip qubes``)::
+    ruleset``, or only that table)::
 
         {"chains": {name: {"hook": (type, hook, prio, policy) | None,
                            "rules": [(handle, comment, counters)]}},
@@ -157,7 +158,9 @@ def _run(argv, stdin=None):
 
 def read():
     """
-    The live ``table ip qubes`` as nft's JSON document (one nft process).
+    The live ruleset as nft's JSON document (one nft process): the state's
+    only read, compared by ``live_state`` and saved by the backup before a
+    write.
 
     CLI Example:
 
@@ -165,24 +168,13 @@ def read():
 
         salt-call qubes_firewall_nft.read
     """
-    proc = _run([NFT, "-j", "list", "table", FAMILY, TABLE])
+    proc = _run([NFT, "-j", "list", "ruleset"])
     if proc.returncode != 0:
-        raise CommandExecutionError(
-            "nft -j list table ip qubes failed (is this a Qubes qube with its base firewall?): %s"
-            % proc.stderr.strip()
-        )
+        raise CommandExecutionError("nft -j list ruleset failed: %s" % proc.stderr.strip())
     try:
         return json.loads(proc.stdout)
     except ValueError as exc:
         raise CommandExecutionError("nft printed invalid JSON: %s" % exc) from exc
-
-
-def read_ruleset():
-    """The whole live ruleset as nft's JSON document (for backups and status)."""
-    proc = _run([NFT, "-j", "list", "ruleset"])
-    if proc.returncode != 0:
-        raise CommandExecutionError("nft -j list ruleset failed: %s" % proc.stderr.strip())
-    return json.loads(proc.stdout)
 
 
 def check(script):
@@ -190,12 +182,12 @@ def check(script):
     return _load(script, check_only=True)
 
 
-def _load(script, check_only):
-    fd, path = tempfile.mkstemp(prefix="qubes_firewall.", suffix=".nft")
+def _load(script, check_only, as_json=False):
+    fd, path = tempfile.mkstemp(prefix="qubes_firewall.", suffix=".json" if as_json else ".nft")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(script)
-        argv = [NFT, "-c", "-f", path] if check_only else [NFT, "-f", path]
+        argv = [NFT] + (["-j"] if as_json else []) + (["-c"] if check_only else []) + ["-f", path]
         proc = _run(argv)
     finally:
         os.unlink(path)
@@ -220,3 +212,13 @@ def load(script):
     """
     _load(script, check_only=True)
     return _load(script, check_only=False)
+
+
+def load_json(document):
+    """
+    Apply an nft JSON document (``{"nftables": [...commands...]}``) as one
+    atomic transaction after checking it with ``nft -j -c``.
+    """
+    text = json.dumps(document)
+    _load(text, check_only=True, as_json=True)
+    return _load(text, check_only=False, as_json=True)

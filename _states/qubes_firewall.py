@@ -83,7 +83,8 @@ def runtime_rules(name):
         plan = __salt__["qubes_firewall.qube_plan"](qube)
         if plan is None:
             return _not_named(ret, qube)
-        live = __salt__["qubes_firewall_nft.live_state"](__salt__["qubes_firewall_nft.read"]())
+        document = __salt__["qubes_firewall_nft.read"]()
+        live = __salt__["qubes_firewall_nft.live_state"](document)
         script, summary = __salt__["qubes_firewall_nft.transaction"](plan, live)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
@@ -96,7 +97,7 @@ def runtime_rules(name):
         ret["comment"] = "The nft rules of %s would be updated in one transaction." % qube
         return ret
     try:
-        saved = __salt__["qubes_firewall.backup"]()
+        saved = __salt__["qubes_firewall.backup"](document)
         __salt__["qubes_firewall_nft.load"](script)
     except CommandExecutionError as exc:
         ret["changes"] = {}

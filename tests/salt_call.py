@@ -36,6 +36,7 @@ class SaltCall:
             "file_client": "local",
             "log_level_logfile": "warning",
             "log_file": str(self.workdir / "minion.log"),
+            "qubes_firewall_backup_dir": str(self.workdir / "backups"),
         }))
         (self.pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n")
         if pillar is not None:

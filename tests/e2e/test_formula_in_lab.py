@@ -4,6 +4,8 @@ nftables, real packets.  Each test reads like the seed scenario it replaces.
 """
 
 import copy
+import os
+import shutil
 
 import pytest
 
@@ -197,3 +199,25 @@ def test_disposable_sys_firewall_gets_its_rules_from_its_template(tmp_path):
         flab.lab.reboot("sys-firewall")
         assert flab.lab.probe_tcp("lan", "192.168.1.10", 443) == "web:443"
         assert flab.apply("sys-firewall").changed == {}
+
+
+def test_one_nft_read_and_one_checked_write_per_run(tmp_path):
+    """Counted with an nft shim first on salt-call's PATH: read, check, load; a no-op run only reads."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "nft.log"
+    real = shutil.which("nft")
+    (shim / "nft").write_text('#!/bin/sh\necho "$*" >> "%s"\nexec %s "$@"\n' % (log, real))
+    (shim / "nft").chmod(0o755)
+    with FormulaLab(full_pillar(), tmp_path / "lab") as flab:
+        minion = flab.minion("sys-firewall")
+        minion.env = {"PATH": "%s:%s" % (shim, os.environ["PATH"])}
+        log.write_text("")
+        minion.apply()
+        calls = log.read_text().splitlines()
+        assert [c.split()[0] for c in calls] == ["-j", "-c", "-f"], calls
+        assert calls[0] == "-j list ruleset"
+        log.write_text("")
+        rc, states = minion.apply()
+        assert rc == 0 and all(not s["changes"] for s in states.values())
+        assert log.read_text().splitlines() == ["-j list ruleset"]

@@ -5,6 +5,7 @@ real packets say.
 """
 
 import concurrent.futures
+import json
 import pathlib
 
 import pytest
@@ -132,8 +133,9 @@ def test_backup_and_revert_restore_the_ruleset_byte_for_byte(flab):
     qube = "sys-vpn"
     rc, saved = call(flab, qube, "qubes_firewall.backup")
     assert rc == 0
-    text = pathlib.Path(saved["path"]).read_text()
-    assert text == flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout
+    text = flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout
+    assert json.loads(pathlib.Path(saved["path"]).read_text()) == json.loads(
+        flab.lab.run(qube, ["nft", "-j", "list", "ruleset"]).stdout)
     flab.lab.run(qube, ["nft", "flush", "chain", "ip", "qubes", "custom-input"])
     flab.lab.run(qube, ["nft", "add", "table", "ip", "mistake"])
     assert flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout != text
@@ -146,7 +148,10 @@ def test_a_bad_backup_leaves_the_ruleset_as_it_was(flab):
     qube = "build"
     rc, saved = call(flab, qube, "qubes_firewall.backup")
     before = flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout
-    pathlib.Path(saved["path"]).write_text(before + "table ip broken { chain c { tcp dport 70000 accept; } }\n")
+    document = json.loads(pathlib.Path(saved["path"]).read_text())
+    document["nftables"].append({"rule": {"family": "ip", "table": "missing", "chain": "c",
+                                          "expr": [{"accept": None}]}})
+    pathlib.Path(saved["path"]).write_text(json.dumps(document))
     rc, _, proc = flab.minion(qube).run("qubes_firewall.revert")
     assert rc != 0 and "nothing was changed" in proc.stdout + proc.stderr
     assert flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout == before
@@ -156,13 +161,13 @@ def test_the_state_backs_up_before_each_write_and_keeps_the_last_n(flab):
     qube = "web"
     for _ in range(3):  # each hand edit makes the state write, after a backup
         flab.lab.run(qube, ["nft", "flush", "chain", "ip", "qubes", "qf-input"])
-        broken = flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout
+        broken = json.loads(flab.lab.run(qube, ["nft", "-j", "list", "ruleset"]).stdout)
         result = flab.apply(qube)
         state = result.states["qubes_firewall-runtime-rules"]
         assert result.retcode == 0 and state["changes"], state
         rc, listed = call(flab, qube, "qubes_firewall.backups")
         assert listed[0]["path"] in state["comment"]
-        assert pathlib.Path(listed[0]["path"]).read_text() == broken
+        assert json.loads(pathlib.Path(listed[0]["path"]).read_text()) == broken
     assert len(listed) == 2  # qubes_firewall_backup_keep: 2
     assert flab.apply(qube, test=True).retcode == 0
     assert call(flab, qube, "qubes_firewall.backups")[1] == listed  # no write, no backup
