@@ -333,8 +333,8 @@ def connection_route(model, conn):
     return hops, common
 
 
-def needed_features(model, inventory):
-    """The qubes whose features the validation reads (hops, service clients)."""
+def rule_holders(model):
+    """The qubes that hold nft rules of a port forward or a connection."""
     names = set()
     for fwd in model.port_forwards:
         names.update(_holders_of_forward(model, fwd))
@@ -342,6 +342,13 @@ def needed_features(model, inventory):
         hops, _ = connection_route(model, conn)
         names.update(hops or [])
         names.add(conn.target)
+    return names
+
+
+def needed_features(model, inventory):
+    """The qubes whose features the validation reads (hops, service clients)."""
+    names = rule_holders(model)
+    for conn in model.connections:
         if model.qubes[conn.source].netvm:
             names.add(model.qubes[conn.source].netvm)
     for name, qube in model.qubes.items():
@@ -421,13 +428,7 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
 
     # named disposables: their /rw (and so the boot replay of their rules) comes
     # from their disposable template
-    holders = set()
-    for fwd in model.port_forwards:
-        holders.update(_holders_of_forward(model, fwd))
-    for conn in model.connections:
-        hops, _ = connection_route(model, conn)
-        holders.update(hops or [])
-        holders.add(conn.target)
+    holders = rule_holders(model)
     for name in sorted(model.qubes):
         qube, live = model.qubes[name], inventory[name]
         disposable = live.get("klass") == "DispVM"

@@ -7,14 +7,18 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def load(name, kind="_modules", **dunders):
-    """Import ``<kind>/<name>.py`` under a private name and set Salt dunders on it."""
-    path = REPO / kind / ("%s.py" % name)
-    modname = "qf_test_%s_%s" % (kind.strip("_"), name)
-    spec = importlib.util.spec_from_file_location(modname, path)
+def load_file(relpath, modname):
+    """A fresh copy of the repository file ``relpath``, imported as ``modname``."""
+    spec = importlib.util.spec_from_file_location(modname, str(REPO / relpath))
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
+    return module
+
+
+def load(name, kind="_modules", **dunders):
+    """Import ``<kind>/<name>.py`` under a private name and set Salt dunders on it."""
+    module = load_file("%s/%s.py" % (kind, name), "qf_test_%s_%s" % (kind.strip("_"), name))
     for key, value in dunders.items():
         setattr(module, "__%s__" % key, value)
     return module

@@ -4,7 +4,6 @@ loaded with importlib and wired together through a fake ``__salt__``, and fake
 ``qubes-policy-lint`` / ``systemctl`` commands on PATH.
 """
 
-import importlib.util
 import inspect
 import os
 import stat
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.modules import load_file  # noqa: F401  (used here and by the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 PILLAR_EXAMPLE = REPO / "pillar.example" / "connect-tcp.sls"
@@ -28,11 +29,6 @@ MODULES = {
 }
 
 
-def load_file(relpath, name):
-    spec = importlib.util.spec_from_file_location(name, str(REPO / relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def example_pillar():

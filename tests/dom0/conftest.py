@@ -5,7 +5,6 @@ the way Salt's loader wires them (``__salt__``, ``__opts__``, ``__pillar__``).
 """
 
 import copy
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,6 +12,8 @@ import sys
 
 import pytest
 import yaml
+
+from tests.modules import load_file  # noqa: F401  (used here and by the tests)
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -32,12 +33,6 @@ MODULES = {
 }
 
 
-def load_file(relpath, modname):
-    spec = importlib.util.spec_from_file_location(modname, REPO / relpath)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def full_pillar():
