@@ -18,6 +18,8 @@ SLS can too::
           - qubes_firewall: qubes_firewall-validated
 """
 
+import difflib
+
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall"
@@ -370,8 +372,6 @@ def firewall_rules(name):
             - require:
               - qubes_firewall: qubes_firewall-dom0-topology
     """
-    import difflib
-
     ret = _ret(name)
     try:
         plan = __salt__["qubes_firewall.dom0_firewall_plan"]()
