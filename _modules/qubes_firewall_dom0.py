@@ -358,10 +358,27 @@ def needed_features(model, inventory):
     return sorted(n for n in names if n in inventory)
 
 
+def firewall_checkpoints(model, conn):
+    """
+    ``[(qube, netvm)]``: whose qvm-firewall list a connection passes, and
+    where. Qubes enforces a client's list in its netvm on what that netvm
+    forwards; on the way up every hop masquerades, so each hop up to the
+    shared netvm checks the list of the qube below it (the source first).
+    Traffic to the netvm itself is not forwarded there, and a connection
+    from a netvm down to its client passes none.
+    """
+    _, common = connection_route(model, conn)
+    if common is None:
+        return []
+    up = model.chain(conn.source)
+    return [(q, model.qubes[q].netvm) for q in up[:up.index(common)]
+            if model.qubes[q].netvm != conn.target]
+
+
 def needed_firewalls(model):
-    """Connection sources whose live qvm-firewall list the validation reads."""
-    return sorted({c.source for c in model.connections
-                   if model.qubes[c.source].firewall is None and model.qubes[c.source].netvm})
+    """Qubes whose live qvm-firewall list the validation reads (checkpoints without a pillar list)."""
+    return sorted({q for c in model.connections for q, _ in firewall_checkpoints(model, c)
+                   if model.qubes[q].firewall is None})
 
 
 def _probes(conn):
@@ -489,29 +506,29 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
                           model.uplink(conn.target)))
             continue
         holders_check(where, hops + [conn.target], "the connection %s -> %s" % (conn.source, conn.target))
-        # the source's own qvm-firewall list runs first, in its netvm
-        netvm = model.qubes[conn.source].netvm
-        if netvm is None or common == conn.source or not _service_on(features, netvm, True):
-            continue
-        qube = model.qubes[conn.source]
-        if qube.firewall is not None:
-            lines, origin = wanted_firewall(qube), "pillar list %s" % _path("qubes", conn.source, "firewall")
-        elif conn.source in firewalls:
-            lines = [_canonical_or_raw(line) for line in firewalls[conn.source]]
-            origin = "list in Qubes (qvm-firewall %s)" % conn.source
-        else:
-            continue
+        # the qvm-firewall lists on the way, in the netvm that enforces each
         ip = model.addresses.get(conn.target) or inventory[conn.target]["ip"]
-        for proto, port in _probes(conn):
-            action, index = firewall_verdict(lines, proto, port, ip, now)
-            if action == "accept":
+        for name, netvm in firewall_checkpoints(model, conn):
+            if not _service_on(features, netvm, True):
                 continue
-            what = proto + ("/%d" % port if port is not None else "")
-            by = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit final drop"
-            out.append(
-                "%s: the qvm-firewall %s of %s drops %s to %s (%s) in %s by %s, before the "
-                "formula's forward rule can accept it; put an accept rule for it first"
-                % (where, origin, conn.source, what, conn.target, ip or "address unknown", netvm, by))
+            qube = model.qubes[name]
+            if qube.firewall is not None:
+                lines, origin = wanted_firewall(qube), "pillar list %s" % _path("qubes", name, "firewall")
+            elif name in firewalls:
+                lines = [_canonical_or_raw(line) for line in firewalls[name]]
+                origin = "list in Qubes (qvm-firewall %s)" % name
+            else:
+                continue
+            for proto, port in _probes(conn):
+                action, index = firewall_verdict(lines, proto, port, ip, now)
+                if action == "accept":
+                    continue
+                what = proto + ("/%d" % port if port is not None else "")
+                by = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit final drop"
+                out.append(
+                    "%s: the qvm-firewall %s of %s drops %s to %s (%s) in %s by %s, before the "
+                    "formula's forward rule can accept it; put an accept rule for it first"
+                    % (where, origin, name, what, conn.target, ip or "address unknown", netvm, by))
     return out
 
 

@@ -358,3 +358,29 @@ def test_dispvm_template_must_match_qubes(world):
     assert problems(pillar, world) == [
         "qubes_firewall:qubes:sys-firewall:dispvm_template: sys-firewall is not a disposable (its class "
         "is AppVM); remove dispvm_template"]
+
+
+def test_masqueraded_connection_passes_every_list_on_the_way_up(world):
+    """work -> web crosses sys-firewall-2, sys-vpn and sys-firewall: each enforces the list of the qube below it."""
+    pillar = full_pillar()
+    pillar["connections"] = [{"from": "work", "to": "web", "proto": "tcp", "ports": [8443]}]
+    model = parse(pillar)
+    assert dom0.firewall_checkpoints(model, model.connections[0]) == [
+        ("work", "sys-firewall-2"), ("sys-firewall-2", "sys-vpn"), ("sys-vpn", "sys-firewall")]
+    assert dom0.needed_firewalls(model) == ["sys-firewall-2", "sys-vpn", "work"]
+    out = problems(pillar, world, firewalls={"sys-vpn": ["action=accept proto=udp", "action=drop"]})
+    assert out == [
+        "qubes_firewall:connections:0: the qvm-firewall list in Qubes (qvm-firewall sys-vpn) of sys-vpn drops "
+        "tcp/8443 to web (10.137.0.11) in sys-firewall by rule 1 (action=drop), before the formula's forward "
+        "rule can accept it; put an accept rule for it first"]
+    assert problems(pillar, world, firewalls={"sys-vpn": ["action=accept"]}) == []
+
+
+def test_traffic_to_a_netvm_itself_is_not_checked_there(world):
+    pillar = full_pillar()
+    pillar["connections"] = [{"from": "work", "to": "sys-vpn", "proto": "udp", "ports": [53]}]
+    model = parse(pillar)
+    assert dom0.firewall_checkpoints(model, model.connections[0]) == [("work", "sys-firewall-2")]
+    pillar["connections"] = [{"from": "sys-firewall", "to": "web"}]
+    model = parse(pillar)
+    assert dom0.firewall_checkpoints(model, model.connections[0]) == []
