@@ -19,6 +19,26 @@ def salt_call_binary():
     return str(pathlib.Path(sys.executable).parent / "salt-call")
 
 
+def write_minion_config(conf, workdir, **opts):
+    """
+    A ``minion`` file in ``conf`` for ``salt-call --local --config-dir=conf``
+    that keeps every cache, log and backup under ``workdir`` (never /etc/salt,
+    /var/cache/salt or /var/lib), plus ``opts``.
+    """
+    conf, workdir = pathlib.Path(conf), pathlib.Path(workdir)
+    conf.mkdir(parents=True, exist_ok=True)
+    config = {
+        "root_dir": str(workdir / "salt-root"),
+        "file_client": "local",
+        "log_level_logfile": "warning",
+        "log_file": str(workdir / "salt-root" / "minion.log"),
+        "qubes_firewall_backup_dir": str(workdir / "backups"),
+    }
+    config.update(opts)
+    (conf / "minion").write_text(yaml.safe_dump(config))
+    return conf
+
+
 class SaltCall:
     """One minion (id) with its own config dir, cache and pillar under ``workdir``."""
 
@@ -29,15 +49,8 @@ class SaltCall:
         self.env = env or {}
         self.conf = self.workdir / "conf"
         self.pillar_dir = self.workdir / "pillar"
-        self.conf.mkdir(parents=True, exist_ok=True)
         self.pillar_dir.mkdir(parents=True, exist_ok=True)
-        (self.conf / "minion").write_text(yaml.safe_dump({
-            "root_dir": str(self.workdir / "root"),
-            "file_client": "local",
-            "log_level_logfile": "warning",
-            "log_file": str(self.workdir / "minion.log"),
-            "qubes_firewall_backup_dir": str(self.workdir / "backups"),
-        }))
+        write_minion_config(self.conf, self.workdir)
         (self.pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n")
         if pillar is not None:
             self.set_pillar(pillar)

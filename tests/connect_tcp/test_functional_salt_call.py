@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.salt_call import write_minion_config
+
 from .conftest import (
     FAKE_POLICY_LINT,
     FAKE_SYSTEMCTL,
@@ -42,15 +44,7 @@ def salt_env(tmp_path):
     (tmp_path / "systemctl").mkdir()
     run_dir = tmp_path / "run-systemd-system"
     run_dir.mkdir()
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "minion").write_text(yaml.safe_dump({
-        "root_dir": str(tmp_path / "salt-root"),
-        "file_client": "local",
-        "log_file": str(tmp_path / "salt-root" / "minion.log"),
-        "log_level_logfile": "warning",
-        "qubes_firewall_systemd_run_dir": str(run_dir),
-    }))
+    conf = write_minion_config(tmp_path / "conf", tmp_path, qubes_firewall_systemd_run_dir=str(run_dir))
     env = dict(os.environ)
     env.update({"PATH": "%s:%s" % (bin_dir, env["PATH"]), "PYTHONWARNINGS": "ignore",
                 "FAKE_SYSTEMCTL_DIR": str(tmp_path / "systemctl")})

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from conftest import REPO, full_pillar
 
+from tests.salt_call import write_minion_config
+
 SALT_CALL = Path(sys.executable).parent / "salt-call"
 pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
 
@@ -35,14 +37,7 @@ qubes_firewall:
 def env(tmp_path):
     bindir = fakequbes.install_tools(str(tmp_path / "bin"))
     state = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    (conf / "minion").write_text(yaml.safe_dump({
-        "root_dir": str(tmp_path / "salt-root"),
-        "file_client": "local",
-        "log_file": str(tmp_path / "salt-root" / "minion.log"),
-        "log_level_logfile": "warning",
-    }))
+    conf = write_minion_config(tmp_path / "conf", tmp_path)
     pillar_dir = tmp_path / "pillar"
     pillar_dir.mkdir()
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n    - qubes_firewall_addresses\n")
