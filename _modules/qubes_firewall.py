@@ -51,10 +51,6 @@ def minion_id():
     return __opts__["id"]
 
 
-def _plan_error(exc):
-    return CommandExecutionError(str(exc))
-
-
 def qube_plan(qube=None):
     """
     The plan (``qubes_firewall_plan.QubePlan``) of ``qube`` (default: this
@@ -65,10 +61,15 @@ def qube_plan(qube=None):
     mdl = model()
     if qube not in mdl.qubes:
         return None
+    return _plan(mdl, qube)
+
+
+def _plan(mdl, qube):
+    """The planner's plan of ``qube`` in the validated model ``mdl``."""
     try:
         return __salt__["qubes_firewall_plan.plan_qube"](mdl, qube)
     except ValueError as exc:
-        raise _plan_error(exc) from exc
+        raise CommandExecutionError(str(exc)) from exc
 
 
 def show_plan(qube=None):
@@ -87,19 +88,6 @@ def show_plan(qube=None):
     if plan is None:
         return {}
     return __salt__["qubes_firewall_plan.plan_dict"](plan)
-
-
-def rules_transaction(qube=None):
-    """
-    ``(script, summary)``: the one nft transaction that makes this qube's live
-    owned chains match the pillar ("" when they already do).  Reads the live
-    ruleset once; writes nothing.
-    """
-    plan = qube_plan(qube)
-    if plan is None:
-        return "", {}
-    live = __salt__["qubes_firewall_nft.live_state"](__salt__["qubes_firewall_nft.read"]())
-    return __salt__["qubes_firewall_nft.transaction"](plan, live)
 
 
 def _stale_disposable_block(mdl, name):
@@ -129,13 +117,10 @@ def persisted_files(qube=None):
     plan_mod = "qubes_firewall_plan"
     wanted = {}  # block name -> (file name, body)
     if qube in mdl.qubes and mdl.qubes[qube].dispvm_template is None:
-        plan = qube_plan(qube)
+        plan = _plan(mdl, qube)
         wanted["rules"] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
     for name in mdl.disposables_of(qube):
-        try:
-            plan = __salt__[plan_mod + ".plan_qube"](mdl, name)
-        except ValueError as exc:
-            raise _plan_error(exc) from exc
+        plan = _plan(mdl, name)
         wanted["rules:" + name] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
     files = __salt__["qubes_firewall_files.replace_block"]
     out = {}

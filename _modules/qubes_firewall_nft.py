@@ -177,11 +177,6 @@ def read():
         raise CommandExecutionError("nft printed invalid JSON: %s" % exc) from exc
 
 
-def check(script):
-    """``nft -c -f``: True when the kernel would accept ``script``; raises otherwise."""
-    return _load(script, check_only=True)
-
-
 def _load(script, check_only, as_json=False):
     fd, path = tempfile.mkstemp(prefix="qubes_firewall.", suffix=".json" if as_json else ".nft")
     try:
