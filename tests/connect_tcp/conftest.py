@@ -8,6 +8,7 @@ import inspect
 import os
 import stat
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -41,7 +42,10 @@ class Minion:
     def __init__(self, minion_id, pillar, **opts):
         self.salt = {}
         self.opts = {"id": minion_id, "test": False}
+        self.context = {}
         self.opts.update(opts)
+        # the lock and scratch files: never the host's /var/lib
+        self.opts.setdefault("qubes_firewall_state_dir", tempfile.mkdtemp(prefix="qf-test-state-"))
         self.pillar = {"qubes_firewall": pillar}
         self.modules = {}
         for virtual, relpath in MODULES.items():
@@ -60,6 +64,7 @@ class Minion:
         module.__salt__ = self.salt
         module.__opts__ = self.opts
         module.__pillar__ = self.pillar
+        module.__context__ = self.context
 
     def set_pillar(self, pillar):
         self.pillar["qubes_firewall"] = pillar
