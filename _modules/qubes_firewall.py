@@ -74,10 +74,7 @@ def _parsed():
     entry = {"key": key, "model": None, "errors": [], "plans": {}}
     parse = __salt__["qubes_firewall_model.parse"]
     try:
-        try:
-            entry["model"] = parse(raw, pillar_keys=[str(k) for k in __pillar__])
-        except TypeError:  # a model module without pillar_keys
-            entry["model"] = parse(raw)
+        entry["model"] = parse(raw, pillar_keys=[str(k) for k in __pillar__])
     except ValueError as exc:
         entry["errors"] = list(getattr(exc, "errors", None) or [str(exc)])
     ctx[_CTX_PARSED] = entry
@@ -114,8 +111,6 @@ def minion_id():
     return __opts__["id"]
 
 
-def _lookup(name, default):
-    return getattr(model().lookup, name, default)
 
 
 def qube_plan(qube=None):
@@ -151,12 +146,11 @@ def _has_rules(plan):
 
 def _custom_persist(mdl, name):
     qube = mdl.qubes.get(name)
-    return bool(qube is not None and getattr(qube, "custom_persist", False))
+    return qube is not None and qube.custom_persist
 
 
 def _template_children(mdl, template):
-    children = getattr(mdl, "template_children", None)
-    return list(children(template)) if children is not None else []
+    return list(mdl.template_children(template))
 
 
 def preflight(qube=None):
@@ -522,8 +516,7 @@ def template_files(qube=None):
     """
     qube = qube or minion_id()
     mdl = model()
-    etc_qubes = _lookup("etc_qubes", DEFAULT_ETC_QUBES)
-    systemd_dir = _lookup("systemd_dir", DEFAULT_SYSTEMD_DIR)
+    etc_qubes, systemd_dir = mdl.lookup.etc_qubes, mdl.lookup.systemd_dir
     wanted = {}
     for name in _template_children(mdl, qube):
         plan = _plan(mdl, name)

@@ -32,8 +32,15 @@ MODULES = {
 
 
 
+# the qubes the ConnectTCP tests name (the model requires qubes:)
+QUBES = {"untrusted": {"netvm": "none"}, "mytcp-service": {"netvm": "none"},
+         "mytcp-service-bis": {"netvm": "none"}}
+
+
 def example_pillar():
-    return yaml.safe_load(PILLAR_EXAMPLE.read_text())["qubes_firewall"]
+    data = yaml.safe_load(PILLAR_EXAMPLE.read_text())["qubes_firewall"]
+    data.setdefault("qubes", dict(QUBES))
+    return data
 
 
 class Minion:
@@ -76,7 +83,7 @@ class Minion:
 
 def pillar_in(tmp_path, entries=None):
     """The seed example's pillar (or just ``entries``) with lookup paths inside tmp_path."""
-    data = example_pillar() if entries is None else {"connect_tcp": entries}
+    data = example_pillar() if entries is None else {"connect_tcp": entries, "qubes": dict(QUBES)}
     data["lookup"] = {"rw_config": str(tmp_path / "rw"),
                       "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
     return data
