@@ -153,13 +153,19 @@ def test_clean_removes_everything_the_formula_made_even_with_a_broken_pillar(tmp
 
 
 def test_concurrent_runs_in_one_qube_serialise(tmp_path):
-    """Two salt-call runs at once, many times: never a duplicated jump, both runs succeed."""
+    """
+    Two salt-call runs at once, many times: never a duplicated jump, both runs
+    succeed.  ``concurrent=True`` turns off Salt's own refusal of a second
+    state run sharing the cache directory (runs from two salt-ssh masters, or
+    a state run beside a module call, do not share it): the formula's lock is
+    what serialises them.
+    """
     with FormulaLab(full_pillar(), tmp_path) as flab:
         minion = flab.minion("sys-firewall")
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         for _round in range(12):
             remove_owned(flab, "sys-firewall")
-            procs = [subprocess.Popen(minion.argv("state.apply", "qubes_firewall"), env=env,
+            procs = [subprocess.Popen(minion.argv("state.apply", "qubes_firewall", "concurrent=True"), env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for _ in range(2)]
             outs = [p.communicate(timeout=300) for p in procs]
