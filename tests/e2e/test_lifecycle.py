@@ -16,6 +16,7 @@ import time
 
 from tests.e2e.formula_lab import FormulaLab
 from tests.e2e.full_example import full_pillar
+from tests.salt_call import SaltCall
 
 BEGIN = "# BEGIN qubes_firewall:"
 TMP_TAG = ".qubes_firewall.tmp."
@@ -154,20 +155,33 @@ def test_clean_removes_everything_the_formula_made_even_with_a_broken_pillar(tmp
 
 def test_concurrent_runs_in_one_qube_serialise(tmp_path):
     """
-    Two salt-call runs at once, many times: never a duplicated jump, both runs
-    succeed.  ``concurrent=True`` turns off Salt's own refusal of a second
-    state run sharing the cache directory (runs from two salt-ssh masters, or
-    a state run beside a module call, do not share it): the formula's lock is
-    what serialises them.
+    Two salt-call runs at once in one qube, 12 rounds: both succeed, the
+    second finds the first one's work, never a duplicated jump.  Each run has
+    its own Salt cache (as runs from two management qubes do; a shared cache
+    makes Salt queue them itself); they share the qube's lookup:state_dir.
     """
-    with FormulaLab(full_pillar(), tmp_path) as flab:
-        minion = flab.minion("sys-firewall")
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
+    shim, barrier = tmp_path / "slow-nft", tmp_path / "barrier"
+    shim.mkdir()
+    # each read waits (up to 6 s) until two runs have read: without the lock both read
+    # before either loads; with it the first run gives up waiting and goes on alone
+    (shim / "nft").write_text(
+        '#!/bin/sh\nif [ "$1" = -j ]; then\n  touch %s/$$\n  i=0\n'
+        '  while [ "$(ls %s | wc -l)" -lt 2 ] && [ $i -lt 60 ]; do sleep 0.1; i=$((i+1)); done\n'
+        'fi\nexec %s "$@"\n' % (barrier, barrier, shutil.which("nft")))
+    (shim / "nft").chmod(0o755)
+    with FormulaLab(full_pillar(), tmp_path / "lab") as flab:
+        pillar = flab.qube_pillar("sys-firewall")
+        pillar["qubes_firewall"]["lookup"]["state_dir"] = str(tmp_path / "state")
+        netns = flab.lab.netns("sys-firewall")
+        minions = [SaltCall(tmp_path / ("salt%d" % i), "sys-firewall", pillar, netns=netns) for i in (1, 2)]
+        env = dict(os.environ, PYTHONWARNINGS="ignore", PATH="%s:%s" % (shim, os.environ["PATH"]))
         for _round in range(12):
             remove_owned(flab, "sys-firewall")
-            procs = [subprocess.Popen(minion.argv("state.apply", "qubes_firewall", "concurrent=True"), env=env,
+            shutil.rmtree(barrier, ignore_errors=True)
+            barrier.mkdir()
+            procs = [subprocess.Popen(m.argv("state.apply", "qubes_firewall"), env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for _ in range(2)]
+                     for m in minions]
             outs = [p.communicate(timeout=300) for p in procs]
             assert [p.returncode for p in procs] == [0, 0], outs
             changed = []
@@ -175,9 +189,9 @@ def test_concurrent_runs_in_one_qube_serialise(tmp_path):
                 states = json.loads(out)["local"]
                 changed.append(bool(next(s for s in states.values()
                                          if s["__id__"] == "qubes_firewall-runtime-rules")["changes"]))
-            assert sorted(changed) == [False, True]  # the second run found the first one's work
             jumps = [(c, t) for c, t, _h in owned(flab, "sys-firewall")[1]]
             assert sorted(jumps) == [("custom-forward", "qf-forward"), ("custom-input", "qf-input")], jumps
+            assert sorted(changed) == [False, True]  # the second run found the first one's work
 
 
 def test_a_run_killed_mid_way_leaves_nothing_after_the_next_run(tmp_path):
