@@ -57,7 +57,7 @@ def test_test_mode_reports_without_writing(tmp_path):
         assert net.retcode == 0
         assert net.states["qubes_firewall-runtime-rules"]["result"] is None
         txn = net.states["qubes_firewall-runtime-rules"]["changes"]["transaction"]
-        assert "add chain ip qubes qf-dnat-https" in txn
+        assert "add chain ip qubes qf-nat { type nat hook prerouting" in txn
         # the reported transaction is exactly what the real run then loads
         real = flab.apply("sys-net")
         assert real.states["qubes_firewall-runtime-rules"]["changes"]["transaction"] == txn
@@ -119,10 +119,10 @@ def test_removing_a_forward_removes_its_rules_and_keeps_user_rules(tmp_path):
         assert flab.lab.probe_tcp("work", "build", 22) == "build:22"
         rules = flab.lab.chain_rules("sys-net", "custom-input")
         assert any("9999" in r for r in rules)
-        assert "qf-dnat-https" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
+        assert "qf-nat" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
         # the boot block changed too: after a reboot the forward stays gone
         flab.lab.reboot("sys-net")
-        assert "qf-dnat-https" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
+        assert "qf-nat" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
 
 
 def test_bad_pillar_fails_before_anything_changes(tmp_path):
