@@ -201,8 +201,8 @@ def test_disposable_sys_firewall_gets_its_rules_from_its_template(tmp_path):
         assert flab.apply("sys-firewall").changed == {}
 
 
-def test_one_nft_read_and_one_checked_write_per_run(tmp_path):
-    """Counted with an nft shim first on salt-call's PATH: read, check, load; a no-op run only reads."""
+def test_one_nft_read_and_one_atomic_write_per_run(tmp_path):
+    """Counted with an nft shim first on salt-call's PATH: read, load (atomic); a no-op run only reads."""
     shim = tmp_path / "shim"
     shim.mkdir()
     log = tmp_path / "nft.log"
@@ -215,7 +215,7 @@ def test_one_nft_read_and_one_checked_write_per_run(tmp_path):
         log.write_text("")
         minion.apply()
         calls = log.read_text().splitlines()
-        assert [c.split()[0] for c in calls] == ["-j", "-c", "-f"], calls
+        assert calls == ["-j list ruleset", "-f -"], calls
         assert calls[0] == "-j list ruleset"
         log.write_text("")
         rc, states = minion.apply()

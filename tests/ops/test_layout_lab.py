@@ -6,11 +6,16 @@ re-run is a no-op.
 """
 
 import json
+import os
+import subprocess
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.e2e.formula_lab import FormulaLab
 from tests.modules import model, nft, plan
+from tests.unit.fixtures.record import BASE
 
 pytestmark = pytest.mark.lab
 
@@ -169,4 +174,63 @@ def test_1200_forwards_load_in_one_transaction_and_the_rerun_is_a_no_op(tmp_path
         assert sum(len(s["elements"]) for s in live["sets"].values()) == 2 * 1202
         wanted = plan.plan_qube(model.parse(pillar(many)["qubes_firewall"]), "sys-net")
         assert nft.transaction(wanted, live) == ("", {})
-        assert json.dumps(live).count("qf port_forwards:pf-1199") == 2
+        assert sum(e["comment"] == "qf port_forwards:pf-1199"
+                   for s in live["sets"].values() for e in s["elements"].values()) == 2
+
+
+FORWARD = st.fixed_dictionaries({
+    "proto": st.sampled_from(["tcp", "udp"]),
+    "port": st.integers(1, 65535),
+    "external_port": st.integers(1, 65535),
+    "qube": st.sampled_from(["web", "sys-firewall", "sys-net"]),
+    "sources": st.sampled_from([[], ["192.168.1.0/24"], ["10.0.0.0/8", "192.168.7.7"]]),
+    "interfaces": st.sampled_from([[], ["ens6"], ["ens6", "wlan0"]]),
+})
+
+
+def distinct(forwards):
+    seen, out = set(), []
+    for i, f in enumerate(forwards):
+        if (f["proto"], f["external_port"]) not in seen:
+            seen.add((f["proto"], f["external_port"]))
+            out.append(dict(f, name="f%d" % i))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bare_ns():
+    """One namespace with a Qubes-like ip qubes table (custom chains with a user rule)."""
+    name = "qf-layout-%d" % os.getpid()
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def ns_nft(ns, *argv, stdin=None):
+    return subprocess.run(["ip", "netns", "exec", ns, "nft"] + list(argv), input=stdin, text=True,
+                          capture_output=True, check=True).stdout
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(FORWARD, max_size=6), st.lists(FORWARD, max_size=6), st.sampled_from(["sys-net", "sys-firewall"]))
+def test_any_plan_to_any_plan_converges_in_one_transaction_on_real_nft(bare_ns, before, after, qube):
+    """From plan A loaded by real nft to plan B: one script, then B is a no-op; the boot replay of B
+    changes nothing either; removal leaves nothing owned and the user's rule."""
+    ns_nft(bare_ns, "flush", "ruleset")
+    ns_nft(bare_ns, "-f", "-", stdin=BASE)
+    plans = [plan.plan_qube(model.parse(dict(pillar()["qubes_firewall"], port_forwards=distinct(fwds))), qube)
+             for fwds in (before, after)]
+    for wanted in plans:
+        script, _ = nft.transaction(wanted, nft.live_state(json.loads(ns_nft(bare_ns, "-j", "list", "ruleset"))))
+        if script:
+            ns_nft(bare_ns, "-f", "-", stdin=script)
+        live = nft.live_state(json.loads(ns_nft(bare_ns, "-j", "list", "ruleset")))
+        assert nft.transaction(wanted, live) == ("", {})
+    ns_nft(bare_ns, "-f", "-", stdin=plan.ruleset_text(plans[1]))
+    live = nft.live_state(json.loads(ns_nft(bare_ns, "-j", "list", "ruleset")))
+    assert nft.transaction(plans[1], live) == ("", {})
+    ns_nft(bare_ns, "-f", "-", stdin=nft.transaction(None, live)[0])
+    listing = ns_nft(bare_ns, "list", "ruleset")
+    assert "qf-" not in listing and "user rule" in listing
