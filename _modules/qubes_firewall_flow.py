@@ -5,9 +5,9 @@ connection hop by hop through the Qubes 4.2 netvm chain (QUBES_FACTS 1.3, 1.4,
 2.1, 2.3, 2.5):
 
 - in each qube, the formula's own chains as the planner
-  (``qubes_firewall_plan.plan_qube``) writes them: the ``qf-dnat-*`` nat
-  chains, then ``qf-input`` or ``qf-forward``; their match expressions are
-  evaluated as nft would, never re-derived;
+  (``qubes_firewall_plan.plan_qube``) writes them: the ``qf-nat`` chain, then
+  ``qf-input`` or ``qf-forward``; their statements (nft JSON) and the sets
+  and maps they look up are evaluated as nft would, never re-derived;
 - Qubes' base chains around them: new traffic into a qube is dropped (from
   its clients: rejected) unless ``qf-input`` accepts it; forwarding down into a
   client is dropped unless ``qf-forward`` accepts it; forwarding up or out is
@@ -29,7 +29,6 @@ Pure; reaches the planner and the qvm-firewall evaluator through
 
 import fnmatch
 import ipaddress
-import re
 import time
 
 __virtualname__ = "qubes_firewall_flow"
@@ -50,66 +49,68 @@ class FlowError(ValueError):
 
 
 # --------------------------------------------------------------------------
-# nft match expressions as the planner writes them
+# the planner's statements (nft JSON), evaluated as nft would
 # --------------------------------------------------------------------------
 
-_TOKEN = re.compile(r'\{[^}]*\}|"[^"]*"|!=|\S+')
 
-
-def _values(token):
-    if token.startswith("{"):
-        items = [i.strip() for i in token[1:-1].split(",")]
-    else:
-        items = [token]
-    return [i.strip('"') for i in items if i]
+def _items(right):
+    return right["set"] if isinstance(right, dict) and "set" in right else [right]
 
 
 def _addr_in(addr, items):
     if addr is None or addr.startswith("<"):
         return False
     ip = ipaddress.IPv4Address(addr)
-    return any(ip in ipaddress.IPv4Network(i, strict=False) for i in items)
-
-
-def _port_in(port, items):
     for item in items:
-        low, _, high = item.partition("-")
-        if int(low) <= port <= int(high or low):
+        net = "%s/%d" % (item["prefix"]["addr"], item["prefix"]["len"]) if isinstance(item, dict) else item
+        if ip in ipaddress.IPv4Network(net, strict=False):
             return True
     return False
 
 
-def match(expr, packet):
-    """
-    Does the planner's match expression ``expr`` match ``packet``?  Returns
-    ``(matched, conditions)``: ``conditions`` lists the clauses assumed true
-    because the packet's interface or source is unknown (outside traffic).
-    Raises ValueError on a clause the planner never writes.
-    """
-    tokens = _TOKEN.findall(expr or "")
-    conditions = []
-    i = 0
+def _field(left, packet):
+    """The packet's value for a key of a set lookup (meta l4proto, ip daddr, th dport)."""
+    if left == {"meta": {"key": "l4proto"}}:
+        return packet["proto"]
+    if left == {"payload": {"protocol": "ip", "field": "daddr"}}:
+        return packet["daddr"]
+    if left == {"payload": {"protocol": "th", "field": "dport"}}:
+        return packet["dport"]
+    raise ValueError("unknown lookup key %r" % (left,))
 
-    def take(n):
-        nonlocal i
-        out = tokens[i:i + n]
-        if len(out) != n:
-            raise ValueError("truncated match expression %r" % expr)
-        i += n
-        return out
 
+def _lookup(concat, set_name, packet, sets):
+    """The element of ``set_name`` the packet's key selects, or None."""
+    key = tuple(_field(part, packet) for part in concat["concat"])
+    item = sets.get(set_name.lstrip("@"))
+    if item is None:
+        raise ValueError("a rule looks up %s, which the plan does not hold" % set_name)
+    return next((e for e in item.elements if e.key == key), None)
+
+
+def match(stmts, packet, sets=None):
+    """
+    Do the planner's match statements (nft JSON, ``Rule.matches``) match
+    ``packet``?  Returns ``(matched, conditions, element)``: ``conditions``
+    lists the clauses assumed true because the packet's interface or source is
+    unknown (outside traffic); ``element`` is the set element a lookup found.
+    Raises ValueError on a statement the planner never writes.
+    """
+    conditions, element = [], None
     ok = True
-    while i < len(tokens):
-        word = tokens[i]
-        if word == "iifgroup":
-            _, value = take(2)
-            ok = ok and packet["iifgroup"] == int(value)
-        elif word == "iifname":
-            take(1)
-            negate = tokens[i] == "!="
-            if negate:
-                take(1)
-            items = _values(take(1)[0])
+    for stmt in stmts:
+        stmt = stmt.json if hasattr(stmt, "json") else stmt
+        m = stmt.get("match")
+        if m is None:
+            raise ValueError("unknown statement %r" % (stmt,))
+        left, right, op = m["left"], m["right"], m["op"]
+        meta = left.get("meta", {}).get("key")
+        payload = left.get("payload")
+        if meta == "iifgroup":
+            ok = ok and packet["iifgroup"] == right
+        elif meta == "iifname":
+            negate = op == "!="
+            items = _items(right)
             name = packet["iifname"]
             if name is None:
                 if packet["iifgroup"] == 0 and negate and all(v.startswith("vif") for v in items):
@@ -118,40 +119,34 @@ def match(expr, packet):
                 continue
             found = any(fnmatch.fnmatchcase(name, v) for v in items)
             ok = ok and (found != negate)
-        elif word == "fib":
-            if take(4) != ["fib", "daddr", "type", "local"]:
-                raise ValueError("unknown fib clause in %r" % expr)
+        elif meta == "l4proto":
+            ok = ok and packet["proto"] in _items(right)
+        elif "fib" in left:
+            if left["fib"] != {"result": "type", "flags": ["daddr"]} or right != "local":
+                raise ValueError("unknown fib statement %r" % (stmt,))
             ok = ok and packet["daddr"] in packet["local_addrs"]
-        elif word == "ip":
-            _, field, value = take(3)
-            items = _values(value)
-            if field == "saddr" and packet["saddr"] is None:
-                conditions.append("comes from %s" % ", ".join(items))
-                continue
+        elif payload and payload["protocol"] == "ip":
+            field = payload["field"]
             if field not in ("saddr", "daddr"):
-                raise ValueError("unknown ip clause in %r" % expr)
-            ok = ok and _addr_in(packet[field], items)
-        elif word in ("tcp", "udp"):
-            _, field, value = take(3)
-            if field != "dport":
-                raise ValueError("unknown %s clause in %r" % (word, expr))
-            ok = ok and packet["proto"] == word and _port_in(packet["dport"], _values(value))
-        elif word == "meta":
-            _, field, value = take(3)
-            if field != "l4proto":
-                raise ValueError("unknown meta clause in %r" % expr)
-            ok = ok and packet["proto"] in _values(value)
-            if i < len(tokens) and tokens[i] == "th":
-                _, field, value = take(3)
-                ok = ok and packet["proto"] in ("tcp", "udp") and _port_in(packet["dport"], _values(value))
-        elif word == "ct":
-            _, field, value = take(3)
-            if field != "state":
-                raise ValueError("unknown ct clause in %r" % expr)
-            ok = ok and "new" in value.split(",")
+                raise ValueError("unknown ip statement %r" % (stmt,))
+            if field == "saddr" and packet["saddr"] is None:
+                conditions.append("comes from %s" % ", ".join(
+                    "%s/%d" % (i["prefix"]["addr"], i["prefix"]["len"]) if isinstance(i, dict) else i
+                    for i in _items(right)))
+                continue
+            ok = ok and _addr_in(packet[field], _items(right))
+        elif payload and payload["field"] == "dport":
+            proto = payload["protocol"]
+            ok = (ok and packet["proto"] == proto if proto != "th" else ok and packet["proto"] in ("tcp", "udp"))
+            ok = ok and packet["dport"] in _items(right)
+        elif left.get("ct", {}).get("key") == "state":
+            ok = ok and "new" in _items(right)
+        elif "concat" in left and isinstance(right, str) and right.startswith("@"):
+            element = _lookup(left, right, packet, sets or {})
+            ok = ok and element is not None
         else:
-            raise ValueError("unknown clause %r in %r" % (word, expr))
-    return ok, conditions
+            raise ValueError("unknown statement %r" % (stmt,))
+    return ok, conditions, element
 
 
 # --------------------------------------------------------------------------
@@ -198,17 +193,27 @@ class _Walk:
                 return chain
         return None
 
+    def rules_of(self, qube, name):
+        chain = self.chain(qube, name)
+        return chain.rules if chain is not None else ()
+
     def first_match(self, qube, rules, packet):
+        """The first rule that matches, its set element (or None) and its origin; or (None, None, None)."""
+        sets = {s.name: s for s in self.plan(qube).sets}
         for rule in rules:
-            ok, conds = match(rule.match, packet)
-            if ok:
-                self.rules.append({"qube": qube, "chain": rule.chain, "comment": rule.comment,
-                                   "rule": rule.body})
+            ok, conds, element = match(rule.matches, packet, sets)
+            if ok and _verdict_applies(rule, packet, sets):
+                entry = {"qube": qube, "chain": rule.chain, "comment": rule.comment, "rule": rule.body}
+                origin = rule.origin
+                if element is not None:
+                    entry.update(comment=element.comment, element=element.text)
+                    origin = element.origin
+                self.rules.append(entry)
                 for cond in conds:
                     if cond not in self.conditions:
                         self.conditions.append(cond)
-                return rule
-        return None
+                return rule, element, origin
+        return None, None, None
 
     def step(self, text):
         self.steps.append(text)
@@ -220,25 +225,44 @@ class _Walk:
         return addr
 
 
+def _nat_map(rule):
+    """("dnat" | "redirect", map name, key statement) of a NAT rule's verdict, or None."""
+    verdict = rule.verdict.json
+    if "dnat" in verdict:
+        found = verdict["dnat"].get("addr", {}).get("map")
+        kind = "dnat"
+    elif "redirect" in verdict:
+        found = verdict["redirect"].get("port", {}).get("map")
+        kind = "redirect"
+    else:
+        return None
+    if not found:
+        raise ValueError("unknown nat verdict %r" % (verdict,))
+    return kind, found["data"], found["key"]
+
+
+def _verdict_applies(rule, packet, sets):
+    """A NAT rule whose map has no element for the packet does not apply (nft breaks the rule)."""
+    nat = _nat_map(rule)
+    return nat is None or _lookup(nat[2], nat[1], packet, sets) is not None
+
+
 def _dnat(walk, node, packet):
-    """The formula's nat prerouting chains of ``node`` (first dnat wins)."""
-    chains = sorted((c for c in walk.plan(node).chains if c.hook and c.hook[1] == "prerouting"),
-                    key=lambda c: c.name)
+    """The formula's nat prerouting chain of ``node`` (first rule whose map has the packet's key)."""
+    chains = [c for c in walk.plan(node).chains if c.hook and c.hook[1] == "prerouting"]
+    sets = {s.name: s for s in walk.plan(node).sets}
     for chain in chains:
-        rule = walk.first_match(node, chain.rules, packet)
+        rule, _, _ = walk.first_match(node, chain.rules, packet)
         if rule is None:
             continue
-        verdict = rule.verdict.split()
-        if verdict[:2] == ["dnat", "to"]:
-            addr, _, port = verdict[2].partition(":")
-            packet["daddr"] = addr
-            if port:
-                packet["dport"] = int(port)
-        elif verdict[:2] == ["redirect", "to"]:
-            packet["daddr"] = walk.address(node)
-            packet["dport"] = int(verdict[2].lstrip(":"))
+        kind, name, key = _nat_map(rule)
+        element = _lookup(key, name, packet, sets)
+        walk.rules[-1].update(comment=element.comment, element=element.text)
+        if kind == "dnat":
+            packet["daddr"], packet["dport"] = element.value[0], int(element.value[1])
         else:
-            raise ValueError("unknown nat verdict %r" % rule.verdict)
+            packet["daddr"] = walk.address(node)
+            packet["dport"] = int(element.value[0])
         walk.step("%s: %s rewrites the destination to %s port %d"
                   % (node, chain.name, _show(packet["daddr"], walk.model), packet["dport"]))
         return
@@ -320,19 +344,19 @@ def _walk(walk, source, target, port, interface, source_ip):
             if where == "local":
                 return None, "%s cannot reach itself this way" % node
         elif where == "local":
-            rule = walk.first_match(node, walk.chain(node, "qf-input").rules, packet)
+            rule, _, origin = walk.first_match(node, walk.rules_of(node, "qf-input"), packet)
             if rule is None:
                 why = ("%s rejects new connections from its clients (Qubes' input chain)" % node
                        if packet["iifgroup"] == 2 else
                        "%s drops new incoming connections (Qubes' input chain policy)" % node)
                 walk.step(why)
                 return None, why
-            walk.step("%s: qf-input accepts it (%s)" % (node, rule.origin))
+            walk.step("%s: qf-input accepts it (%s)" % (node, origin))
             return (node, packet["dport"]), None
         else:
-            rule = walk.first_match(node, walk.chain(node, "qf-forward").rules, packet)
+            rule, _, origin = walk.first_match(node, walk.rules_of(node, "qf-forward"), packet)
             if rule is not None:
-                walk.step("%s: qf-forward accepts it (%s)" % (node, rule.origin))
+                walk.step("%s: qf-forward accepts it (%s)" % (node, origin))
             elif where == "down":
                 why = "%s drops forwarding to its client %s (Qubes' forward chain)" % (node, other)
                 walk.step(why)

@@ -5,26 +5,28 @@ ruleset with a plan.
 - ``read()``: one ``nft -j list ruleset`` (the only nft read of a run; the
   same document is what a backup before a write saves).
 - ``live_state(doc)``: pure; the owned chains (``qf-*``) with their hooks and
-  the comments of their rules, and the handles of our jump rules in
+  the full content of their rules, the owned sets and maps with their
+  declarations and elements, and the handles of our jump rules in
   ``custom-input`` / ``custom-forward``.  Parsed from nft's JSON, never from
   rule text.
 - ``transaction(plan, live)``: pure; the one nft script that makes the live
-  owned chains equal the plan, or "" when they already are.  It never names a
-  chain the formula does not own, except to add or delete its own jump rule
-  (by handle) in custom-input / custom-forward.
-- ``load(script)``: ``nft -c -f`` (checked against the live kernel state, commits
-  nothing), then ``nft -f``: one atomic transaction; on any error nothing is
-  applied and the ruleset stays as it was.
+  owned objects equal the plan (or removes them all, ``plan=None``), or ""
+  when they already are.  It never names an object the formula does not own,
+  except to add or delete its own jump rules (by handle) in custom-input /
+  custom-forward.
+- ``load(script)``: one ``nft -f -``: one atomic transaction; on any error
+  nothing is applied and the ruleset stays as it was.  ``check(script)``:
+  ``nft -c -f -``, for test mode.
 
-Loaded by Salt as ``qubes_firewall_nft``.  A rule is recognised by its
-comment, which carries its pillar origin and a digest of the rule's text
-(``qubes_firewall_plan.Rule.comment``).
+Loaded by Salt as ``qubes_firewall_nft``.  Owned objects are compared by
+content: each rule's statements and comment as nft JSON (counter values and
+handles aside) against the plan's JSON of the same rule
+(``qubes_firewall_plan.Rule.key``), each element's key, value and comment.
 """
 
 import json
-import os
+import re
 import subprocess
-import tempfile
 
 from salt.exceptions import CommandExecutionError
 
@@ -34,11 +36,48 @@ FAMILY, TABLE = "ip", "qubes"
 OWNED_PREFIX = "qf-"
 JUMPS = (("custom-input", "qf-input"), ("custom-forward", "qf-forward"))
 NFT = "nft"
+_SAFE_KEY = re.compile(r"\A[A-Za-z0-9.:_-]{1,64}\Z")
 
 
 # --------------------------------------------------------------------------
 # pure
 # --------------------------------------------------------------------------
+
+
+def _canonical(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def _zero_counters(exprs):
+    """The statements with counter values zeroed: what a rule is compared by."""
+    out = []
+    for expr in exprs:
+        if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+            expr = {"counter": {"packets": 0, "bytes": 0}}
+        out.append(expr)
+    return out
+
+
+def _element(item, is_map):
+    """(key JSON, value JSON or None, comment, counters) of one listed element."""
+    value = None
+    if is_map:
+        item, value = item
+        value = _canonical(value)
+    if isinstance(item, dict) and "elem" in item:
+        elem = item["elem"]
+        key, comment, counter = elem.get("val"), elem.get("comment", ""), elem.get("counter")
+    else:  # an element without comment or counter is listed bare
+        key, comment, counter = item, "", None
+    if not isinstance(key, dict):
+        key = {"concat": [key]}
+    counters = None
+    if isinstance(counter, dict):
+        counters = {"packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)}
+    # the extra statements an element may carry beyond comment and counter
+    extra = {k: v for k, v in elem.items() if k not in ("val", "comment", "counter")} \
+        if isinstance(item, dict) and "elem" in item else {}
+    return _canonical(key), value, comment, counters, extra
 
 
 def live_state(doc):
@@ -47,36 +86,55 @@ def live_state(doc):
     ruleset``, or only that table)::
 
         {"chains": {name: {"hook": (type, hook, prio, policy) | None,
-                           "rules": [(handle, comment, counters)]}},
+                           "rules": [{"handle", "comment", "counters", "key"}]}},
+         "sets": {name: {"kind": "set" | "map", "head": canonical JSON,
+                         "elements": {key JSON: {"value", "comment", "counters", "extra"}}}},
          "jumps": {(custom_chain, target): [handles]},
          "custom_chains": [names of custom-input/custom-forward present]}
+
+    A rule's ``key`` is its comment and statements as canonical JSON with the
+    counter values zeroed: exactly what the plan's ``Rule.key`` is.
     """
-    chains, jumps, customs = {}, {}, []
+    chains, sets, jumps, customs = {}, {}, {}, []
     for item in (doc or {}).get("nftables", []):
-        chain = item.get("chain")
-        if chain and chain.get("family") == FAMILY and chain.get("table") == TABLE:
-            if chain["name"].startswith(OWNED_PREFIX):
+        kind = next((k for k in ("chain", "rule", "set", "map") if k in item), None)
+        obj = item.get(kind) if kind else None
+        if not obj or obj.get("family") != FAMILY or obj.get("table") != TABLE:
+            continue
+        if kind in ("set", "map"):
+            if obj["name"].startswith(OWNED_PREFIX):
+                head = {k: v for k, v in obj.items()
+                        if k not in ("family", "name", "table", "handle", "elem")}
+                elements = {}
+                for elem in obj.get("elem", []):
+                    key, value, comment, counters, extra = _element(elem, kind == "map")
+                    elements[key] = {"value": value, "comment": comment, "counters": counters,
+                                     "extra": extra}
+                sets[obj["name"]] = {"kind": kind, "head": _canonical(head), "elements": elements}
+            continue
+        if kind == "chain":
+            if obj["name"].startswith(OWNED_PREFIX):
                 hook = None
-                if "hook" in chain:
-                    hook = (chain.get("type"), chain.get("hook"), chain.get("prio"), chain.get("policy"))
-                chains[chain["name"]] = {"hook": hook, "rules": []}
-            elif chain["name"] in dict(JUMPS):
-                customs.append(chain["name"])
+                if "hook" in obj:
+                    hook = (obj.get("type"), obj.get("hook"), obj.get("prio"), obj.get("policy"))
+                chains[obj["name"]] = {"hook": hook, "rules": []}
+            elif obj["name"] in dict(JUMPS):
+                customs.append(obj["name"])
             continue
-        rule = item.get("rule")
-        if not rule or rule.get("family") != FAMILY or rule.get("table") != TABLE:
-            continue
-        if rule["chain"] in chains:
-            chains[rule["chain"]]["rules"].append(
-                (rule["handle"], rule.get("comment", ""), _counters(rule.get("expr", [])))
-            )
-        elif rule["chain"] in dict(JUMPS):
-            exprs = rule.get("expr", [])
+        exprs = obj.get("expr", [])
+        if obj["chain"] in chains:
+            chains[obj["chain"]]["rules"].append({
+                "handle": obj["handle"],
+                "comment": obj.get("comment", ""),
+                "counters": _counters(exprs),
+                "key": _canonical([obj.get("comment", ""), _zero_counters(exprs)]),
+            })
+        elif obj["chain"] in dict(JUMPS):
             if len(exprs) == 1 and "jump" in exprs[0]:
                 target = exprs[0]["jump"].get("target")
-                if target == dict(JUMPS)[rule["chain"]]:
-                    jumps.setdefault((rule["chain"], target), []).append(rule["handle"])
-    return {"chains": chains, "jumps": jumps, "custom_chains": customs}
+                if target == dict(JUMPS)[obj["chain"]]:
+                    jumps.setdefault((obj["chain"], target), []).append(obj["handle"])
+    return {"chains": chains, "sets": sets, "jumps": jumps, "custom_chains": customs}
 
 
 def _counters(exprs):
@@ -87,60 +145,211 @@ def _counters(exprs):
     return None
 
 
+def owned(live):
+    """True when anything the formula owns is in the live ruleset."""
+    return bool(live["chains"] or live.get("sets") or live["jumps"])
+
+
+def element_differs(planned, current):
+    """Does the live element ``current`` (from ``live_state``) differ from the planned ``Element``?"""
+    return (current["value"] != planned.value_json or current["comment"] != planned.comment
+            or current["counters"] is None or bool(current["extra"]))
+
+
+LIST_CAP = 100
+
+
+class _Summary:
+    KEYS = ("chains_added", "chains_replaced", "chains_removed", "sets_added", "sets_replaced",
+            "sets_removed", "elements_added", "elements_removed", "rules_added", "rules_removed",
+            "jumps_added", "jumps_removed")
+
+    def __init__(self):
+        self.items = {k: [] for k in self.KEYS}
+
+    def add(self, key, *values):
+        self.items[key] += values
+
+    def result(self):
+        out = {}
+        counts = {k: len(v) for k, v in self.items.items() if v}
+        for key, values in self.items.items():
+            if values:
+                out[key] = values[:LIST_CAP] + (
+                    ["... and %d more" % (len(values) - LIST_CAP)] if len(values) > LIST_CAP else [])
+        if counts:
+            out["counts"] = counts
+        return out
+
+
+def _describe_live_rule(chain, rule):
+    return "%s: %s" % (chain, rule["comment"] or "a rule without comment (handle %d)" % rule["handle"])
+
+
+def _remove_all(live):
+    """The script that removes every owned object (plan=None)."""
+    cmds, summary = [], _Summary()
+    for (custom, target), handles in sorted(live["jumps"].items()):
+        for handle in handles:
+            cmds.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
+            summary.add("jumps_removed", "%s -> %s" % (custom, target))
+    for name in sorted(live["chains"]):
+        cmds.append("flush chain %s %s %s" % (FAMILY, TABLE, name))
+    for name in sorted(live["chains"]):
+        cmds.append("delete chain %s %s %s" % (FAMILY, TABLE, name))
+        summary.add("chains_removed", name)
+        summary.add("rules_removed", *[_describe_live_rule(name, r) for r in live["chains"][name]["rules"]])
+    for name in sorted(live.get("sets", {})):
+        cmds.append("delete %s %s %s %s" % (live["sets"][name]["kind"], FAMILY, TABLE, name))
+        summary.add("sets_removed", name)
+    if not cmds:
+        return "", {}
+    return "\n".join(cmds) + "\n", summary.result()
+
+
 def transaction(plan, live):
     """
-    ``plan``: a ``qubes_firewall_plan.QubePlan`` (its owned chains render their
-    own nft commands); ``live``: from ``live_state``.  Returns ``(script, summary)``; script is "" when nothing
-    differs.  ``summary`` lists what changes, for the state's report.
+    ``plan``: a ``qubes_firewall_plan.QubePlan`` (its objects render their own
+    nft commands), or None: remove everything the formula owns here;
+    ``live``: from ``live_state``.  Returns ``(script, summary)``: the one nft
+    script that makes the live owned objects equal the plan, compared by
+    content (every rule's statements and comment, every element's key, value
+    and comment; counter values and handles aside), or ("", {}) when they
+    already are.  A chain whose rules differ is emptied and refilled; a set or
+    map whose elements differ gets those elements deleted and added.
+    ``summary``: counts and the items that change.
     """
-    cmds = []
-    summary = {"chains_added": [], "chains_replaced": [], "chains_removed": [],
-               "rules_added": [], "rules_removed": [], "jumps_added": [], "jumps_removed": []}
+    if plan is None:
+        return _remove_all(live)
+    summary = _Summary()
     missing_custom = [c for c, _ in plan.jumps if c not in live["custom_chains"]]
     if missing_custom:
         raise CommandExecutionError(
-            "table ip qubes has no %s chain: is this a Qubes 4.2 qube with its base firewall loaded?"
+            "table ip qubes has no %s chain: is this a Qubes qube with its base firewall loaded?"
             % " or ".join(missing_custom)
         )
-    chains = plan.chains
-    wanted = {c.name for c in chains}
-    for chain in chains:
-        current = live["chains"].get(chain.name)
-        comments = [r.comment for r in chain.rules]
+    live_sets = live.get("sets", {})
+    planned_sets = {s.name: s for s in plan.sets}
+    planned_chains = {c.name: c for c in plan.chains}
+    # sets and maps: new, replaced (another declaration), stale
+    new_sets, replaced_sets = [], []
+    for item in plan.sets:
+        current = live_sets.get(item.name)
         if current is None:
-            cmds += chain.commands(fresh=True)
-            summary["chains_added"].append(chain.name)
-            summary["rules_added"] += [r.text for r in chain.rules]
+            new_sets.append(item)
+        elif current["kind"] != item.kind or current["head"] != item.head:
+            replaced_sets.append(item)
+    stale_sets = sorted(set(live_sets) - set(planned_sets))
+    gone_sets = {s.name for s in replaced_sets} | set(stale_sets)
+    # chains: new, recreated (another hook), refilled (other rules), stale
+    new_chains, recreated, refilled = [], [], []
+    for chain in plan.chains:
+        current = live["chains"].get(chain.name)
+        if current is None:
+            new_chains.append(chain)
+        elif current["hook"] != chain.hook:
+            recreated.append(chain)
+        elif ([r["key"] for r in current["rules"]] != [r.key for r in chain.rules]
+              or any(_uses(r, gone_sets) for r in current["rules"])):
+            refilled.append(chain)
+    stale_chains = sorted(set(live["chains"]) - set(planned_chains))
+    recreated_names = {c.name for c in recreated}
+    pre, cmds = [], []
+    # jumps into a chain that is deleted go first, and come back below
+    jump_targets_gone = recreated_names | set(stale_chains)
+    for (custom, target), handles in sorted(live["jumps"].items()):
+        if target in jump_targets_gone:
+            for handle in handles:
+                pre.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
+    for chain in refilled:
+        pre.append("flush chain %s %s %s" % (FAMILY, TABLE, chain.name))
+    for name in [c.name for c in recreated] + stale_chains:
+        pre.append("flush chain %s %s %s" % (FAMILY, TABLE, name))
+    for name in [c.name for c in recreated] + stale_chains:
+        pre.append("delete chain %s %s %s" % (FAMILY, TABLE, name))
+    for name in [s.name for s in replaced_sets] + stale_sets:
+        pre.append("delete %s %s %s %s" % (live_sets[name]["kind"], FAMILY, TABLE, name))
+    for item in new_sets + replaced_sets:
+        cmds.append(item.add_command())
+    summary.add("sets_added", *[s.name for s in new_sets])
+    summary.add("sets_replaced", *[s.name for s in replaced_sets])
+    summary.add("sets_removed", *stale_sets)
+    for item in replaced_sets:
+        summary.add("elements_removed", *["%s: %s" % (item.name, e["comment"] or k)
+                                          for k, e in live_sets[item.name]["elements"].items()])
+        summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in item.elements])
+    for name in stale_sets:
+        summary.add("elements_removed", *["%s: %s" % (name, e["comment"] or k)
+                                          for k, e in live_sets[name]["elements"].items()])
+    for item in new_sets:
+        summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in item.elements])
+    # elements of the sets and maps that stay
+    for item in plan.sets:
+        if item in new_sets or item in replaced_sets:
             continue
-        live_comments = [c for _, c, _ in current["rules"]]
-        if current["hook"] != chain.hook:
-            cmds += ["flush chain %s %s %s" % (FAMILY, TABLE, chain.name),
-                     "delete chain %s %s %s" % (FAMILY, TABLE, chain.name)]
-            cmds += chain.commands(fresh=True)
-            summary["chains_replaced"].append(chain.name)
-        elif live_comments != comments:
-            cmds += chain.commands(fresh=False)
-            summary["chains_replaced"].append(chain.name)
-        else:
-            continue
-        summary["rules_removed"] += ["%s: %s" % (chain.name, c or "(rule without comment)")
-                                     for c in live_comments if c not in comments]
-        summary["rules_added"] += [r.text for r in chain.rules if r.comment not in live_comments]
-    for name in sorted(set(live["chains"]) - wanted):
-        cmds += ["flush chain %s %s %s" % (FAMILY, TABLE, name), "delete chain %s %s %s" % (FAMILY, TABLE, name)]
-        summary["chains_removed"].append(name)
-        summary["rules_removed"] += ["%s: %s" % (name, c) for _, c, _ in live["chains"][name]["rules"]]
+        current = live_sets[item.name]["elements"]
+        wanted = {e.key_json: e for e in item.elements}
+        delete = [k for k, e in current.items() if k not in wanted or element_differs(wanted[k], e)]
+        add = [e for k, e in wanted.items() if k not in current or element_differs(e, current[k])]
+        if delete:
+            cmds.append("delete element %s %s %s { %s }" % (
+                FAMILY, TABLE, item.name, ", ".join(_key_text(k) for k in delete)))
+            summary.add("elements_removed", *["%s: %s" % (item.name, current[k]["comment"] or _key_text(k))
+                                              for k in delete])
+        if add:
+            cmds.append(item.element_command("add", add))
+            summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in add])
+    for chain in new_chains + recreated:
+        cmds += chain.commands(fresh=True)[:1] + chain.rule_commands()
+    for chain in refilled:
+        cmds += chain.rule_commands()
+    summary.add("chains_added", *[c.name for c in new_chains])
+    summary.add("chains_replaced", *[c.name for c in recreated + refilled])
+    summary.add("chains_removed", *stale_chains)
+    for chain in new_chains:
+        summary.add("rules_added", *["%s: %s" % (chain.name, r.comment) for r in chain.rules])
+    for chain in recreated + refilled:
+        have = [r["key"] for r in live["chains"][chain.name]["rules"]]
+        want = [r.key for r in chain.rules]
+        summary.add("rules_removed", *[_describe_live_rule(chain.name, r)
+                                       for r in live["chains"][chain.name]["rules"] if r["key"] not in want])
+        summary.add("rules_added", *["%s: %s" % (chain.name, r.comment) for r in chain.rules if r.key not in have])
+    for name in stale_chains:
+        summary.add("rules_removed", *[_describe_live_rule(name, r) for r in live["chains"][name]["rules"]])
     for custom, target in plan.jumps:
         handles = live["jumps"].get((custom, target), [])
+        if target in jump_targets_gone:
+            handles = []
         if not handles:
             cmds.append(plan.jump_command(custom, target))
-            summary["jumps_added"].append("%s -> %s" % (custom, target))
+            summary.add("jumps_added", "%s -> %s" % (custom, target))
         for handle in handles[1:]:
             cmds.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
-            summary["jumps_removed"].append("%s -> %s (duplicate, handle %d)" % (custom, target, handle))
+            summary.add("jumps_removed", "%s -> %s (duplicate, handle %d)" % (custom, target, handle))
+    # stale chains were never jump targets of ours (only qf-input/qf-forward are)
+    cmds = pre + cmds
     if not cmds:
         return "", {}
-    return "\n".join(cmds) + "\n", {k: v for k, v in summary.items() if v}
+    return "\n".join(cmds) + "\n", summary.result()
+
+
+def _uses(rule, names):
+    """Does a live rule look up one of the sets ``names``?"""
+    return any(('"@%s"' % name) in rule["key"] for name in names)
+
+
+def _key_text(key_json):
+    """A listed element key (canonical JSON of a concatenation) as nft text."""
+    key = json.loads(key_json)
+    parts = key.get("concat", [key]) if isinstance(key, dict) else [key]
+    out = []
+    for part in parts:
+        if not isinstance(part, (str, int)) or (isinstance(part, str) and not _SAFE_KEY.match(part)):
+            raise CommandExecutionError(
+                "an element of an owned set has a key this formula does not write (%s); "
+                "delete the set by hand (nft delete set ip qubes NAME) and re-run" % key_json)
+        out.append(str(part))
+    return " . ".join(out)
 
 
 # --------------------------------------------------------------------------
@@ -178,14 +387,9 @@ def read():
 
 
 def _load(script, check_only, as_json=False):
-    fd, path = tempfile.mkstemp(prefix="qubes_firewall.", suffix=".json" if as_json else ".nft")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(script)
-        argv = [NFT] + (["-j"] if as_json else []) + (["-c"] if check_only else []) + ["-f", path]
-        proc = _run(argv)
-    finally:
-        os.unlink(path)
+    """One nft process reading ``script`` from stdin (no argument list limit)."""
+    argv = [NFT] + (["-j"] if as_json else []) + (["-c"] if check_only else []) + ["-f", "-"]
+    proc = _run(argv, stdin=script)
     if proc.returncode != 0:
         raise CommandExecutionError(
             "%s rejected the transaction, nothing was changed:\n%s"
@@ -194,10 +398,24 @@ def _load(script, check_only, as_json=False):
     return True
 
 
+def check(script):
+    """
+    Check ``script`` against the live kernel state with ``nft -c`` (commits
+    nothing): what a state's test mode runs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_nft.check "flush chain ip qubes qf-input"
+    """
+    return _load(script, check_only=True)
+
+
 def load(script):
     """
-    Apply ``script`` as one atomic transaction after checking it with
-    ``nft -c``.  On any error nothing is applied.
+    Apply ``script`` as one atomic ``nft -f`` transaction (read from stdin):
+    on any error nothing is applied and the ruleset stays as it was.
 
     CLI Example:
 
@@ -205,7 +423,6 @@ def load(script):
 
         salt-call qubes_firewall_nft.load "flush chain ip qubes qf-input"
     """
-    _load(script, check_only=True)
     return _load(script, check_only=False)
 
 

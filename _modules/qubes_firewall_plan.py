@@ -1,40 +1,65 @@
 """
 The planner of qubes-firewall-formula: pure functions from the validated model
 (``qubes_firewall_model``) and the addresses map to one qube's plan: the
-nftables chains the formula owns in that qube, every rule traced to its pillar
-origin, and the shell block that replays them at boot.
+nftables objects the formula owns in that qube, every rule and set element
+traced to its pillar origin, and the shell block that replays them at boot.
 
 Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_plan``;
 imported directly by the unit tests.
 
-Where rules live (QUBES_FACTS 2.5): chains named ``qf-*`` in ``table ip
-qubes``; ``qf-input`` and ``qf-forward`` are reached by one jump each from
-Qubes' ``custom-input`` / ``custom-forward``; each port forward that DNATs in
-this qube has its own nat base chain ``qf-dnat-<name>`` (``type nat hook
-prerouting priority filter + 1``, after Qubes' dnat-dns).
+Where rules live (QUBES_FACTS 2.5): objects named ``qf-*`` in ``table ip
+qubes``.  ``qf-input`` and ``qf-forward`` are reached by one jump each from
+Qubes' ``custom-input`` / ``custom-forward``; one nat base chain ``qf-nat``
+(``type nat hook prerouting priority filter + 1``, after Qubes' dnat-dns)
+holds every port forward's DNAT of this qube.  Port forwards are set and map
+elements, one rule per group of forwards that share interfaces and sources:
+
+- ``qf-nat-<g>``: map ``meta l4proto . th dport`` -> next hop ``address . port``
+  (``dnat ip to ... map``), ``qf-redir-<g>``: -> local port (``redirect``);
+- ``qf-fwd-<g>`` / ``qf-in-<g>``: set ``meta l4proto . ip daddr . th dport``
+  of the forward and input accepts.
+
+Every set and map has the ``counter`` flag and every element a comment naming
+its forward (``qf port_forwards:https``), so each forward keeps its own
+counters; every rule has a counter and a comment with its origin.
+
+Each object exists twice, from the same data: as nft JSON exactly as ``nft -j
+list`` prints it (what the live ruleset is compared with, rule by rule,
+element by element) and as nft text (what is loaded, and the boot block).
 """
 
 import dataclasses
+import functools
 import hashlib
+import json
 from typing import Optional, Tuple
 
 __virtualname__ = "qubes_firewall_plan"
 
+FAMILY = "ip"
+TABLE_NAME = "qubes"
 TABLE = "ip qubes"
 INPUT_CHAIN = "qf-input"
 FORWARD_CHAIN = "qf-forward"
-DNAT_PREFIX = "qf-dnat-"
+NAT_CHAIN = "qf-nat"
 OWNED_PREFIX = "qf-"
 JUMP_COMMENT = "qf jump"
 # (Qubes chain, our chain) pairs: one jump rule each
 JUMPS = (("custom-input", INPUT_CHAIN), ("custom-forward", FORWARD_CHAIN))
 # nat prerouting after Qubes' dnat-dns (dstnat, -100), as the seed document does
-DNAT_HOOK = ("nat", "prerouting", 1, "accept")
+NAT_HOOK = ("nat", "prerouting", 1, "accept")
+DNAT_HOOK = NAT_HOOK  # compatible name
 
 USER_SCRIPT = "qubes-firewall-user-script"
 RC_LOCAL = "rc.local"
 BLOCK_NAME = "rules"
 HEREDOC = "QUBES_FIREWALL_NFT"
+
+# set/map key and value types, as nft -j prints them
+_FWD_TYPE = ("inet_proto", "ipv4_addr", "inet_service")
+_NAT_TYPE = ("inet_proto", "inet_service")
+_NAT_VALUE = "ipv4_addr . inet_service"
+_REDIR_VALUE = "inet_service"
 
 
 class PlanError(ValueError):
@@ -45,26 +70,263 @@ class PlanError(ValueError):
         super().__init__("cannot plan:\n  " + "\n  ".join(self.errors))
 
 
+# --------------------------------------------------------------------------
+# expressions: (nft text, nft JSON) pairs
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Expr:
+    text: str
+    data: str  # the JSON statement, serialised (canonical, hashable)
+
+    @property
+    def json(self):
+        return json.loads(self.data)
+
+
+def _expr(text, data):
+    return Expr(text, json.dumps(data, sort_keys=True))
+
+
+def _cached(func):
+    """Expressions are immutable: build each distinct one once (planning every qube stays linear)."""
+    cached = functools.lru_cache(maxsize=4096)(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return cached(*[tuple(a) if isinstance(a, list) else a for a in args], **kwargs)
+
+    return wrapper
+
+
+def _match(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key):
+    return {"meta": {"key": key}}
+
+
+def _payload(proto, field):
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def _addr_json(cidr):
+    if "/" in cidr:
+        addr, length = cidr.split("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    return cidr
+
+
+def _addr_key(cidr):
+    addr, _, length = cidr.partition("/")
+    return tuple(int(x) for x in addr.split(".")), int(length or 32)
+
+
+def _values(items, as_json, key=None):
+    items = sorted(items, key=key) if key else list(items)
+    if len(items) == 1:
+        return str(items[0]) if not as_json else items[0]
+    if as_json:
+        return {"set": list(items)}
+    return "{ %s }" % ", ".join(str(i) for i in items)
+
+
+@_cached
+def m_iifgroup(group):
+    return _expr("iifgroup %d" % group, _match(_meta("iifgroup"), group))
+
+
+@_cached
+def m_iifname(names, negate=False):
+    names = sorted(names)
+    text = "iifname %s%s" % ("!= " if negate else "",
+                             names and ('"%s"' % names[0] if len(names) == 1
+                                        else "{ %s }" % ", ".join('"%s"' % n for n in names)))
+    right = names[0] if len(names) == 1 else {"set": names}
+    return _expr(text, _match(_meta("iifname"), right, "!=" if negate else "=="))
+
+
+@_cached
+def m_fib_local():
+    return _expr("fib daddr type local",
+                 _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"))
+
+
+@_cached
+def m_ip(field, cidrs):
+    cidrs = sorted(cidrs, key=_addr_key)
+    text = "ip %s %s" % (field, cidrs[0] if len(cidrs) == 1 else "{ %s }" % ", ".join(cidrs))
+    right = _addr_json(cidrs[0]) if len(cidrs) == 1 else {"set": [_addr_json(c) for c in cidrs]}
+    return _expr(text, _match(_payload("ip", field), right))
+
+
+@_cached
+def m_l4proto(protos):
+    protos = sorted(protos)
+    text = "meta l4proto %s" % (protos[0] if len(protos) == 1 else "{ %s }" % ", ".join(protos))
+    return _expr(text, _match(_meta("l4proto"), protos[0] if len(protos) == 1 else {"set": protos}))
+
+
+@_cached
+def m_dport(proto, ports):
+    ports = sorted(ports)
+    text = "%s dport %s" % (proto, ports[0] if len(ports) == 1 else "{ %s }" % ", ".join(map(str, ports)))
+    return _expr(text, _match(_payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+
+
+@_cached
+def m_ct_new():
+    return _expr("ct state new", _match({"ct": {"key": "state"}}, "new", "in"))
+
+
+_KEY_TEXT = {"proto": "meta l4proto", "daddr": "ip daddr", "dport": "th dport"}
+_KEY_JSON = {"proto": _meta("l4proto"), "daddr": _payload("ip", "daddr"), "dport": _payload("th", "dport")}
+
+
+def _concat(fields):
+    return " . ".join(_KEY_TEXT[f] for f in fields), {"concat": [_KEY_JSON[f] for f in fields]}
+
+
+@_cached
+def m_lookup(fields, set_name):
+    text, left = _concat(fields)
+    return _expr("%s @%s" % (text, set_name), _match(left, "@" + set_name))
+
+
+COUNTER = _expr("counter", {"counter": {"packets": 0, "bytes": 0}})
+ACCEPT = _expr("accept", {"accept": None})
+
+
+@_cached
+def v_dnat_map(fields, map_name):
+    text, key = _concat(fields)
+    return _expr("dnat ip to %s map @%s" % (text, map_name),
+                 {"dnat": {"family": "ip", "addr": {"map": {"key": key, "data": "@" + map_name}}}})
+
+
+@_cached
+def v_redirect_map(fields, map_name):
+    text, key = _concat(fields)
+    return _expr("redirect to :%s map @%s" % (text, map_name),
+                 {"redirect": {"port": {"map": {"key": key, "data": "@" + map_name}}}})
+
+
+# --------------------------------------------------------------------------
+# owned objects
+# --------------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     chain: str
-    match: str  # the match expression, without counter/verdict/comment
-    verdict: str  # accept | dnat to ... | redirect to :N
-    origin: str  # pillar origin, e.g. "port_forwards:https forward"
+    matches: Tuple[Expr, ...]
+    verdict: Expr
+    origin: str  # pillar origin, e.g. "connections:0 work->build forward"
+
+    @property
+    def match(self):
+        return " ".join(m.text for m in self.matches)
 
     @property
     def body(self):
-        return "%s counter %s" % (self.match, self.verdict) if self.match else "counter %s" % self.verdict
+        return " ".join([m.text for m in self.matches] + [COUNTER.text, self.verdict.text])
 
     @property
     def comment(self):
-        """The origin plus a digest of the rule: how a live rule is recognised."""
-        digest = hashlib.sha256(("%s\n%s" % (self.chain, self.body)).encode()).hexdigest()[:10]
-        return "qf %s #%s" % (self.origin, digest)
+        return "qf %s" % self.origin
 
     @property
     def text(self):
         return '%s comment "%s"' % (self.body, self.comment)
+
+    @property
+    def expr(self):
+        """The rule's statements as ``nft -j list`` prints them (counters zero)."""
+        return [m.json for m in self.matches] + [COUNTER.json, self.verdict.json]
+
+    @property
+    def key(self):
+        """What a live rule is compared with: (comment, statements) as canonical JSON."""
+        return rule_key(self.comment, self.expr)
+
+
+def rule_key(comment, exprs):
+    return json.dumps([comment or "", exprs], sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Element:
+    key: Tuple  # e.g. ("tcp", 443) or ("tcp", "10.137.0.6", 443)
+    value: Optional[Tuple]  # maps only: ("10.137.0.6", 443) or (22,)
+    origin: str  # "port_forwards:https"
+
+    @property
+    def comment(self):
+        return "qf %s" % self.origin
+
+    @property
+    def key_text(self):
+        return " . ".join(str(k) for k in self.key)
+
+    @property
+    def text(self):
+        out = '%s comment "%s"' % (self.key_text, self.comment)
+        if self.value is not None:
+            out += " : " + " . ".join(str(v) for v in self.value)
+        return out
+
+    @property
+    def key_json(self):
+        return json.dumps({"concat": list(self.key)}, sort_keys=True)
+
+    @property
+    def value_json(self):
+        if self.value is None:
+            return None
+        value = self.value[0] if len(self.value) == 1 else {"concat": list(self.value)}
+        return json.dumps(value, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Set:
+    name: str
+    key_type: Tuple[str, ...]
+    value_type: Optional[str]  # a map's value type, None for a set
+    elements: Tuple[Element, ...]
+    origin: str = "port_forwards"
+
+    @property
+    def kind(self):
+        return "set" if self.value_type is None else "map"
+
+    @property
+    def head(self):
+        """The declaration as ``nft -j list`` prints it (name, family, table, handle and elements aside)."""
+        head = {"type": list(self.key_type) if len(self.key_type) > 1 else self.key_type[0],
+                "stmt": [{"counter": None}]}
+        if self.value_type is not None:
+            head["map"] = self.value_type
+        return json.dumps(head, sort_keys=True)
+
+    @property
+    def spec(self):
+        value = " : %s" % self.value_type if self.value_type else ""
+        return "type %s%s; counter;" % (" . ".join(self.key_type), value)
+
+    def add_command(self, with_elements=True):
+        elements = ""
+        if with_elements and self.elements:
+            elements = " elements = { %s }" % ", ".join(e.text for e in self.elements)
+        return "add %s %s %s { %s%s }" % (self.kind, TABLE, self.name, self.spec, elements)
+
+    def element_command(self, verb, elements):
+        if verb == "delete":
+            items = ", ".join(e.key_text for e in elements)
+        else:
+            items = ", ".join(e.text for e in elements)
+        return "%s element %s %s { %s }" % (verb, TABLE, self.name, items)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +347,10 @@ class Chain:
         spec = " { %s }" % self.spec if self.spec else ""
         head = ["add chain %s %s%s" % (TABLE, self.name, spec)] if fresh else []
         head.append("flush chain %s %s" % (TABLE, self.name))
-        return head + ["add rule %s %s %s" % (TABLE, self.name, r.text) for r in self.rules]
+        return head + self.rule_commands()
+
+    def rule_commands(self):
+        return ["add rule %s %s %s" % (TABLE, self.name, r.text) for r in self.rules]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +359,7 @@ class QubePlan:
     provides_network: bool
     chains: Tuple[Chain, ...]
     notes: Tuple[str, ...] = ()
+    sets: Tuple[Set, ...] = ()
 
     jumps = JUMPS  # (Qubes chain, owned chain): one jump rule each
 
@@ -108,38 +374,14 @@ class QubePlan:
 
     @property
     def rule_count(self):
-        return sum(len(c.rules) for c in self.chains)
+        """Rules plus set/map elements: what the pillar puts in this qube."""
+        return sum(len(c.rules) for c in self.chains) + sum(len(s.elements) for s in self.sets)
 
 
 def _priority(prio):
     if prio == 0:
         return "filter"
     return "filter %s %d" % ("+" if prio > 0 else "-", abs(prio))
-
-
-# --------------------------------------------------------------------------
-# match expressions
-# --------------------------------------------------------------------------
-
-
-def _set(items, quote=False):
-    items = ['"%s"' % i if quote else str(i) for i in items]
-    return items[0] if len(items) == 1 else "{ %s }" % ", ".join(items)
-
-
-def _l4(proto, ports):
-    """Protocol and destination ports; None/() mean any."""
-    if ports:
-        if proto in ("tcp", "udp"):
-            return "%s dport %s" % (proto, _set(ports))
-        return "meta l4proto { tcp, udp } th dport %s" % _set(ports)
-    if proto:
-        return "meta l4proto %s" % proto
-    return ""
-
-
-def _join(*parts):
-    return " ".join(p for p in parts if p)
 
 
 class _Addresses:
@@ -159,49 +401,125 @@ class _Addresses:
 
 
 # --------------------------------------------------------------------------
+# the model's index, computed once per model (planning every qube is linear)
+# --------------------------------------------------------------------------
+
+
+class _Index:
+    def __init__(self, model):
+        self.chains = {}
+        for name in model.qubes:
+            self.chain(model, name)
+        self.forwards = {}  # qube -> [(fwd, path)]
+        for fwd in model.port_forwards:
+            path = self.chains.get(fwd.qube)
+            if path is None:
+                continue
+            for hop in path:
+                self.forwards.setdefault(hop, []).append((fwd, path))
+        self.connections = {}  # qube -> [conn]
+        for conn in model.connections:
+            touched = set()
+            for end in (conn.source, conn.target):
+                touched.update(self.chains.get(end, ()))
+            for hop in touched:
+                self.connections.setdefault(hop, []).append(conn)
+
+    def chain(self, model, name):
+        if name not in self.chains:
+            netvm = model.qubes[name].netvm
+            if netvm is None or netvm not in model.qubes:
+                self.chains[name] = (name,)
+            else:
+                self.chains[name] = (name,) + self.chain(model, netvm)
+        return self.chains[name]
+
+
+_INDEX = {"model": None, "index": None}
+
+
+def _index(model):
+    if _INDEX["model"] is not model:
+        _INDEX["index"] = _Index(model)
+        _INDEX["model"] = model
+    return _INDEX["index"]
+
+
+# --------------------------------------------------------------------------
 # port forwards (CONTRACT 4; seed "Port forwarding to a qube from the outside world")
 # --------------------------------------------------------------------------
 
 
-def _forward_rules(model, fwd, qube, ip):
-    """The rules port forward ``fwd`` needs in ``qube``: (dnat rules, forward rules, input rules)."""
-    path = model.chain(fwd.qube)  # [destination, its netvm, ..., uplink]
-    if qube not in path:
-        return (), (), ()
+@_cached
+def _group_id(arriving, sources):
+    text = "%s|%s" % (arriving.data, ",".join(sorted(sources, key=_addr_key)))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+class _Groups:
+    """The forwards of one qube, grouped by (how they arrive, sources)."""
+
+    def __init__(self):
+        self.groups = {}  # gid -> {"arriving", "sources", "nat", "redir", "fwd", "in"}
+
+    def get(self, arriving, sources):
+        gid = _group_id(arriving, sources)
+        if gid not in self.groups:
+            self.groups[gid] = {"arriving": arriving, "sources": tuple(sources),
+                                "nat": [], "redir": [], "fwd": [], "in": []}
+        return gid, self.groups[gid]
+
+
+def _forward_elements(fwd, path, qube, ip, groups):
+    """Adds the elements forward ``fwd`` needs in ``qube`` to ``groups``."""
     where = path.index(qube)
     uplink = where == len(path) - 1
-    sources = "ip saddr %s" % _set(fwd.sources) if fwd.sources else ""
     if uplink:
-        arriving = "iifname %s" % _set(fwd.interfaces, quote=True) if fwd.interfaces else 'iifname != "vif*"'
+        arriving = m_iifname(fwd.interfaces) if fwd.interfaces else m_iifname(["vif*"], negate=True)
     else:
         # deeper hops: only what comes down from the netvm, addressed to this qube
-        arriving = "iifgroup 1"
-    dnat, forward, inputs = [], [], []
-    chain = DNAT_PREFIX + fwd.name
+        arriving = m_iifgroup(1)
+    _, group = groups.get(arriving, fwd.sources)
     if where == 0:
-        dest = ip(qube)
-        if uplink:
-            if fwd.external_port != fwd.port:
-                dnat.append(Rule(chain, _join(arriving, "fib daddr type local", sources,
-                                              _l4(fwd.proto, [fwd.external_port])),
-                                 "redirect to :%d" % fwd.port, fwd.origin + " redirect"))
-        inputs.append(Rule(INPUT_CHAIN,
-                           _join(arriving, sources, "ip daddr %s" % dest, _l4(fwd.proto, [fwd.port]), "ct state new"),
-                           "accept", fwd.origin + " input"))
-        return tuple(dnat), (), tuple(inputs)
+        if uplink and fwd.external_port != fwd.port:
+            group["redir"].append(Element((fwd.proto, fwd.external_port), (fwd.port,), fwd.origin))
+        group["in"].append(Element((fwd.proto, ip(qube), fwd.port), None, fwd.origin))
+        return
     nxt = path[where - 1]
-    last_hop = where == 1
+    to_port = fwd.port if where == 1 else fwd.external_port
+    group["nat"].append(Element((fwd.proto, fwd.external_port), (ip(nxt), to_port), fwd.origin))
+    group["fwd"].append(Element((fwd.proto, ip(nxt), to_port), None, fwd.origin))
+
+
+def _forward_objects(groups, qube, uplink, ip):
+    """(sets, nat rules, forward rules, input rules) of the grouped forwards."""
+    sets, nat, forward, inputs = [], [], [], []
     # only what is addressed to this qube itself: its LAN address at the uplink
     # (unknown to the pillar, hence fib), its Qubes address below
-    own = "fib daddr type local" if uplink else "ip daddr %s" % ip(qube)
-    to_port = fwd.port if last_hop else fwd.external_port
-    target = ip(nxt) if to_port == fwd.external_port else "%s:%d" % (ip(nxt), to_port)
-    dnat.append(Rule(chain, _join(arriving, own, sources, _l4(fwd.proto, [fwd.external_port])),
-                     "dnat to %s" % target, "%s dnat %s" % (fwd.origin, nxt)))
-    forward.append(Rule(FORWARD_CHAIN,
-                        _join(arriving, sources, "ip daddr %s" % ip(nxt), _l4(fwd.proto, [to_port]), "ct state new"),
-                        "accept", "%s forward %s" % (fwd.origin, nxt)))
-    return tuple(dnat), tuple(forward), ()
+    own = m_fib_local() if uplink else m_ip("daddr", [ip(qube)])
+    for gid in sorted(groups.groups):
+        group = groups.groups[gid]
+        head = [group["arriving"]]
+        sources = [m_ip("saddr", group["sources"])] if group["sources"] else []
+        l4 = m_l4proto(["tcp", "udp"])
+        if group["nat"]:
+            name = "qf-nat-" + gid
+            sets.append(Set(name, _NAT_TYPE, _NAT_VALUE, tuple(group["nat"])))
+            nat.append(Rule(NAT_CHAIN, tuple(head + [own] + sources + [l4]),
+                            v_dnat_map(("proto", "dport"), name), "port_forwards dnat @" + name))
+        if group["redir"]:
+            name = "qf-redir-" + gid
+            sets.append(Set(name, _NAT_TYPE, _REDIR_VALUE, tuple(group["redir"])))
+            nat.append(Rule(NAT_CHAIN, tuple(head + [m_fib_local()] + sources + [l4]),
+                            v_redirect_map(("proto", "dport"), name), "port_forwards redirect @" + name))
+        for kind, chain, out in (("fwd", FORWARD_CHAIN, forward), ("in", INPUT_CHAIN, inputs)):
+            if group[kind]:
+                name = "qf-%s-%s" % (kind, gid)
+                sets.append(Set(name, _FWD_TYPE, None, tuple(group[kind])))
+                out.append(Rule(chain, tuple(head + sources + [m_ct_new(),
+                                                               m_lookup(("proto", "daddr", "dport"), name)]),
+                                ACCEPT, "port_forwards %s @%s" % ("forward" if kind == "fwd" else "input", name)))
+    return sets, nat, forward, inputs
 
 
 # --------------------------------------------------------------------------
@@ -218,7 +536,8 @@ def connection_route(model, conn):
     every hop).  Raises PlanError when B cannot be reached.
     """
     a, b = conn.source, conn.target
-    chain_a, chain_b = model.chain(a), model.chain(b)
+    index = _index(model)
+    chain_a, chain_b = index.chains[a], index.chains[b]
     common = next((q for q in chain_a if q in chain_b), None)
     path = "qubes_firewall:%s" % conn.origin
     if common is None:
@@ -236,22 +555,33 @@ def connection_route(model, conn):
     return common, chain_a[chain_a.index(common) - 1]
 
 
-def _connection_rules(model, conn, qube, ip):
-    shared, source = connection_route(model, conn)
+def _l4(proto, ports):
+    """Protocol and destination ports; None/() mean any."""
+    if ports:
+        if proto in ("tcp", "udp"):
+            return [m_dport(proto, ports)]
+        return [m_l4proto(["tcp", "udp"]), m_dport("th", ports)]
+    if proto:
+        return [m_l4proto([proto])]
+    return []
+
+
+def _connection_rules(model, conn, qube, ip, route=None):
+    shared, source = route or connection_route(model, conn)
     l4 = _l4(conn.proto, conn.ports)
     origin = "%s %s->%s" % (conn.origin, conn.source, conn.target)
     forward, inputs = [], []
     if qube == shared:
         forward.append(Rule(FORWARD_CHAIN,
-                            _join("iifgroup 2", "ip saddr %s" % ip(source), "ip daddr %s" % ip(conn.target),
-                                  l4, "ct state new"),
-                            "accept", origin + " forward"))
+                            tuple([m_iifgroup(2), m_ip("saddr", [ip(source)]), m_ip("daddr", [ip(conn.target)])]
+                                  + l4 + [m_ct_new()]),
+                            ACCEPT, origin + " forward"))
     if qube == conn.target:
         # from upstream (group 1), or from one of its own clients (group 2)
-        group = "2" if model.qubes[source].netvm == qube else "1"
+        group = 2 if model.qubes[source].netvm == qube else 1
         inputs.append(Rule(INPUT_CHAIN,
-                           _join("iifgroup %s" % group, "ip saddr %s" % ip(source), l4, "ct state new"),
-                           "accept", origin + " input"))
+                           tuple([m_iifgroup(group), m_ip("saddr", [ip(source)])] + l4 + [m_ct_new()]),
+                           ACCEPT, origin + " input"))
     notes = ()
     if source != conn.source and qube == conn.target:
         notes = ("%s: %s reaches %s masqueraded as %s, so every qube behind %s may connect"
@@ -266,22 +596,21 @@ def _connection_rules(model, conn, qube, ip):
 
 def plan_qube(model, qube):
     """
-    The plan for ``qube``: its owned chains with every rule, in a stable
+    The plan for ``qube``: its owned chains, sets and maps, in a stable
     order.  Raises PlanError (path-named) when an address is missing or a
     connection cannot be routed.
     """
     if qube not in model.qubes:
         raise KeyError(qube)
+    index = _index(model)
     ip = _Addresses(model)
     errors, notes = [], []
-    dnat_chains, forward, inputs = [], [], []
-    for fwd in model.port_forwards:
-        d, f, i = _forward_rules(model, fwd, qube, ip)
-        if d:
-            dnat_chains.append(Chain(DNAT_PREFIX + fwd.name, DNAT_HOOK, d))
-        forward += f
-        inputs += i
-    for conn in model.connections:
+    groups = _Groups()
+    for fwd, path in index.forwards.get(qube, ()):
+        _forward_elements(fwd, path, qube, ip, groups)
+    uplink = model.qubes[qube].netvm is None
+    sets, nat, forward, inputs = _forward_objects(groups, qube, uplink, ip)
+    for conn in index.connections.get(qube, ()):
         try:
             f, i, n = _connection_rules(model, conn, qube, ip)
         except PlanError as exc:
@@ -296,8 +625,9 @@ def plan_qube(model, qube):
     if errors:
         raise PlanError(errors)
     chains = (Chain(INPUT_CHAIN, None, tuple(inputs)), Chain(FORWARD_CHAIN, None, tuple(forward)))
-    chains += tuple(sorted(dnat_chains, key=lambda c: c.name))
-    return QubePlan(qube, model.qubes[qube].provides_network, chains, tuple(notes))
+    if nat:
+        chains += (Chain(NAT_CHAIN, NAT_HOOK, tuple(nat)),)
+    return QubePlan(qube, model.qubes[qube].provides_network, chains, tuple(notes), tuple(sets))
 
 
 def check_model(model):
@@ -317,8 +647,17 @@ def check_model(model):
 
 
 def ruleset_text(plan):
-    """The owned chains as one nft script (create-or-flush, then the rules)."""
+    """
+    The owned objects as one nft script that creates or empties them and
+    fills them again: sets and maps first (the rules look them up), then the
+    chains.  Loading it any number of times yields the same objects.
+    """
     lines = []
+    for item in plan.sets:
+        lines.append(item.add_command(with_elements=False))
+        lines.append("flush %s %s %s" % (item.kind, TABLE, item.name))
+        if item.elements:
+            lines.append(item.element_command("add", item.elements))
     for chain in plan.chains:
         lines += chain.commands(fresh=True)
     return "\n".join(lines) + "\n"
@@ -327,11 +666,12 @@ def ruleset_text(plan):
 def persist_block(plan):
     """
     The shell block that replays ``plan`` at boot, in the file named by
-    ``plan.persist_file``.  Idempotent: the chains are created or flushed and
-    refilled in one ``nft -f`` transaction, and the jumps from custom-input /
-    custom-forward are added only together with the chains, so running it any
-    number of times yields the ruleset of the runtime apply.  Guarded by the
-    qube's name, so a disposable template's copy acts only in its qube.
+    ``plan.persist_file``.  Idempotent: the sets, maps and chains are created
+    or emptied and refilled in one ``nft -f`` transaction, and the jumps from
+    custom-input / custom-forward are added only together with the chains, so
+    running it any number of times yields the ruleset of the runtime apply.
+    Guarded by the qube's name, so a disposable template's copy acts only in
+    its qube.
     """
     name = plan.qube
     jumps = "\n".join(plan.jump_command(c, t) for c, t in plan.jumps)
@@ -369,6 +709,9 @@ def plan_dict(plan):
         "persist_file": plan.persist_file,
         "chains": {
             c.name: {"spec": c.spec, "rules": [r.text for r in c.rules]} for c in plan.chains
+        },
+        "sets": {
+            s.name: {"spec": s.spec, "elements": [e.text for e in s.elements]} for s in plan.sets
         },
         "notes": list(plan.notes),
     }

@@ -4,22 +4,25 @@ Status and drift of one qube's rules: pure functions over the planner's plan
 (``qubes_firewall_nft.live_state``) and the persisted files
 (``qubes_firewall.persisted_files``: ``{path: (old, new)}``).
 
-- ``status``: every rule of the chains the formula owns, with its pillar origin
-  (read back from the rule's comment) and its packet/byte counters, the seed
+- ``status``: every rule of the chains the formula owns and every element of
+  its sets and maps (one per port forward, hop and role), with its pillar
+  origin (read back from the comment) and its packet/byte counters, the seed
   document's "look at the counters" as data.
 - ``drift``: what differs between the pillar, the live ruleset and the boot
-  block: rules missing (a restart, a hand ``flush``), rules nobody planned
-  (hand edits in owned chains), a chain with another hook, missing or
-  duplicated jumps, a lost or edited boot block.
+  block, by content: rules and elements missing (a restart, a hand
+  ``flush``), edited (same comment, other statements), or nobody planned
+  (hand edits in owned chains and sets), a chain with another hook, missing
+  or duplicated jumps, a lost or edited boot block.
 
 Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_report``.
 """
 
-import re
+import json
 
 __virtualname__ = "qubes_firewall_report"
 
-_COMMENT = re.compile(r"\Aqf (?P<origin>.+) #(?P<digest>[0-9a-f]{10})\Z")
+# what each kind of owned set holds, by name prefix
+_SET_ROLES = (("qf-nat-", "dnat"), ("qf-redir-", "redirect"), ("qf-fwd-", "forward"), ("qf-in-", "input"))
 
 
 def __virtual__():
@@ -27,61 +30,103 @@ def __virtual__():
 
 
 def origin_of(comment):
-    """The pillar origin written in a rule comment ("qf <origin> #<digest>"), or None."""
-    found = _COMMENT.match(comment or "")
-    return found.group("origin") if found else None
+    """The pillar origin written in a comment ("qf <origin>"), or None (also for the jumps)."""
+    comment = comment or ""
+    if not comment.startswith("qf ") or comment == "qf jump":
+        return None
+    origin = comment[3:]
+    # comments written by older versions end with " #<digest>"
+    head, _, tail = origin.rpartition(" #")
+    if head and len(tail) == 10 and all(c in "0123456789abcdef" for c in tail):
+        origin = head
+    return origin or None
 
 
-def _planned(plan):
-    """{comment: (chain name, Rule)} of every planned rule."""
-    return {r.comment: (c.name, r) for c in plan.chains for r in c.rules}
+def _role(set_name):
+    return next((role for prefix, role in _SET_ROLES if set_name.startswith(prefix)), "set")
+
+
+def _key_text(key_json):
+    key = json.loads(key_json)
+    parts = key.get("concat", [key]) if isinstance(key, dict) else [key]
+    return " . ".join(json.dumps(p) if not isinstance(p, (str, int)) else str(p) for p in parts)
+
+
+def _value_text(value_json):
+    if value_json is None:
+        return ""
+    value = json.loads(value_json)
+    parts = value.get("concat", [value]) if isinstance(value, dict) else [value]
+    return " : " + " . ".join(str(p) for p in parts)
 
 
 def status(plan, live, origin=None):
     """
     ``{"qube", "rules": [...], "by_origin": {...}, "missing": [...], "total"}``.
 
-    ``rules``: one entry per live rule in an owned chain, in chain order, with
-    ``chain``, ``origin`` (None for a rule the formula did not write),
-    ``packets``, ``bytes`` and ``rule`` (the planned text, or "not in the
-    pillar").  ``by_origin`` sums the counters per pillar entry, e.g.
-    ``port_forwards:https``, so one forward reads the same in every hop.
-    ``missing``: planned rules absent from the live ruleset.  ``origin``
-    keeps only rules whose origin starts with it.
+    ``rules``: one entry per live rule of an owned chain and per element of
+    an owned set or map (each port forward is one element per hop and role),
+    with ``chain`` (the chain, or the set/map), ``kind`` ("rule" or the
+    element's role: dnat, redirect, forward, input), ``origin`` (None when
+    the formula did not write it), ``packets``, ``bytes`` and ``rule`` (the
+    planned text, or "not in the pillar").  ``by_origin`` sums the counters
+    per pillar entry, e.g. ``port_forwards:https`` or ``connections:0``, so one
+    forward reads the same in every hop.  ``missing``: planned rules and
+    elements absent from the live ruleset.  ``origin`` keeps only entries
+    whose origin starts with it.
     """
-    planned = _planned(plan)
-    rules, by_origin, seen = [], {}, set()
-    chains = [c.name for c in plan.chains] + sorted(set(live["chains"]) - {c.name for c in plan.chains})
+    rules, by_origin, missing = [], {}, []
+    planned_chains = {c.name: c for c in plan.chains}
+    planned_sets = {s.name: s for s in plan.sets}
+
+    def keep(found):
+        return not origin or (found or "").startswith(origin)
+
+    def account(entry):
+        rules.append(entry)
+        found = entry["origin"]
+        if found and ":" in _entry_key(found):
+            total = by_origin.setdefault(_entry_key(found), {"packets": 0, "bytes": 0, "rules": 0})
+            total["packets"] += entry["packets"]
+            total["bytes"] += entry["bytes"]
+            total["rules"] += 1
+
+    chains = [c.name for c in plan.chains] + sorted(set(live["chains"]) - set(planned_chains))
     for chain in chains:
-        for handle, comment, counters in live["chains"].get(chain, {}).get("rules", []):
-            found = origin_of(comment)
-            if origin and not (found or "").startswith(origin):
+        wanted = {r.key: r for r in planned_chains[chain].rules} if chain in planned_chains else {}
+        seen = set()
+        for rule in live["chains"].get(chain, {}).get("rules", []):
+            found = origin_of(rule["comment"])
+            if not keep(found):
                 continue
-            counters = counters or {"packets": 0, "bytes": 0}
-            entry = {
-                "chain": chain,
-                "origin": found,
-                "packets": counters["packets"],
-                "bytes": counters["bytes"],
-                "handle": handle,
-            }
-            if comment in planned and planned[comment][0] == chain:
-                seen.add(comment)
-                entry["rule"] = planned[comment][1].body
-            else:
-                entry["rule"] = "not in the pillar (%s)" % (comment or "no comment")
-            rules.append(entry)
-            if found:
-                key = _entry_key(found)
-                total = by_origin.setdefault(key, {"packets": 0, "bytes": 0, "rules": 0})
-                total["packets"] += entry["packets"]
-                total["bytes"] += entry["bytes"]
-                total["rules"] += 1
-    missing = [
-        "%s: %s" % (chain, rule.comment)
-        for comment, (chain, rule) in planned.items()
-        if comment not in seen and (not origin or rule.origin.startswith(origin))
-    ]
+            counters = rule["counters"] or {"packets": 0, "bytes": 0}
+            planned = wanted.get(rule["key"])
+            if planned is not None:
+                seen.add(rule["key"])
+            account({"chain": chain, "kind": "rule", "origin": found, "packets": counters["packets"],
+                     "bytes": counters["bytes"], "handle": rule["handle"],
+                     "rule": planned.body if planned is not None
+                     else "not in the pillar (%s)" % (rule["comment"] or "no comment")})
+        if chain in planned_chains:
+            missing += ["%s: %s" % (chain, r.comment) for r in planned_chains[chain].rules
+                        if r.key not in seen and keep(r.origin)]
+    names = [s.name for s in plan.sets] + sorted(set(live.get("sets", {})) - set(planned_sets))
+    for name in names:
+        wanted = {e.key_json: e for e in planned_sets[name].elements} if name in planned_sets else {}
+        current = live.get("sets", {}).get(name, {}).get("elements", {})
+        for key, elem in sorted(current.items()):
+            found = origin_of(elem["comment"])
+            if not keep(found):
+                continue
+            counters = elem["counters"] or {"packets": 0, "bytes": 0}
+            planned = wanted.get(key)
+            text = _key_text(key) + _value_text(elem["value"])
+            if planned is None or planned.value_json != elem["value"] or planned.comment != elem["comment"]:
+                text = "not in the pillar (%s)" % text
+            account({"chain": name, "kind": _role(name), "origin": found, "packets": counters["packets"],
+                     "bytes": counters["bytes"], "rule": text})
+        missing += ["%s: %s %s" % (name, e.comment, e.key_text) for key, e in wanted.items()
+                    if key not in current and keep(e.origin)]
     return {
         "qube": plan.qube,
         "rules": rules,
@@ -104,7 +149,10 @@ def status_table(report):
     """The status as aligned text lines (for docs and a quick look)."""
     rows = [("chain", "packets", "bytes", "origin")]
     for r in report["rules"]:
-        rows.append((r["chain"], str(r["packets"]), str(r["bytes"]), r["origin"] or "(not written by the formula)"))
+        origin = r["origin"] or "(not written by the formula)"
+        if r.get("kind", "rule") != "rule":
+            origin = "%s %s" % (origin, r["kind"])
+        rows.append((r["chain"], str(r["packets"]), str(r["bytes"]), origin))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
         "%s  %s  %s  %s" % (row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2]), row[3])
@@ -112,13 +160,72 @@ def status_table(report):
     )
 
 
+def _first_difference(planned, live_key):
+    """The first planned statement the live rule lacks, as JSON text (what was edited)."""
+    have = json.loads(live_key)[1]
+    for stmt in planned.expr:
+        if stmt not in have:
+            return "the pillar's %s is not in the live rule" % json.dumps(stmt, sort_keys=True)
+    extra = [s for s in have if s not in planned.expr]
+    if extra:
+        return "the live rule has %s, not in the pillar's" % json.dumps(extra[0], sort_keys=True)
+    return "its statements are in another order"
+
+
+def _chain_drift(chain, current, add):
+    planned = list(chain.rules)
+    pending = {}
+    for rule in planned:
+        pending.setdefault(rule.key, []).append(rule)
+    unmatched_live = []
+    matched_order = []
+    for rule in current["rules"]:
+        if pending.get(rule["key"]):
+            matched_order.append(pending[rule["key"]].pop(0))
+        else:
+            unmatched_live.append(rule)
+    left = [r for r in planned if r in [x for v in pending.values() for x in v]]
+    for rule in unmatched_live:
+        twin = next((p for p in left if p.comment == rule["comment"]), None)
+        if twin is not None:
+            left.remove(twin)
+            add("rule edited", chain.name, "handle %d (%s, origin %s): %s"
+                % (rule["handle"], rule["comment"], twin.origin, _first_difference(twin, rule["key"])))
+        else:
+            add("rule unexpected", chain.name, "handle %d: %s" % (
+                rule["handle"], rule["comment"] or "a rule without comment (hand edit?)"))
+    for rule in left:
+        add("rule missing", chain.name, "%s (origin %s)" % (rule.body, rule.origin))
+    if matched_order != [r for r in planned if r in matched_order]:
+        add("rule order", chain.name, "the rules are out of order")
+
+
+def _set_drift(item, current, add):
+    wanted = {e.key_json: e for e in item.elements}
+    for key, elem in sorted(current["elements"].items()):
+        planned = wanted.get(key)
+        text = _key_text(key) + _value_text(elem["value"])
+        if planned is None:
+            add("element unexpected", item.name, "%s (%s)" % (text, elem["comment"] or "no comment: a hand edit?"))
+        elif (planned.value_json != elem["value"] or planned.comment != elem["comment"]
+              or elem["counters"] is None or elem["extra"]):
+            add("element edited", item.name, "%s, origin %s: planned %s" % (text, planned.origin, planned.text))
+    for key, planned in wanted.items():
+        if key not in current["elements"]:
+            add("element missing", item.name, "%s (origin %s)" % (planned.text, planned.origin))
+
+
 def live_drift(plan, live):
     """
-    What differs between the plan and the live owned chains, as a list of
-    ``{"kind", "chain", "detail"}`` (empty when they match).  Kinds:
-    ``chain missing``, ``chain hook``, ``rule missing``, ``rule unexpected``,
-    ``rule order``, ``chain unexpected``, ``jump missing``, ``jump duplicated``,
-    ``custom chain missing``.
+    What differs between the plan and the live owned objects, compared by
+    content, as a list of ``{"kind", "chain", "detail"}`` (empty when they
+    match; ``chain`` names the chain, set or map).  Kinds: ``chain missing``,
+    ``chain hook``, ``rule missing``, ``rule edited`` (same comment, other
+    statements), ``rule unexpected``, ``rule order``, ``chain unexpected``,
+    ``set missing``, ``set declaration``, ``set unexpected``, ``element
+    missing``, ``element edited``, ``element unexpected``, ``jump missing``,
+    ``jump duplicated``, ``custom chain missing``.  The detail names the
+    item and its pillar origin.
     """
     out = []
 
@@ -129,6 +236,18 @@ def live_drift(plan, live):
         if custom not in live["custom_chains"]:
             add("custom chain missing", custom,
                 "Qubes' %s chain is absent: is the base firewall of this qube loaded?" % custom)
+    live_sets = live.get("sets", {})
+    for item in plan.sets:
+        current = live_sets.get(item.name)
+        if current is None:
+            add("set missing", item.name, "the %s is absent, %d planned elements are not loaded (%s)"
+                % (item.kind, len(item.elements), ", ".join(sorted({e.origin for e in item.elements}))[:200]))
+            continue
+        if current["kind"] != item.kind or current["head"] != item.head:
+            add("set declaration", item.name, "live %s %s, planned %s %s"
+                % (current["kind"], current["head"], item.kind, item.head))
+            continue
+        _set_drift(item, current, add)
     for chain in plan.chains:
         current = live["chains"].get(chain.name)
         if current is None:
@@ -137,21 +256,13 @@ def live_drift(plan, live):
             continue
         if current["hook"] != chain.hook:
             add("chain hook", chain.name, "live %r, planned %r" % (current["hook"], chain.hook))
-        wanted = [r.comment for r in chain.rules]
-        have = [c for _, c, _ in current["rules"]]
-        for rule in chain.rules:
-            if rule.comment not in have:
-                add("rule missing", chain.name, rule.comment)
-        for handle, comment, _ in current["rules"]:
-            if comment not in wanted:
-                add("rule unexpected", chain.name,
-                    "handle %d: %s" % (handle, comment or "a rule without comment (hand edit?)"))
-        common = [c for c in have if c in wanted]
-        if common != [c for c in wanted if c in have] or len(have) != len(set(have)):
-            add("rule order", chain.name, "the rules are duplicated or out of order")
+        _chain_drift(chain, current, add)
     for name in sorted(set(live["chains"]) - {c.name for c in plan.chains}):
         add("chain unexpected", name, "an owned chain the pillar no longer implies (%d rules)"
             % len(live["chains"][name]["rules"]))
+    for name in sorted(set(live_sets) - {s.name for s in plan.sets}):
+        add("set unexpected", name, "an owned %s the pillar no longer implies (%d elements)"
+            % (live_sets[name]["kind"], len(live_sets[name]["elements"])))
     for custom, target in plan.jumps:
         if custom not in live["custom_chains"]:
             continue

@@ -57,7 +57,7 @@ def test_test_mode_reports_without_writing(tmp_path):
         assert net.retcode == 0
         assert net.states["qubes_firewall-runtime-rules"]["result"] is None
         txn = net.states["qubes_firewall-runtime-rules"]["changes"]["transaction"]
-        assert "add chain ip qubes qf-dnat-https" in txn
+        assert "add chain ip qubes qf-nat { type nat hook prerouting" in txn
         # the reported transaction is exactly what the real run then loads
         real = flab.apply("sys-net")
         assert real.states["qubes_firewall-runtime-rules"]["changes"]["transaction"] == txn
@@ -119,10 +119,10 @@ def test_removing_a_forward_removes_its_rules_and_keeps_user_rules(tmp_path):
         assert flab.lab.probe_tcp("work", "build", 22) == "build:22"
         rules = flab.lab.chain_rules("sys-net", "custom-input")
         assert any("9999" in r for r in rules)
-        assert "qf-dnat-https" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
+        assert "qf-nat" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
         # the boot block changed too: after a reboot the forward stays gone
         flab.lab.reboot("sys-net")
-        assert "qf-dnat-https" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
+        assert "qf-nat" not in flab.lab.run("sys-net", ["nft", "list", "ruleset"]).stdout
 
 
 def test_bad_pillar_fails_before_anything_changes(tmp_path):
@@ -201,8 +201,8 @@ def test_disposable_sys_firewall_gets_its_rules_from_its_template(tmp_path):
         assert flab.apply("sys-firewall").changed == {}
 
 
-def test_one_nft_read_and_one_checked_write_per_run(tmp_path):
-    """Counted with an nft shim first on salt-call's PATH: read, check, load; a no-op run only reads."""
+def test_one_nft_read_and_one_atomic_write_per_run(tmp_path):
+    """Counted with an nft shim first on salt-call's PATH: read, load (atomic); a no-op run only reads."""
     shim = tmp_path / "shim"
     shim.mkdir()
     log = tmp_path / "nft.log"
@@ -215,7 +215,7 @@ def test_one_nft_read_and_one_checked_write_per_run(tmp_path):
         log.write_text("")
         minion.apply()
         calls = log.read_text().splitlines()
-        assert [c.split()[0] for c in calls] == ["-j", "-c", "-f"], calls
+        assert calls == ["-j list ruleset", "-f -"], calls
         assert calls[0] == "-j list ruleset"
         log.write_text("")
         rc, states = minion.apply()

@@ -36,8 +36,8 @@ def test_show_plan_through_the_loader(tmp_path):
     rc, out, proc = SaltCall(tmp_path, "sys-firewall", pillar_with(tmp_path)).run("qubes_firewall.show_plan")
     assert rc == 0, proc.stderr
     assert out["persist_file"] == "qubes-firewall-user-script"
-    assert sorted(out["chains"]) == ["qf-dnat-https", "qf-forward", "qf-input"]
-    assert out["chains"]["qf-dnat-https"]["rules"][0].startswith("iifgroup 1 ip daddr 10.137.0.6 ")
+    assert sorted(out["chains"]) == ["qf-forward", "qf-input", "qf-nat"]
+    assert out["chains"]["qf-nat"]["rules"][0].startswith("iifgroup 1 ip daddr 10.137.0.6 ")
 
 
 def test_bad_pillar_fails_with_its_path_and_changes_nothing(tmp_path):
@@ -105,7 +105,7 @@ def test_disposable_netvm_block_is_written_by_its_disposable_template(tmp_path):
     script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
     assert "# BEGIN qubes_firewall:rules:sys-firewall " in script
     assert '[ "$(qubesdb-read /name 2>/dev/null)" = "sys-firewall" ]' in script
-    assert "qf-dnat-https" in script
+    assert "add chain ip qubes qf-nat " in script
     rc, out, proc = template.run(*single)
     assert list(out.values())[0]["changes"] == {}
     # the disposable's own run keeps its hands off its throw-away /rw

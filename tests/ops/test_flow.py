@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from tests.ops.helpers import example, example_model, flow, model
+from tests.ops.helpers import example, example_model, flow, model, plan
 
 LAN = {"interface": "ens6", "source_ip": "192.168.1.50"}
 FULL = example_model("full")
@@ -41,8 +41,8 @@ def test_port_forward_every_hop_and_the_lan_conditions():
     answer = flow.check(FULL, "outside", "web", 443)
     assert answer["allowed"]
     assert [(r["qube"], r["chain"]) for r in answer["rules"]] == [
-        ("sys-net", "qf-dnat-https"), ("sys-net", "qf-forward"),
-        ("sys-firewall", "qf-dnat-https"), ("sys-firewall", "qf-forward"), ("web", "qf-input")]
+        ("sys-net", "qf-nat"), ("sys-net", "qf-forward"),
+        ("sys-firewall", "qf-nat"), ("sys-firewall", "qf-forward"), ("web", "qf-input")]
     assert answer["conditions"] == ["arrives on ens6", "comes from 192.168.1.0/24"]
     assert flow.check(FULL, "lan", "web", 443, **LAN)["conditions"] == []
     # the wrong interface or source: dropped at the uplink
@@ -121,11 +121,12 @@ def test_bad_questions(args):
 def test_match_refuses_clauses_the_planner_never_writes():
     packet = {"iifgroup": 1, "iifname": "eth0", "saddr": "10.0.0.1", "daddr": "10.0.0.2",
               "local_addrs": set(), "proto": "tcp", "dport": 22}
-    assert flow.match("tcp dport { 22, 80 } ct state new", packet) == (True, [])
-    assert flow.match("meta l4proto { tcp, udp } th dport 22", packet) == (True, [])
-    assert flow.match("ip saddr 10.0.0.0/24 iifgroup 2", packet) == (False, [])
+    assert flow.match([plan.m_dport("tcp", [22, 80]), plan.m_ct_new()], packet) == (True, [], None)
+    assert flow.match([plan.m_l4proto(["tcp", "udp"]), plan.m_dport("th", [22])], packet) == (True, [], None)
+    assert flow.match([plan.m_ip("saddr", ["10.0.0.0/24"]), plan.m_iifgroup(2)], packet) == (False, [], None)
+    assert flow.match([plan.m_iifname(["ens6"])], dict(packet, iifname=None))[1] == ["arrives on ens6"]
     with pytest.raises(ValueError):
-        flow.match("oifname \"eth0\"", packet)
+        flow.match([{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}}], packet)
 
 
 def test_matrix_covers_every_ordered_pair():

@@ -19,13 +19,17 @@ def rules_of(doc, chain):
     return [i["rule"] for i in doc["nftables"] if "rule" in i and i["rule"]["chain"] == chain]
 
 
-def set_counter(doc, comment_part, packets, nbytes):
-    for item in doc["nftables"]:
-        rule = item.get("rule")
-        if rule and comment_part in rule.get("comment", ""):
-            for expr in rule["expr"]:
-                if "counter" in expr:
-                    expr["counter"] = {"packets": packets, "bytes": nbytes}
+def owned_set(doc, prefix):
+    (found,) = [i.get("set") or i.get("map") for i in doc["nftables"]
+                if (i.get("set") or i.get("map") or {}).get("name", "").startswith(prefix)]
+    return found
+
+
+def set_element_counter(doc, prefix, packets, nbytes):
+    item = owned_set(doc, prefix)
+    (elem,) = item["elem"]
+    elem = elem[0] if isinstance(elem, list) else elem
+    elem["elem"]["counter"] = {"packets": packets, "bytes": nbytes}
 
 
 def block_of(text):
@@ -38,30 +42,34 @@ def persisted_ok(p):
     return {"/rw/config/qubes-firewall-user-script": (text, text), "/rw/config/rc.local": (None, None)}
 
 
-def test_status_lists_every_owned_rule_with_origin_and_counters():
+def test_status_lists_every_owned_rule_and_element_with_origin_and_counters():
     doc = applied()
-    set_counter(doc, "dnat sys-firewall", 3, 180)
-    set_counter(doc, "forward sys-firewall", 7, 448)
+    set_element_counter(doc, "qf-nat-", 3, 180)
+    set_element_counter(doc, "qf-fwd-", 7, 448)
     out = report.status(sys_net_plan(), nft.live_state(doc))
     assert out["qube"] == "sys-net" and out["missing"] == []
-    by_chain = {(r["chain"], r["origin"]): r for r in out["rules"]}
-    assert by_chain[("qf-dnat-https", "port_forwards:https dnat sys-firewall")]["packets"] == 3
-    assert by_chain[("qf-forward", "port_forwards:https forward sys-firewall")]["bytes"] == 448
-    assert "dnat to 10.137.0.6" in by_chain[("qf-dnat-https", "port_forwards:https dnat sys-firewall")]["rule"]
+    nat, fwd = owned_set(doc, "qf-nat-")["name"], owned_set(doc, "qf-fwd-")["name"]
+    by_chain = {(r["chain"], r["kind"]): r for r in out["rules"]}
+    assert by_chain[(nat, "dnat")]["packets"] == 3 and by_chain[(nat, "dnat")]["origin"] == "port_forwards:https"
+    assert by_chain[(nat, "dnat")]["rule"] == "tcp . 443 : 10.137.0.6 . 443"
+    assert by_chain[(fwd, "forward")]["bytes"] == 448
+    assert by_chain[("qf-nat", "rule")]["origin"] == "port_forwards dnat @" + nat
+    assert "dnat ip to meta l4proto . th dport map @" + nat in by_chain[("qf-nat", "rule")]["rule"]
+    # per forward: its elements in this hop; the group rules are not a pillar entry of their own
     assert out["by_origin"] == {"port_forwards:https": {"packets": 10, "bytes": 628, "rules": 2}}
-    assert out["total"] == {"rules": 2, "packets": 10, "bytes": 628}
+    assert out["total"] == {"rules": 4, "packets": 10, "bytes": 628}
     table = report.status_table(out)
     assert table.splitlines()[0].split() == ["chain", "packets", "bytes", "origin"]
-    assert "port_forwards:https dnat sys-firewall" in table
+    assert "port_forwards:https dnat" in table
 
 
-def test_status_filters_by_origin_and_reports_missing_rules():
+def test_status_filters_by_origin_and_reports_missing_elements():
     doc = applied()
-    doc["nftables"] = [i for i in doc["nftables"]
-                       if not ("rule" in i and i["rule"]["chain"] == "qf-forward")]
+    owned_set(doc, "qf-fwd-")["elem"] = []
     out = report.status(sys_net_plan(), nft.live_state(doc), origin="port_forwards:https")
-    assert [r["chain"] for r in out["rules"]] == ["qf-dnat-https"]
-    assert len(out["missing"]) == 1 and out["missing"][0].startswith("qf-forward: qf port_forwards:https forward")
+    assert [r["kind"] for r in out["rules"]] == ["dnat"]
+    assert len(out["missing"]) == 1 and out["missing"][0].startswith(
+        "%s: qf port_forwards:https tcp . 10.137.0.6 . 443" % owned_set(doc, "qf-fwd-")["name"])
     assert report.status(sys_net_plan(), nft.live_state(doc), origin="connections")["rules"] == []
 
 
@@ -87,10 +95,11 @@ def test_rules_missing_after_a_restart_are_drift():
     doc = applied()
     doc["nftables"] = [i for i in doc["nftables"]
                        if not (("rule" in i and (i["rule"]["chain"].startswith("qf-") or "jump" in str(i)))
-                               or ("chain" in i and i["chain"]["name"] == "qf-dnat-https"))]
+                               or ("chain" in i and i["chain"]["name"] == "qf-nat") or "map" in i)]
     p = sys_net_plan()
     kinds = [(d["kind"], d["chain"]) for d in report.drift(p, nft.live_state(doc), persisted_ok(p), block_of)["live"]]
-    assert ("chain missing", "qf-dnat-https") in kinds
+    assert ("chain missing", "qf-nat") in kinds
+    assert ("set missing", p.sets[0].name) in kinds
     assert ("rule missing", "qf-forward") in kinds
     assert ("jump missing", "custom-input") in kinds and ("jump missing", "custom-forward") in kinds
 
@@ -103,10 +112,41 @@ def test_duplicated_jump_and_stale_chain_are_drift():
     dup["rule"]["handle"] = 77
     doc["nftables"].append(dup)
     doc["nftables"].append({"chain": {"family": "ip", "table": "qubes", "name": "qf-dnat-old", "handle": 78}})
+    doc["nftables"].append({"set": {"family": "ip", "table": "qubes", "name": "qf-fwd-old", "handle": 79,
+                                    "type": "ipv4_addr"}})
     p = sys_net_plan()
     live = report.drift(p, nft.live_state(doc), persisted_ok(p), block_of)["live"]
     kinds = [d["kind"] for d in live]
-    assert "jump duplicated" in kinds and "chain unexpected" in kinds
+    assert "jump duplicated" in kinds and "chain unexpected" in kinds and "set unexpected" in kinds
+
+
+def test_rule_edited_in_place_with_its_comment_kept_is_drift():
+    """Issue: `tcp dport 1-65535 accept` with the formula's comment kept is named, with its origin."""
+    doc = applied()
+    (rule,) = rules_of(doc, "qf-forward")
+    rule["expr"] = [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                               "right": {"range": [1, 65535]}}}, {"counter": {"packets": 0, "bytes": 0}},
+                    {"accept": None}]
+    p = sys_net_plan()
+    (item,) = report.drift(p, nft.live_state(doc), persisted_ok(p), block_of)["live"]
+    assert item["kind"] == "rule edited" and item["chain"] == "qf-forward"
+    assert "origin port_forwards forward @qf-fwd-" in item["detail"]
+    assert "the pillar's" in item["detail"] and "is not in the live rule" in item["detail"]
+
+
+def test_elements_deleted_edited_or_added_are_drift():
+    doc = applied()
+    owned_set(doc, "qf-fwd-")["elem"] = []
+    nat = owned_set(doc, "qf-nat-")
+    nat["elem"][0][1] = {"concat": ["10.137.0.99", 443]}
+    nat["elem"].append([{"elem": {"val": {"concat": ["tcp", 22]}}}, {"concat": ["10.137.0.99", 22]}])
+    p = sys_net_plan()
+    live = report.drift(p, nft.live_state(doc), persisted_ok(p), block_of)["live"]
+    assert [(d["kind"], d["chain"][:7]) for d in live] == [
+        ("element unexpected", "qf-nat-"), ("element edited", "qf-nat-"), ("element missing", "qf-fwd-")]
+    assert live[0]["detail"] == "tcp . 22 : 10.137.0.99 . 22 (no comment: a hand edit?)"
+    assert "origin port_forwards:https" in live[1]["detail"] and "10.137.0.99" in live[1]["detail"]
+    assert "tcp . 10.137.0.6 . 443" in live[2]["detail"] and "origin port_forwards:https" in live[2]["detail"]
 
 
 def test_lost_or_edited_block_is_drift():
@@ -118,7 +158,7 @@ def test_lost_or_edited_block_is_drift():
     assert report.drift(p, live, lost, block_of)["persisted"] == [
         {"kind": "block missing", "path": path,
          "detail": "the managed block is gone, the rules do not come back at boot"}]
-    edited = {path: (good.replace("dnat to", "dnat  to"), good)}
+    edited = {path: (good.replace("dnat ip to", "dnat  ip to"), good)}
     assert report.drift(p, live, edited, block_of)["persisted"][0]["kind"] == "block differs"
     absent = {path: (None, good)}
     assert report.drift(p, live, absent, block_of)["persisted"][0]["kind"] == "file missing"
@@ -128,4 +168,5 @@ def test_lost_or_edited_block_is_drift():
 
 def test_origin_of_a_comment():
     assert report.origin_of("qf connections:0 work->build forward #0123456789") == "connections:0 work->build forward"
+    assert report.origin_of("qf port_forwards:https") == "port_forwards:https"
     assert report.origin_of("qf jump") is None and report.origin_of("") is None

@@ -182,7 +182,7 @@ def test_hostile_strings_are_rejected_with_a_path_or_rendered_safely(field, valu
         for chain in p.chains:
             for rule in chain.rules:
                 # inside nft: no quote, newline, semicolon or shell-active character can break out
-                assert re.fullmatch(r'[A-Za-z0-9 _.,:/{}!=*"#>-]+', rule.text), rule.text
+                assert re.fullmatch(r'[A-Za-z0-9 _.,:/{}!=*"#>@-]+', rule.text), rule.text
                 assert rule.text.count('"') % 2 == 0
         block = plan.persist_block(p)
         assert "`" not in block and "$(" not in block.replace("$(qubesdb-read /name 2>/dev/null)", "")

@@ -39,27 +39,45 @@ def test_golden_plans_of_the_examples(example):
     assert got == json.loads(path.read_text())
 
 
+def chains_of(p):
+    return {c.name: c for c in p.chains}
+
+
+def sets_of(p):
+    return {s.name: s for s in p.sets}
+
+
+def the_set(p, prefix):
+    (found,) = [s for s in p.sets if s.name.startswith(prefix)]
+    return found
+
+
 def test_seed_port_forward_rules_per_hop():
     """Seed: sys-net DNATs LAN:443 to sys-firewall, sys-firewall to web, web accepts."""
     mdl = parse(load_example("port-forward"))
     net = plan.plan_qube(mdl, "sys-net")
     fw = plan.plan_qube(mdl, "sys-firewall")
     web = plan.plan_qube(mdl, "web")
-    chains = {c.name: c for c in net.chains}
-    (dnat,) = chains["qf-dnat-https"].rules
-    assert dnat.body == ('iifname "ens6" fib daddr type local ip saddr 192.168.1.0/24 tcp dport 443 '
-                         'counter dnat to 10.137.0.6')
+    chains = chains_of(net)
+    nat = the_set(net, "qf-nat-")
+    (dnat,) = chains["qf-nat"].rules
+    assert dnat.body == ('iifname "ens6" fib daddr type local ip saddr 192.168.1.0/24 meta l4proto { tcp, udp } '
+                         'counter dnat ip to meta l4proto . th dport map @%s' % nat.name)
+    assert [e.text for e in nat.elements] == ['tcp . 443 comment "qf port_forwards:https" : 10.137.0.6 . 443']
     (fwd,) = chains["qf-forward"].rules
-    assert fwd.body == ('iifname "ens6" ip saddr 192.168.1.0/24 ip daddr 10.137.0.6 tcp dport 443 '
-                        'ct state new counter accept')
-    chains = {c.name: c for c in fw.chains}
-    (dnat,) = chains["qf-dnat-https"].rules
-    assert dnat.body == ("iifgroup 1 ip daddr 10.137.0.6 ip saddr 192.168.1.0/24 tcp dport 443 "
-                         "counter dnat to 10.137.0.11")
-    assert chains["qf-dnat-https"].spec == "type nat hook prerouting priority filter + 1; policy accept;"
+    fwd_set = the_set(net, "qf-fwd-")
+    assert fwd.body == ('iifname "ens6" ip saddr 192.168.1.0/24 ct state new '
+                        'meta l4proto . ip daddr . th dport @%s counter accept' % fwd_set.name)
+    assert [e.key for e in fwd_set.elements] == [("tcp", "10.137.0.6", 443)]
+    chains = chains_of(fw)
+    (dnat,) = chains["qf-nat"].rules
+    assert dnat.match.startswith("iifgroup 1 ip daddr 10.137.0.6 ip saddr 192.168.1.0/24 ")
+    assert the_set(fw, "qf-nat-").elements[0].value == ("10.137.0.11", 443)
+    assert chains["qf-nat"].spec == "type nat hook prerouting priority filter + 1; policy accept;"
     (inp,) = web.chains[0].rules
-    assert inp.body == ("iifgroup 1 ip saddr 192.168.1.0/24 ip daddr 10.137.0.11 tcp dport 443 "
-                        "ct state new counter accept")
+    assert inp.match == ("iifgroup 1 ip saddr 192.168.1.0/24 ct state new "
+                         "meta l4proto . ip daddr . th dport @%s" % the_set(web, "qf-in-").name)
+    assert the_set(web, "qf-in-").elements[0].key == ("tcp", "10.137.0.11", 443)
     assert net.persist_file == "qubes-firewall-user-script"
     assert web.persist_file == "rc.local"
 
@@ -87,49 +105,83 @@ def test_every_hop_of_a_deep_chain_forwards(depth):
     mdl = parse(deep_pillar(depth))
     for i in range(depth):
         p = plan.plan_qube(mdl, "q%d" % i)
-        chains = {c.name: c for c in p.chains}
-        (dnat,) = chains["qf-dnat-svc"].rules
-        (fwd,) = chains["qf-forward"].rules
+        chains = chains_of(p)
+        (dnat,) = chains["qf-nat"].rules
+        (nat,) = the_set(p, "qf-nat-").elements
+        (fwd,) = the_set(p, "qf-fwd-").elements
         last = i == depth - 1
         nxt = "10.137.2.1" if last else "10.137.1.%d" % (i + 2)
-        assert dnat.verdict == ("dnat to %s:443" % nxt if last else "dnat to %s" % nxt)
-        assert "udp dport 8443" in dnat.match
-        assert "ip daddr %s" % nxt in fwd.match
-        assert ("udp dport 443" if last else "udp dport 8443") in fwd.match
+        assert nat.key == ("udp", 8443)
+        assert nat.value == (nxt, 443 if last else 8443)
+        assert fwd.key == ("udp", nxt, 443 if last else 8443)
         if i == 0:
-            assert 'iifname != "vif*"' in dnat.match
+            assert dnat.match.startswith('iifname != "vif*" fib daddr type local ')
         else:
             assert dnat.match.startswith("iifgroup 1 ip daddr 10.137.1.%d " % (i + 1))
         assert chains["qf-input"].rules == ()
     dest = plan.plan_qube(mdl, "dest")
-    (inp,) = dest.chains[0].rules
-    assert "udp dport 443" in inp.match and "ip daddr 10.137.2.1" in inp.match
+    (inp,) = the_set(dest, "qf-in-").elements
+    assert inp.key == ("udp", "10.137.2.1", 443)
     assert [c.name for c in dest.chains] == ["qf-input", "qf-forward"]
 
 
 def test_forward_to_the_uplink_itself_redirects_the_external_port():
     pillar = {"addresses": {"net": "10.137.0.5"}, "qubes": {"net": {"netvm": None}},
               "port_forwards": [{"name": "ssh", "qube": "net", "port": 22, "external_port": 2222,
-                                 "interfaces": ["ens6", "wlan0"]}]}
+                                 "interfaces": ["wlan0", "ens6"]}]}
     p = plan.plan_qube(parse(pillar), "net")
-    chains = {c.name: c for c in p.chains}
-    (redirect,) = chains["qf-dnat-ssh"].rules
-    assert redirect.body == ('iifname { "ens6", "wlan0" } fib daddr type local tcp dport 2222 '
-                             'counter redirect to :22')
+    chains = chains_of(p)
+    redir = the_set(p, "qf-redir-")
+    (redirect,) = chains["qf-nat"].rules
+    assert redirect.body == ('iifname { "ens6", "wlan0" } fib daddr type local meta l4proto { tcp, udp } '
+                             'counter redirect to :meta l4proto . th dport map @%s' % redir.name)
+    assert [(e.key, e.value) for e in redir.elements] == [(("tcp", 2222), (22,))]
     (inp,) = chains["qf-input"].rules
-    assert "tcp dport 22" in inp.match and 'iifname { "ens6", "wlan0" }' in inp.match
+    assert inp.match.startswith('iifname { "ens6", "wlan0" } ct state new')
+    assert the_set(p, "qf-in-").elements[0].key == ("tcp", "10.137.0.5", 22)
+
+
+def many_forwards(n, groups=1):
+    pillar = load_example("port-forward")
+    pillar["port_forwards"] = [
+        {"name": "f%d" % i, "qube": "web", "proto": "tcp" if i % 2 else "udp", "port": 1000 + i,
+         **({"sources": ["192.168.%d.0/24" % (i % groups)]} if groups > 1 else {})}
+        for i in range(n)]
+    return pillar
+
+
+def test_one_rule_per_group_however_many_forwards():
+    """10,000 forwards: one nat map and one forward set, one rule each; one element per forward."""
+    p = plan.plan_qube(parse(many_forwards(10000)), "sys-net")
+    chains = chains_of(p)
+    assert len(chains["qf-nat"].rules) == 1 and len(chains["qf-forward"].rules) == 1
+    assert [len(s.elements) for s in p.sets] == [10000, 10000]
+    p = plan.plan_qube(parse(many_forwards(300, groups=3)), "sys-firewall")
+    assert len(chains_of(p)["qf-nat"].rules) == 3 and len(p.sets) == 6
+
+
+def test_changing_one_forward_changes_only_its_elements():
+    before = plan.plan_qube(parse(many_forwards(50)), "sys-net")
+    pillar = many_forwards(50)
+    pillar["port_forwards"][7]["port"] = 7777
+    after = plan.plan_qube(parse(pillar), "sys-net")
+    assert before.chains == after.chains
+    assert [s.name for s in before.sets] == [s.name for s in after.sets]
+    changed = [(b.name, set(b.elements) ^ set(a.elements)) for b, a in zip(before.sets, after.sets)]
+    assert all(len(diff) == 2 and {e.origin for e in diff} == {"port_forwards:f7"} for _, diff in changed)
 
 
 def test_qubes_off_the_path_get_no_forward_rules():
     mdl = parse(load_example("full"))
     for qube in ("sys-vpn", "sys-firewall-2", "work"):
-        assert not any("port_forwards" in r.origin for c in plan.plan_qube(mdl, qube).chains for r in c.rules)
+        p = plan.plan_qube(mdl, qube)
+        assert not p.sets and not any("port_forwards" in r.origin for c in p.chains for r in c.rules)
 
 
 def test_connection_in_a_shared_firewall_qube():
     """Seed: forward rule in the shared netvm, input rule in the target, one way only."""
     mdl = parse(load_example("qube-to-qube"))
-    fw = {c.name: c for c in plan.plan_qube(mdl, "sys-firewall-2").chains}
+    fw = chains_of(plan.plan_qube(mdl, "sys-firewall-2"))
     (rule,) = fw["qf-forward"].rules
     assert rule.body == ("iifgroup 2 ip saddr 10.137.0.9 ip daddr 10.137.0.10 tcp dport 22 "
                          "ct state new counter accept")
@@ -182,13 +234,17 @@ def test_missing_address_names_the_pillar_path():
     assert str(err.value).splitlines()[1].strip().startswith("qubes_firewall:addresses:sys-firewall:")
 
 
-def test_rule_comments_trace_origin_and_fit_nft():
+def test_rule_and_element_comments_trace_origin_and_fit_nft():
     mdl = parse(load_example("full"))
     for qube in mdl.qubes:
-        for chain in plan.plan_qube(mdl, qube).chains:
+        p = plan.plan_qube(mdl, qube)
+        for chain in p.chains:
             for rule in chain.rules:
-                assert rule.comment.startswith("qf %s" % rule.origin)
+                assert rule.comment == "qf %s" % rule.origin
                 assert len(rule.comment) <= 128
+        for item in p.sets:
+            for element in item.elements:
+                assert element.comment == "qf port_forwards:%s" % element.origin.split(":")[1]
 
 
 def test_boot_block_is_guarded_and_replays_the_ruleset():
@@ -198,3 +254,6 @@ def test_boot_block_is_guarded_and_replays_the_ruleset():
     assert '[ "$(qubesdb-read /name 2>/dev/null)" = "sys-firewall" ]' in block
     assert plan.ruleset_text(p) in block
     assert block.count("jump qf-") == 2
+    # sets and maps before the rules that look them up
+    text = plan.ruleset_text(p)
+    assert text.index("add map ip qubes qf-nat-") < text.index("add chain ip qubes qf-nat ")
