@@ -3,7 +3,11 @@ The formula in the lab: a network-namespace Qubes (tests.lab) built from a
 pillar's topology and addresses, with ``salt-call`` run inside each emulated
 qube exactly as CONTRACT.md section 2 shows.  Each qube gets the pillar dom0
 would render for it: the same pillar, with ``lookup:rw_config`` pointing at
-that qube's emulated /rw/config.
+that qube's emulated /rw/config and, when the model knows them, ``lookup:etc_qubes``
+and ``lookup:systemd_dir`` at its root's (its template's) /etc/qubes and
+/etc/systemd/system, ``lookup:state_dir`` at a directory of its own, and
+``lookup:qubes_release`` at the lab's release (dom0 passes it so), unless the pillar
+sets one of them.  A qube's ``custom_persist`` and ``template`` go into the lab.
 """
 
 import copy
@@ -32,9 +36,16 @@ def outside_hosts(uplinks):
 
 def lab_qubes(mdl):
     return {
-        name: QubeSpec(ip=mdl.addresses[name], netvm=q.netvm, provides_network=q.provides_network)
+        name: QubeSpec(ip=mdl.addresses[name], netvm=q.netvm, provides_network=q.provides_network,
+                       custom_persist=bool(getattr(q, "custom_persist", False)),
+                       template=getattr(q, "template", None))
         for name, q in mdl.qubes.items()
     }
+
+
+def lookup_keys():
+    """The lookup keys this checkout's model accepts."""
+    return {f.name for f in dataclasses.fields(model_mod.Lookup)}
 
 
 @dataclasses.dataclass
@@ -55,13 +66,15 @@ class Applied:
 class FormulaLab:
     """``with FormulaLab(pillar, workdir) as flab:`` builds the lab; ``flab.lab`` is the Lab."""
 
-    def __init__(self, pillar: dict, workdir, outside: Optional[List[OutsideHost]] = None):
+    def __init__(self, pillar: dict, workdir, outside: Optional[List[OutsideHost]] = None,
+                 release: Optional[str] = None):
         self.pillar = copy.deepcopy(pillar)
         self.workdir = pathlib.Path(workdir)
         self.model = model_mod.parse(self.pillar["qubes_firewall"])
         uplinks = [n for n, q in self.model.qubes.items() if q.netvm is None]
         self.outside = outside if outside is not None else outside_hosts(uplinks)
-        self.lab = Lab(lab_qubes(self.model), self.outside, workdir=self.workdir / "lab")
+        self.lab = Lab(lab_qubes(self.model), self.outside, workdir=self.workdir / "lab", release=release)
+        self.release = self.lab.release
         self._minions = {}
 
     def __enter__(self):
@@ -77,7 +90,31 @@ class FormulaLab:
         pillar = copy.deepcopy(pillar if pillar is not None else self.pillar)
         lookup = pillar["qubes_firewall"].setdefault("lookup", {}) if isinstance(pillar.get("qubes_firewall"), dict) else {}
         lookup["rw_config"] = str(self.rw_config(qube))
+        known = lookup_keys()
+        defaults = {
+            "etc_qubes": str(self.etc_qubes(qube)),
+            "systemd_dir": str(self.systemd_dir(qube)),
+            "state_dir": str(self.workdir / "state" / qube),
+            "qubes_release": self.release,
+        }
+        for key, value in defaults.items():
+            if key in known:
+                lookup.setdefault(key, value)
         return pillar
+
+    def root_dir(self, qube):
+        """The root filesystem a qube's run writes /etc into: a lab qube's root (its
+        template's, see Lab.root_dir); a qube outside the lab is taken as a template and
+        writes the root its qubes boot from."""
+        if qube in self.lab.qubes:
+            return self.lab.root_dir(qube)
+        return self.lab.template_dir(qube)
+
+    def etc_qubes(self, qube):
+        return self.root_dir(qube) / "etc" / "qubes"
+
+    def systemd_dir(self, qube):
+        return self.root_dir(qube) / "etc" / "systemd" / "system"
 
     def rw_config(self, qube):
         """A lab qube's /rw/config; for a qube outside the lab (a disposable

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.e2e.formula_lab import Flow, FormulaLab, check_flows, matrix_text
+from tests.lab.qubes_base import RELEASES
 from tests.modules import REPO
 
 SCENARIOS = {
@@ -33,11 +34,13 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.parametrize("release", RELEASES, ids=["qubes-" + r for r in RELEASES])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_example_applies_idempotently_and_keeps_its_promises(name, tmp_path):
+def test_example_applies_idempotently_and_keeps_its_promises(name, release, tmp_path):
+    """In both releases, then a reboot and a qubes-firewall restart restore the same flows."""
     pillar = yaml.safe_load((REPO / "pillar.example" / ("%s.sls" % name)).read_text())
     servers, flows = SCENARIOS[name]
-    with FormulaLab(pillar, tmp_path) as flab:
+    with FormulaLab(pillar, tmp_path, release=release) as flab:
         first = flab.apply_all()
         assert all(r.retcode == 0 and not r.failed for r in first.values()), {q: r.failed for q, r in first.items()}
         second = flab.apply_all()
@@ -46,6 +49,15 @@ def test_example_applies_idempotently_and_keeps_its_promises(name, tmp_path):
             flab.lab.serve_tcp(node, port)
         results = check_flows(flab.lab, flows)
         assert all(got == flow.expect for flow, got in results), "\n" + matrix_text(results)
+        flab.lab.stop_servers()
+        for qube in flab.lab.order:
+            flab.lab.reboot(qube)
+            if flab.lab.spec(qube).runs_qubes_firewall:
+                flab.lab.restart_qubes_firewall(qube)
+        for node, port in servers:
+            flab.lab.serve_tcp(node, port)
+        results = check_flows(flab.lab, flows)
+        assert all(got == flow.expect for flow, got in results), "after reboot\n" + matrix_text(results)
 
 
 def test_every_example_is_covered():

@@ -1,11 +1,11 @@
-"""Lab for qubes-firewall-formula: Qubes OS 4.2 networking reproduced with real nftables
+"""Lab for qubes-firewall-formula: Qubes OS 4.2 / 4.3 networking reproduced with real nftables
 in Linux network namespaces (one namespace per qube or outside host, a veth pair per Xen
 vif).  Needs root, `ip` (iproute2) and `nft`; tests call preflight.require_lab() first.
 
     from tests.lab import Lab, QubeSpec, OutsideHost
     from tests.lab.seed import seed_qubes, seed_outside      # the seed document's topology
 
-    with Lab(seed_qubes(), seed_outside(), workdir=tmp_path) as lab:
+    with Lab(seed_qubes(), seed_outside(), workdir=tmp_path, release="4.3") as lab:
         lab.serve_tcp("web", 443)                       # banner "web:443" (report_peer=True adds ":peer")
         assert lab.probe_tcp("lan", "192.168.1.10", 443, timeout=1) is None
 
@@ -16,12 +16,21 @@ Lab (topology.py):
     probe_tcp/probe_udp(node, dest, port, source=None, timeout=2.0) -> banner or None
     probe_tcp_result/probe_udp_result(...) -> ProbeResult(banner, error)
     ip(node), netns(node), vif(client), rw_config(qube), boot_log(qube), qubesdb(qube)
-    reboot(qube), restart_qube(qube), restart_qubes_firewall(qube), set_firewall_rules(client, rules),
-    reset()
+    release ("4.2" | "4.3"; Lab(release=None) takes $QF_LAB_RELEASE, else "4.3")
+    custom_persist(qube), template(qube), root_dir(qube), template_dir(template),
+    etc_qubes(qube) (-> lookup:etc_qubes), systemd_dir(qube) (-> lookup:systemd_dir)
+    reboot(qube), restart_qube(qube), restart_qubes_firewall(qube), reload_qubes_firewall(qube) (4.3),
+    set_firewall_rules(client, rules), reset()
     order, qubes, outside_hosts, namespaces, prefix; close() (also via `with` and atexit)
 
+QubeSpec(ip, netvm, provides_network, qubes_firewall, firewall_rules, custom_persist, template):
+custom_persist=True on 4.3 skips /rw/config/rc.local(.d), qubes-firewall.d and the user script
+at boot; <root>/etc/qubes/qubes-firewall.d/* runs at every qubes-firewall start, and the
+ExecStart= of *.service units enabled in <root>/etc/systemd/system/multi-user.target.wants/
+run at the end of every boot (boot.py).  Qubes with the same template share one root.
+
 Modules: spec (QubeSpec, OutsideHost, validate), netns (namespaces, exec, cleanup_stale),
-qubes_base (the 4.2 nftables text), qubesdb (keys and the qubesdb-read stub), boot (the boot
+qubes_base (the 4.2/4.3 nftables text), qubesdb (keys and the qubesdb-read stub), boot (the boot
 sequence), probes (servers and probes), topology (Lab), seed (shared topology),
 preflight (skip, or fail under CI=true).  test_fidelity.py shows what behaves like Qubes.
 """

@@ -1,10 +1,19 @@
-"""The nftables text Qubes OS 4.2 loads in a qube, written from QUBES_FACTS section 2.
+"""The nftables text Qubes OS 4.2 and 4.3 load in a qube.
 
-Pure functions returning `nft -f` input.  Sources mirrored (core-agent-linux, release 4.2):
-network/qubes-antispoof.nft, qubes-ipv4.nft, qubes-ipv6.nft (always loaded in 4.2, even
-without IPv6), qubes-setup-dnat-to-ns (dnat-dns), qubesagent/firewall.py (qubes-firewall
-tables and qbs- chains), network/vif-route-qubes (set elements).
-``inet qubes-nat-accel`` is left out: it makes no policy decision.
+Pure functions returning `nft -f` input.  Sources mirrored (core-agent-linux, branches
+release4.2 and release4.3): network/qubes-antispoof.nft, qubes-ipv4.nft, qubes-ipv6.nft
+(identical in both releases; ip6 always loaded, even without IPv6), qubes-setup-dnat-to-ns
+(dnat-dns), qubesagent/firewall.py (qubes-firewall tables and qbs- chains),
+network/vif-route-qubes (set elements).  ``inet qubes-nat-accel`` is left out: it makes
+no policy decision.
+
+What 4.3 changed in the qubes-firewall daemon (``release`` arguments below):
+- its ``forward`` base chain ends with ``jump qubes-forward``, a regular chain holding
+  the per-client ``ip saddr X jump qbs-X`` rules (4.2 appends them to ``forward``);
+- a ``dns-addr`` set holds the netvm's resolvers, refilled with every client chain, and
+  ``specialtarget=dns`` rules match ``ip daddr @dns-addr`` (4.2 writes the addresses into
+  each rule, and drops the rule when there are none);
+- SIGHUP reloads every client chain (qubes-setup-dnat-to-ns sends it when dnat-dns changes).
 """
 
 import ipaddress
@@ -12,6 +21,15 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Union
 
 # Addresses a qube's resolv.conf points to; every provider DNATs them (dnat-dns).
 VIRTUAL_DNS = ("10.139.1.1", "10.139.1.2")
+
+RELEASES = ("4.2", "4.3")
+DEFAULT_RELEASE = "4.3"
+
+
+def check_release(release: str) -> str:
+    if release not in RELEASES:
+        raise ValueError("Qubes release {!r}: the lab emulates {}".format(release, " and ".join(RELEASES)))
+    return release
 
 ANTISPOOF = """\
 table ip qubes {
@@ -189,9 +207,43 @@ def dnat_dns(upstream: Optional[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def qubes_firewall_tables() -> str:
+_QUBES_FIREWALL_TABLE_43 = """\
+table {family} qubes-firewall {{
+  set dns-addr {{
+    type {addr_type}
+  }}
+  chain qubes-forward {{
+  }}
+  chain forward {{
+    type filter hook forward priority filter;
+    policy drop;
+    ct state established,related accept
+    meta iifname != "vif*" accept
+    jump qubes-forward
+  }}
+  chain prerouting {{
+    type filter hook prerouting priority raw;
+    policy accept;
+  }}
+  chain postrouting {{
+    type filter hook postrouting priority raw;
+    policy accept;
+  }}
+}}
+"""
+
+
+def qubes_firewall_tables(release: str = DEFAULT_RELEASE) -> str:
     """What the qubes-firewall daemon creates at start (``ip`` and ``ip6 qubes-firewall``)."""
-    return "".join(_QUBES_FIREWALL_TABLE.format(family=fam) for fam in ("ip", "ip6"))
+    if check_release(release) == "4.2":
+        return "".join(_QUBES_FIREWALL_TABLE.format(family=fam) for fam in ("ip", "ip6"))
+    return "".join(_QUBES_FIREWALL_TABLE_43.format(family=fam, addr_type=typ)
+                   for fam, typ in (("ip", "ipv4_addr"), ("ip6", "ipv6_addr")))
+
+
+def client_jump_chain(release: str = DEFAULT_RELEASE) -> str:
+    """The qubes-firewall chain holding the per-client jumps: forward (4.2), qubes-forward (4.3)."""
+    return "forward" if check_release(release) == "4.2" else "qubes-forward"
 
 
 def qubes_firewall_delete() -> str:
@@ -212,14 +264,17 @@ def _qvm_rule_dict(rule: Union[str, Mapping[str, str]]) -> Optional[dict]:
     return None
 
 
-def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUAL_DNS) -> List[str]:
+def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUAL_DNS,
+                    release: str = DEFAULT_RELEASE) -> List[str]:
     """Translate one qvm-firewall rule (IPv4) the way qubesagent/firewall.py does.
 
     drop -> ``reject with icmp type admin-prohibited``; proto -> ``ip protocol X``;
     dst4/dsthost -> ``ip daddr``; dstports -> ``tcp|udp dport A[-B]`` (no proto: a tcp and a
-    udp rule); specialtarget=dns -> the netvm's resolvers, port 53; icmptype -> ``icmp type N``.
+    udp rule); specialtarget=dns -> port 53 to the netvm's resolvers (4.2: the addresses,
+    rule dropped when there are none; 4.3: ``@dns-addr``); icmptype -> ``icmp type N``.
     Hostnames are refused: resolving them would send DNS traffic out of the lab.
     """
+    check_release(release)
     rule = dict(rule)
     rule.pop("comment", None)
     rule.pop("expire", None)
@@ -254,9 +309,12 @@ def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUA
         if dstports not in ("53", None):
             return []
         dstports = "53"
-        if not dns_servers:
+        if release != "4.2":
+            text += " ip daddr @dns-addr"
+        elif not dns_servers:
             return []
-        text += " ip daddr {{ {} }}".format(", ".join(s + "/32" for s in dns_servers))
+        else:
+            text += " ip daddr {{ {} }}".format(", ".join(s + "/32" for s in dns_servers))
     if "icmptype" in rule:
         text += " icmp type {}".format(rule["icmptype"])
     if dstports is not None:
@@ -266,7 +324,7 @@ def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUA
 
 
 def client_rules(firewall_rules: Optional[Iterable[Union[str, Mapping[str, str]]]],
-                 dns_servers: Sequence[str] = VIRTUAL_DNS) -> List[str]:
+                 dns_servers: Sequence[str] = VIRTUAL_DNS, release: str = DEFAULT_RELEASE) -> List[str]:
     """The rule texts of a client's qbs- chain: its list, then the policy reject.
 
     None means Qubes' default list [action=accept].
@@ -279,24 +337,33 @@ def client_rules(firewall_rules: Optional[Iterable[Union[str, Mapping[str, str]]
         if as_dict is None:
             out.append(str(rule).strip())
         else:
-            out.extend(qvm_rule_to_nft(as_dict, dns_servers))
+            out.extend(qvm_rule_to_nft(as_dict, dns_servers, release))
     out.append("reject with icmp type admin-prohibited")
     return out
 
 
-def client_chain_create(addr: str) -> str:
-    """First sight of a client: its chain, and the jump from forward (appended)."""
+def client_chain_create(addr: str, release: str = DEFAULT_RELEASE) -> str:
+    """First sight of a client: its chain, and the jump appended to forward (4.2) or
+    qubes-forward (4.3)."""
     chain = chain_for_addr(addr)
-    return ("table ip qubes-firewall {{\n  chain {chain} {{\n  }}\n  chain forward {{\n"
-            "    ip saddr {ip} jump {chain}\n  }}\n}}\n").format(chain=chain, ip=addr)
+    return ("table ip qubes-firewall {{\n  chain {chain} {{\n  }}\n  chain {jumps} {{\n"
+            "    ip saddr {ip} jump {chain}\n  }}\n}}\n").format(
+                chain=chain, ip=addr, jumps=client_jump_chain(release))
 
 
-def client_chain_fill(addr: str, rules: Sequence[str]) -> str:
-    """Replace a client's qbs- chain content in one transaction (flush, then the list)."""
+def client_chain_fill(addr: str, rules: Sequence[str], release: str = DEFAULT_RELEASE,
+                      dns_servers: Sequence[str] = VIRTUAL_DNS) -> str:
+    """Replace a client's qbs- chain content in one transaction (flush, then the list);
+    4.3 refills the dns-addr set in the same transaction."""
     chain = chain_for_addr(addr)
     body = "\n".join("    " + rule for rule in rules)
-    return ("flush chain ip qubes-firewall {chain}\ntable ip qubes-firewall {{\n"
-            "  chain {chain} {{\n{body}\n  }}\n}}\n").format(chain=chain, body=body)
+    head = ""
+    if check_release(release) != "4.2":
+        head = "flush set ip qubes-firewall dns-addr\n"
+        if dns_servers:
+            head += "add element ip qubes-firewall dns-addr {{ {} }}\n".format(", ".join(dns_servers))
+    return head + ("flush chain ip qubes-firewall {chain}\ntable ip qubes-firewall {{\n"
+                   "  chain {chain} {{\n{body}\n  }}\n}}\n").format(chain=chain, body=body)
 
 
 def connected_ips(ips: Sequence[str]) -> str:

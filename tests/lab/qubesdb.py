@@ -17,9 +17,12 @@ from tests.lab.qubes_base import VIRTUAL_DNS
 
 
 def entries(name: str, ip: str, netvm_ip: Optional[str], provides_network: bool,
-            connected: Sequence[str] = ()) -> Dict[str, str]:
-    """QubesDB keys and values of one qube."""
+            connected: Sequence[str] = (), services: Sequence[str] = ()) -> Dict[str, str]:
+    """QubesDB keys and values of one qube; services: names enabled as /qubes-service/NAME = 1
+    (only those the lab emulates, e.g. custom-persist)."""
     data = {"/name": name}
+    for service in services:
+        data["/qubes-service/" + service] = "1"
     if provides_network:
         data.update({
             "/qubes-netvm-network": ip,

@@ -32,6 +32,13 @@ class QubeSpec:
         lines/dicts ("action=drop", {"action": "accept", "proto": "tcp", "dstports": "443"}),
         translated exactly like qubes-firewall does, or literal nft rule texts ("drop").
         The implicit policy ``reject with icmp type admin-prohibited`` always follows.
+    custom_persist: the qube has the service custom-persist (``qvm-features Q
+        service.custom-persist 1``).  On Qubes 4.3 its boot then runs neither
+        /rw/config/rc.local(.d) nor /rw/config/qubes-firewall.d/* nor
+        qubes-firewall-user-script; 4.2 has no such service (the flag changes nothing there).
+    template: the template whose root filesystem (/etc included) the qube boots from.
+        Qubes naming the same template share one emulated root (Lab.root_dir); None: the
+        qube gets a root of its own.
     """
 
     ip: str
@@ -39,6 +46,8 @@ class QubeSpec:
     provides_network: bool = False
     qubes_firewall: Optional[bool] = None
     firewall_rules: Optional[Sequence[FirewallRule]] = None
+    custom_persist: bool = False
+    template: Optional[str] = None
 
     @property
     def runs_qubes_firewall(self) -> bool:
@@ -103,6 +112,9 @@ def validate(qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost]) -> L
         if spec.ip in seen_ips:
             raise ValueError("qube {}: ip {} already used by {}".format(name, spec.ip, seen_ips[spec.ip]))
         seen_ips[spec.ip] = name
+        if spec.template is not None and (not _QUBE_NAME.match(spec.template) or spec.template in qubes):
+            raise ValueError("qube {}: template {!r} must be a qube name outside the network "
+                             "(templates run no network)".format(name, spec.template))
         if spec.netvm is not None:
             if spec.netvm not in qubes:
                 raise ValueError("qube {}: netvm {!r} is not in the topology".format(name, spec.netvm))

@@ -1,4 +1,5 @@
-"""Fidelity of the lab: packets in it pass or die exactly where they would on Qubes OS 4.2.
+"""Fidelity of the lab: packets in it pass or die exactly where they would on Qubes OS 4.2
+and 4.3 (every test using seed_lab or make_lab runs once per release).
 
 Each test names the fact it proves (QUBES_FACTS sections, the seed document's sections
 "Enabling networking between two qubes" and "Port forwarding to a qube from the outside
@@ -46,6 +47,23 @@ def _root_links():
 def _new_lab_like_links(before):
     """Root-namespace links that appeared since `before` and could be lab interfaces."""
     return sorted(name for name in _root_links() - before if name.startswith(("vif", "ens", "eth", "qf")))
+
+
+def _client_jumps(lab, qube):
+    """The per-client jumps of qubes-firewall, checking where each release keeps them: 4.2
+    appends them to forward; 4.3's forward ends with `jump qubes-forward`, which holds them."""
+    forward = lab.chain_rules(qube, "forward", "qubes-firewall")
+    head = ["ct state established,related accept", 'iifname != "vif*" accept']
+    if lab.release == "4.2":
+        assert forward[:2] == head
+        return forward[2:]
+    assert forward == head + ["jump qubes-forward"]
+    return lab.chain_rules(qube, "qubes-forward", "qubes-firewall")
+
+
+def _dns_addr(lab, qube):
+    doc = json.loads(lab.run(qube, ["nft", "-j", "list", "set", "ip", "qubes-firewall", "dns-addr"]).stdout)
+    return [item["set"].get("elem", []) for item in doc["nftables"] if "set" in item][0]
 
 
 def _counter_packets(lab, qube, table, chain, needle):
@@ -130,12 +148,16 @@ def test_base_ruleset_matches_qubes_facts(seed_lab):
     assert _hook(fw_chains["forward"]) == ("filter", "forward", 0, "drop")
     assert _hook(fw_chains["prerouting"]) == ("filter", "prerouting", -300, "accept")
     assert _hook(fw_chains["postrouting"]) == ("filter", "postrouting", -300, "accept")
-    assert lab.chain_rules("sys-firewall-2", "forward", "qubes-firewall") == [
-        "ct state established,related accept",
-        'iifname != "vif*" accept',
+    assert _client_jumps(lab, "sys-firewall-2") == [
         "ip saddr 10.137.0.9 jump qbs-10-137-0-9",
         "ip saddr 10.137.0.10 jump qbs-10-137-0-10",
     ]
+    if lab.release == "4.3":
+        assert _hook(fw_chains["qubes-forward"]) == (None, None, None, None)
+        assert _dns_addr(lab, "sys-firewall-2") == ["10.139.1.1", "10.139.1.2"]
+    else:
+        assert "qubes-forward" not in fw_chains
+        assert "dns-addr" not in lab.run("sys-firewall-2", ["nft", "list", "table", "ip", "qubes-firewall"]).stdout
     for client in ("work", "build"):
         assert lab.chain_rules("sys-firewall-2", chain_for_addr(lab.ip(client)), "qubes-firewall") == [
             "accept", "reject with icmp admin-prohibited"]
@@ -437,9 +459,7 @@ def test_reboot_and_qubes_firewall_restart(fresh_seed_lab):
 
     lab.restart_qubes_firewall("sys-firewall-2")
     assert lab.chain_rules("sys-firewall-2", "custom-forward") == [forward_rule, forward_rule]
-    assert lab.chain_rules("sys-firewall-2", "forward", "qubes-firewall") == [
-        "ct state established,related accept",
-        'iifname != "vif*" accept',
+    assert _client_jumps(lab, "sys-firewall-2") == [
         "ip saddr 10.137.0.9 jump qbs-10-137-0-9",
         "ip saddr 10.137.0.10 jump qbs-10-137-0-10",
     ]
@@ -597,3 +617,112 @@ def test_restart_qube_renames_its_vif(fresh_seed_lab):
     assert (lab.rw_config("web") / "trace").read_text() == "booted\n"
     with pytest.raises(ValueError):
         lab.restart_qube("sys-firewall")
+
+
+# ---------------------------------------------------------------------------------------
+# 8. What 4.3 changed: custom-persist, SIGHUP reload, DNS rules through dns-addr
+
+TRACE = '#!/bin/sh\necho "{tag} $(qubesdb-read /name) ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)" >> "$QF_LAB_ROOT/trace"\n'
+
+
+def _trace(lab, qube):
+    path = lab.root_dir(qube) / "trace"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_custom_persist_boot(make_lab, release):
+    """With custom-persist, Qubes 4.3 runs neither /rw/config/qubes-firewall.d, the user script,
+    rc.local.d nor rc.local, but still <template root>/etc/qubes/qubes-firewall.d/* at every
+    qubes-firewall start, and systemd's enabled units of the template; 4.2 has no such
+    service and runs everything.  Qubes of one template share its root."""
+    qubes = {
+        "sys-net": QubeSpec(ip="10.137.0.5", provides_network=True),
+        "sys-firewall": QubeSpec(ip="10.137.0.6", netvm="sys-net", provides_network=True,
+                                 custom_persist=True, template="debian-13"),
+        "work": QubeSpec(ip="10.137.0.9", netvm="sys-firewall", custom_persist=True, template="debian-13"),
+        "plain": QubeSpec(ip="10.137.0.10", netvm="sys-firewall"),
+    }
+    lab = make_lab(qubes)
+    assert lab.root_dir("sys-firewall") == lab.root_dir("work") == lab.template_dir("debian-13")
+    assert lab.root_dir("plain") != lab.root_dir("work")
+    assert lab.etc_qubes("work") == lab.template_dir("debian-13") / "etc" / "qubes"
+    assert lab.systemd_dir("work") == lab.template_dir("debian-13") / "etc" / "systemd" / "system"
+    assert lab.template("work") == "debian-13" and lab.template("plain") is None
+    assert lab.custom_persist("work") == (release == "4.3") and not lab.custom_persist("plain")
+    has_service = lab.run("work", ["qubesdb-read", "/qubes-service/custom-persist"], check=False).returncode == 0
+    assert has_service == (release == "4.3")
+
+    for qube in ("sys-firewall", "work"):
+        rw = lab.rw_config(qube)
+        _write(rw / "qubes-firewall.d" / "10-rw", TRACE.format(tag="rw-drop-in"), 0o755)
+        _write(rw / "qubes-firewall-user-script", TRACE.format(tag="user-script"), 0o755)
+        _write(rw / "rc.local.d" / "10-rw.rc", TRACE.format(tag="rc.local.d"), 0o755)
+        _write(rw / "rc.local", TRACE.format(tag="rc.local"), 0o755)
+    etc = lab.etc_qubes("sys-firewall")
+    _write(etc / "qubes-firewall.d" / "50-etc", TRACE.format(tag="etc-drop-in") +
+           "nft add rule ip qubes custom-input tcp dport 22 accept\n", 0o755)
+    system = lab.systemd_dir("work")
+    _write(system / "qf-boot.service", "[Unit]\nDescription=t\n[Service]\nType=oneshot\n"
+           "ExecStart=/bin/sh -c 'echo unit $(qubesdb-read /name) >> \"$QF_LAB_ROOT/trace\"'\n"
+           "[Install]\nWantedBy=multi-user.target\n", 0o644)
+    (system / "multi-user.target.wants").mkdir()
+    (system / "multi-user.target.wants" / "qf-boot.service").symlink_to("/etc/systemd/system/qf-boot.service")
+
+    lab.reboot("sys-firewall")
+    lab.reboot("work")
+    if release == "4.3":
+        assert _trace(lab, "work") == ["etc-drop-in sys-firewall ip_forward=0", "unit sys-firewall",
+                                       "unit work"]
+    else:
+        assert _trace(lab, "work") == [
+            "etc-drop-in sys-firewall ip_forward=0", "rw-drop-in sys-firewall ip_forward=0",
+            "user-script sys-firewall ip_forward=0", "rc.local.d sys-firewall ip_forward=1",
+            "rc.local sys-firewall ip_forward=1", "unit sys-firewall",
+            "rc.local.d work ip_forward=0", "rc.local work ip_forward=0", "unit work"]
+    assert lab.chain_rules("sys-firewall", "custom-input") == ["tcp dport 22 accept"]
+    lab.restart_qubes_firewall("sys-firewall")
+    assert _trace(lab, "work")[-1].startswith("user-script" if release == "4.2" else "etc-drop-in")
+    assert lab.chain_rules("sys-firewall", "custom-input") == ["tcp dport 22 accept"] * 2
+    lab.reboot("plain")
+    assert _trace(lab, "plain") == []  # a root of its own: no unit, no etc drop-in
+    assert "unit" not in lab.boot_log("plain")
+    assert "qf-boot.service: /bin/sh -c" in lab.boot_log("work")
+
+
+def test_qvm_firewall_dns_and_reload(make_lab, release):
+    """A client's list [dns, drop] is enforced in its netvm: DNS to the virtual resolvers
+    passes (4.2: their addresses in the rule, 4.3: the dns-addr set), anything else is
+    rejected.  4.3's reload (SIGHUP) refills every client chain without running scripts;
+    4.2 has no reload."""
+    qubes = {
+        "sys-net": QubeSpec(ip="10.137.0.5", provides_network=True),
+        "sys-firewall": QubeSpec(ip="10.137.0.6", netvm="sys-net", provides_network=True),
+        "work": QubeSpec(ip="10.137.0.9", netvm="sys-firewall",
+                         firewall_rules=["action=accept specialtarget=dns", "action=drop"]),
+    }
+    outside = [OutsideHost(name="lan", uplink="sys-net", ifname="ens6", host_ip="192.168.1.50/24",
+                           uplink_ip="192.168.1.10/24")]
+    lab = make_lab(qubes, outside, uplink_dns=["192.168.1.50"])
+    rules = lab.chain_rules("sys-firewall", "qbs-10-137-0-9", "qubes-firewall")
+    dns_match = "ip daddr @dns-addr" if release == "4.3" else "ip daddr { 10.139.1.1-10.139.1.2 }"  # nft prints a range
+    assert rules[0].startswith(dns_match), rules
+    lab.serve_udp("lan", 53, report_peer=True)
+    lab.serve_tcp("lan", 8080)
+    assert lab.probe_udp("work", "10.139.1.1", 53) == "lan:53:192.168.1.10"
+    assert lab.probe_udp("work", "10.139.1.2", 53) == "lan:53:192.168.1.10"
+    assert lab.probe_tcp_result("work", "lan", 8080, timeout=DROP).error == "unreachable"
+
+    _write(lab.rw_config("sys-firewall") / "qubes-firewall-user-script", TRACE.format(tag="user-script"), 0o755)
+    lab.sh("sys-firewall", "nft flush chain ip qubes-firewall qbs-10-137-0-9")
+    if release == "4.2":
+        with pytest.raises(ValueError, match="cannot reload"):
+            lab.reload_qubes_firewall("sys-firewall")
+        return
+    lab.sh("sys-firewall", "nft flush set ip qubes-firewall dns-addr")
+    lab.reload_qubes_firewall("sys-firewall")
+    assert lab.chain_rules("sys-firewall", "qbs-10-137-0-9", "qubes-firewall") == rules
+    assert _dns_addr(lab, "sys-firewall") == ["10.139.1.1", "10.139.1.2"]
+    assert _trace(lab, "sys-firewall") == []  # no script ran
+    assert lab.probe_udp("work", "10.139.1.1", 53) == "lan:53:192.168.1.10"
+    with pytest.raises(ValueError):
+        lab.reload_qubes_firewall("work")

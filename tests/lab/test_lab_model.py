@@ -4,10 +4,14 @@ mapping of qubesagent/firewall.py, dnat-dns rendering, QubesDB keys."""
 import pytest
 
 from tests.lab import OutsideHost, QubeSpec
+from tests.lab.boot import enabled_units, exec_start, firewall_scripts, rc_scripts
 from tests.lab.qubes_base import (
     chain_for_addr,
+    client_chain_create,
+    client_chain_fill,
     client_rules,
     dnat_dns,
+    qubes_firewall_tables,
     qvm_rule_to_nft,
 )
 from tests.lab.qubesdb import entries
@@ -60,14 +64,40 @@ def test_qubes_firewall_qbs_chain_names():
     ({"action": "drop", "dst4": "192.168.1.0/24"}, ["ip daddr 192.168.1.0/24 " + REJECT]),
     ({"action": "accept", "proto": "icmp", "icmptype": "8"}, ["ip protocol icmp icmp type 8 accept"]),
     ({"action": "accept", "specialtarget": "dns"},
-     ["ip daddr { 10.139.1.1/32, 10.139.1.2/32 } tcp dport 53 accept",
-      "ip daddr { 10.139.1.1/32, 10.139.1.2/32 } udp dport 53 accept"]),
+     ["ip daddr @dns-addr tcp dport 53 accept", "ip daddr @dns-addr udp dport 53 accept"]),
     ({"action": "accept", "specialtarget": "dns", "dstports": "80"}, []),
     ({"action": "accept", "dst6": "fd00::/8"}, []),
     ({"action": "accept", "expire": "1700000000", "comment": "x"}, ["accept"]),
 ])
 def test_qvm_firewall_mapping(rule, nft):
     assert qvm_rule_to_nft(rule) == nft
+
+
+def test_qvm_firewall_dns_rules_differ_by_release():
+    """4.2 writes the netvm's resolvers into the rule and drops it without any; 4.3 matches
+    the dns-addr set, which every client-chain refill flushes and fills."""
+    dns = {"action": "accept", "specialtarget": "dns"}
+    assert qvm_rule_to_nft(dns, release="4.2") == [
+        "ip daddr { 10.139.1.1/32, 10.139.1.2/32 } tcp dport 53 accept",
+        "ip daddr { 10.139.1.1/32, 10.139.1.2/32 } udp dport 53 accept"]
+    assert qvm_rule_to_nft(dns, dns_servers=[], release="4.2") == []
+    assert qvm_rule_to_nft(dns, dns_servers=[], release="4.3") == [
+        "ip daddr @dns-addr tcp dport 53 accept", "ip daddr @dns-addr udp dport 53 accept"]
+    fill = client_chain_fill("10.137.0.9", ["accept"], "4.3", ["10.139.1.1", "10.139.1.2"])
+    assert fill.splitlines()[:3] == ["flush set ip qubes-firewall dns-addr",
+                                     "add element ip qubes-firewall dns-addr { 10.139.1.1, 10.139.1.2 }",
+                                     "flush chain ip qubes-firewall qbs-10-137-0-9"]
+    assert "dns-addr" not in client_chain_fill("10.137.0.9", ["accept"], "4.2")
+    assert "dns-addr" not in client_chain_fill("10.137.0.9", ["accept"], "4.3", []).splitlines()[1]
+
+
+def test_qubes_firewall_tables_by_release():
+    assert "qubes-forward" not in qubes_firewall_tables("4.2")
+    assert "jump qubes-forward" in qubes_firewall_tables("4.3")
+    assert "chain qubes-forward" in client_chain_create("10.137.0.9", "4.3")
+    assert "chain forward" in client_chain_create("10.137.0.9", "4.2")
+    with pytest.raises(ValueError, match="4.2 and 4.3"):
+        qubes_firewall_tables("4.1")
 
 
 def test_qvm_firewall_mapping_refuses_hostnames_and_bad_actions():
@@ -102,3 +132,39 @@ def test_qubesdb_keys_follow_core_admin():
     assert "/qubes-ip" not in uplink and "/qubes-gateway" not in uplink
     assert uplink["/qubes-netvm-gateway"] == "10.137.0.5"
     assert uplink["/connected-ips"] == "10.137.0.6"
+
+
+def _script(path, mode=0o755):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(mode)
+    return path
+
+
+def test_boot_scripts_with_and_without_custom_persist(tmp_path):
+    rw, etc = tmp_path / "rw" / "config", tmp_path / "root" / "etc" / "qubes"
+    etc_drop = _script(etc / "qubes-firewall.d" / "50-formula")
+    _script(etc / "qubes-firewall.d" / "60-off", 0o644)
+    rw_drop = _script(rw / "qubes-firewall.d" / "10-mine")
+    user = _script(rw / "qubes-firewall-user-script")
+    rc_d = _script(rw / "rc.local.d" / "10-x.rc")
+    rc = _script(rw / "rc.local")
+    assert firewall_scripts(rw, etc) == [etc_drop, rw_drop, user]
+    assert firewall_scripts(rw, etc, custom_persist=True) == [etc_drop]
+    assert rc_scripts(rw) == [rc_d, rc]
+    assert rc_scripts(rw, custom_persist=True) == []
+
+
+def test_enabled_units_and_their_exec_start(tmp_path):
+    system = tmp_path / "etc" / "systemd" / "system"
+    wants = system / "multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (system / "qf-rules.service").write_text(
+        "[Unit]\nDescription=x\nExecStart=/not/this\n[Service]\nType=oneshot\n"
+        "ExecStart=-/usr/local/bin/qf 'a b' c\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    (system / "other.service").write_text("[Service]\nExecStart=/bin/false\n")  # not enabled
+    (wants / "qf-rules.service").symlink_to("/etc/systemd/system/qf-rules.service")  # host path: not followed
+    (wants / "x.timer").write_text("")
+    assert enabled_units(system) == [system / "qf-rules.service"]
+    assert exec_start(system / "qf-rules.service") == [["/usr/local/bin/qf", "a b", "c"], ["/bin/true"]]
+    assert enabled_units(tmp_path / "none") == []

@@ -1,4 +1,4 @@
-"""The Lab: a Qubes 4.2 network of qubes and outside hosts in network namespaces.
+"""The Lab: a Qubes 4.2 or 4.3 network of qubes and outside hosts in network namespaces.
 
 Plumbing per QUBES_FACTS 1.2/1.3/1.5: for each client C of netvm N, one veth pair
 ``eth0`` (in C: group 1, IP_C/32, gateway IP_N as permanent neighbour fe:ff:ff:ff:ff:ff,
@@ -27,6 +27,11 @@ from tests.lab import boot, netns, probes, qubes_base, qubesdb
 from tests.lab.spec import FirewallRule, OutsideHost, QubeSpec, validate
 
 _PROBES_SCRIPT = str(Path(probes.__file__).resolve())
+
+
+def default_release() -> str:
+    """The release a Lab emulates when not told: $QF_LAB_RELEASE, else 4.3."""
+    return os.environ.get("QF_LAB_RELEASE", "").strip() or qubes_base.DEFAULT_RELEASE
 _VIF_MAC = "fe:ff:ff:ff:ff:ff"
 
 
@@ -66,16 +71,21 @@ class Server:
 
 
 class Lab:
-    """Build with ``with Lab(qubes, outside, workdir=tmp_path) as lab:``.
+    """Build with ``with Lab(qubes, outside, workdir=tmp_path, release="4.3") as lab:``.
 
     qubes: name -> QubeSpec.  outside: OutsideHost list.  workdir: where each qube's
-    emulated /rw/config lives (workdir/qubes/<name>/rw/config); a temporary directory
-    (removed at close) when None.  uplink_dns: resolvers of uplink qubes (no netvm), used
-    for their dnat-dns chain and specialtarget=dns; None = none (dnat-dns drops DNS).
+    emulated /rw/config lives (workdir/qubes/<name>/rw/config) and each template's root
+    (workdir/templates/<template>/root); a temporary directory (removed at close) when None.
+    uplink_dns: resolvers of uplink qubes (no netvm), used for their dnat-dns chain and
+    specialtarget=dns; None = none (dnat-dns drops DNS).  release: the Qubes release
+    emulated, "4.2" or "4.3" (see qubes_base and boot for what differs); None: the
+    environment's QF_LAB_RELEASE, else "4.3".
     """
 
     def __init__(self, qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost] = (),
-                 workdir: Union[str, Path, None] = None, uplink_dns: Optional[Sequence[str]] = None):
+                 workdir: Union[str, Path, None] = None, uplink_dns: Optional[Sequence[str]] = None,
+                 release: Optional[str] = None):
+        self.release: str = qubes_base.check_release(release or default_release())
         self._qubes: Dict[str, QubeSpec] = dict(qubes)
         self._initial_qubes: Dict[str, QubeSpec] = dict(qubes)
         outside = list(outside)
@@ -188,6 +198,40 @@ class Lab:
         self.spec(qube)
         return self.workdir / "qubes" / qube / "rw" / "config"
 
+    def template_dir(self, template: str) -> Path:
+        """The emulated root filesystem of a template (its /etc holds etc/qubes and
+        etc/systemd/system); created on first use."""
+        path = self.workdir / "templates" / template / "root"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def root_dir(self, qube: str) -> Path:
+        """The qube's emulated root filesystem: its template's (shared by every qube of that
+        template), or one of its own when its QubeSpec names no template."""
+        spec = self.spec(qube)
+        if spec.template is not None:
+            return self.template_dir(spec.template)
+        path = self.workdir / "qubes" / qube / "root"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def etc_qubes(self, qube: str) -> Path:
+        """<root>/etc/qubes of the qube: what the formula's ``lookup:etc_qubes`` should name
+        (qubes-firewall runs its qubes-firewall.d/* at every start, custom-persist or not)."""
+        return self.root_dir(qube) / "etc" / "qubes"
+
+    def systemd_dir(self, qube: str) -> Path:
+        """<root>/etc/systemd/system of the qube: what ``lookup:systemd_dir`` should name
+        (units enabled in multi-user.target.wants/ run at boot, see boot.py)."""
+        return self.root_dir(qube) / "etc" / "systemd" / "system"
+
+    def custom_persist(self, qube: str) -> bool:
+        """Whether the qube's boot honours custom-persist (set in its QubeSpec, release 4.3)."""
+        return self.spec(qube).custom_persist and self.release != "4.2"
+
+    def template(self, qube: str) -> Optional[str]:
+        return self.spec(qube).template
+
     def bin_dir(self, qube: str) -> Path:
         """Directory put first on PATH in the qube (holds the qubesdb-read stub)."""
         return self.workdir / "qubes" / qube / "bin"
@@ -203,7 +247,8 @@ class Lab:
         spec = self.spec(qube)
         netvm_ip = self._qubes[spec.netvm].ip if spec.netvm else None
         connected = [self.ip(c) for c in self.clients_of(qube)]
-        return qubesdb.entries(qube, spec.ip, netvm_ip, spec.provides_network, connected)
+        services = ["custom-persist"] if self.custom_persist(qube) else []
+        return qubesdb.entries(qube, spec.ip, netvm_ip, spec.provides_network, connected, services)
 
     def boot_log(self, qube: str) -> str:
         """Output of every user script run in the qube so far (boots, restarts, hooks)."""
@@ -214,11 +259,12 @@ class Lab:
 
     def env(self, node: str, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
         """Environment for commands in a node: PATH starts with the stub dir (qubes),
-        QF_LAB_QUBE=<name>, QF_LAB_RW_CONFIG=<its rw_config>."""
+        QF_LAB_QUBE=<name>, QF_LAB_RW_CONFIG=<its rw_config>, QF_LAB_ROOT=<its root_dir>."""
         env = dict(os.environ)
         if node in self._qubes:
             env["PATH"] = "{}:{}".format(self.bin_dir(node), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
             env["QF_LAB_RW_CONFIG"] = str(self.rw_config(node))
+            env["QF_LAB_ROOT"] = str(self.root_dir(node))
         env["QF_LAB_QUBE"] = node
         if extra:
             env.update(extra)
@@ -265,12 +311,15 @@ class Lab:
 
     def _run_user_script(self, qube: str, script: Path, args: Sequence[str] = ()) -> None:
         """Run a /rw/config script as Qubes does: directly, as root, exit status ignored."""
+        self._run_user_command(qube, [str(script)] + list(args))
+
+    def _run_user_command(self, qube: str, argv: Sequence[str], label: str = "") -> None:
+        """Run a boot command (script, unit ExecStart) as root, exit status ignored, logged."""
         try:
-            proc = self.run(qube, [str(script)] + list(args), check=False, timeout=120)
-            text = "$ {} (rc={})\n{}{}".format(" ".join([str(script)] + list(args)), proc.returncode,
-                                               proc.stdout, proc.stderr)
+            proc = self.run(qube, list(argv), check=False, timeout=120)
+            text = "$ {}{} (rc={})\n{}{}".format(label, " ".join(argv), proc.returncode, proc.stdout, proc.stderr)
         except (OSError, subprocess.SubprocessError) as exc:
-            text = "$ {} failed to run: {}\n".format(script, exc)
+            text = "$ {}{} failed to run: {}\n".format(label, " ".join(argv), exc)
         self._log(qube, text if text.endswith("\n") else text + "\n")
 
     # ----- servers and probes ---------------------------------------------------------
@@ -335,15 +384,18 @@ class Lab:
     # ----- Qubes life cycle -----------------------------------------------------------
 
     def reset(self) -> None:
-        """Back to the state right after build: servers stopped, every rw_config emptied,
-        every qube's firewall_rules as given at build, every qube rebooted (uplinks first).
-        Lets tests share one lab.  Routes or addresses a test added are not undone."""
+        """Back to the state right after build: servers stopped, every rw_config and root
+        (template) directory emptied, every qube's firewall_rules as given at build, every
+        qube rebooted (uplinks first).  Lets tests share one lab.  Routes or addresses a test
+        added are not undone."""
         self.stop_servers()
         self._qubes = dict(self._initial_qubes)
+        shutil.rmtree(self.workdir / "templates", ignore_errors=True)
         for name in self.order:
             rw = self.rw_config(name)
             shutil.rmtree(rw)
             rw.mkdir(parents=True)
+            shutil.rmtree(self.workdir / "qubes" / name / "root", ignore_errors=True)
             self._logs[name] = []
         for name in self.order:
             self.reboot(name)
@@ -382,10 +434,20 @@ class Lab:
 
     def restart_qubes_firewall(self, qube: str) -> None:
         """`systemctl restart qubes-firewall`: delete and recreate ip/ip6 qubes-firewall,
-        re-run qubes-firewall.d and the user script, re-add client chains.  ip qubes stays."""
+        re-run <root>/etc/qubes/qubes-firewall.d, then (without custom-persist)
+        /rw/config/qubes-firewall.d and the user script, re-add client chains.  ip qubes stays."""
         if not self.spec(qube).runs_qubes_firewall:
             raise ValueError("{} does not run the qubes-firewall service".format(qube))
         boot.restart_qubes_firewall(self, qube)
+
+    def reload_qubes_firewall(self, qube: str) -> None:
+        """4.3 only: `systemctl reload qubes-firewall` (SIGHUP): every client's qbs- chain
+        and the dns-addr set refilled; no script runs, nothing else changes."""
+        if not self.spec(qube).runs_qubes_firewall:
+            raise ValueError("{} does not run the qubes-firewall service".format(qube))
+        if self.release == "4.2":
+            raise ValueError("Qubes 4.2's qubes-firewall cannot reload (no SIGHUP handler)")
+        boot.reload_qubes_firewall(self, qube)
 
     def set_firewall_rules(self, client: str, rules: Optional[Sequence[FirewallRule]]) -> None:
         """Like qvm-firewall / admin.vm.firewall.Set: replace the client's whole list and
@@ -394,12 +456,12 @@ class Lab:
         self._qubes[client] = dataclasses.replace(spec, firewall_rules=None if rules is None else list(rules))
         netvm = spec.netvm
         if netvm is not None and self._qubes[netvm].runs_qubes_firewall:
-            self.nft_load(netvm, qubes_base.client_chain_fill(spec.ip, self._client_chain_rules(client)))
+            boot.fill_client_chain(self, netvm, client)
 
     def _client_chain_rules(self, client: str) -> List[str]:
         netvm = self._qubes[client].netvm
         dns = self.resolvers_of(netvm) if netvm else []
-        return qubes_base.client_rules(self._qubes[client].firewall_rules, dns)
+        return qubes_base.client_rules(self._qubes[client].firewall_rules, dns, self.release)
 
     # ----- build ----------------------------------------------------------------------
 

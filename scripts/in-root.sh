@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run a command inside a stack root (scripts/stack-root.sh), for the test matrix:
+#   scripts/in-root.sh ROOT CMD [ARGS...]
+# In a private mount namespace (everything mounted here vanishes when CMD ends, also on a
+# crash): /proc, /sys, /dev, a fresh /run and /tmp, the host's resolv.conf and CA bundle, and this
+# checkout at the same path as on the host; then chroot ROOT CMD.  The network namespace is
+# the host's, so the lab's `ip netns` namespaces are created (and removed) from inside.
+set -euo pipefail
+root="${1:?usage: in-root.sh ROOT CMD...}"
+shift
+here="$(cd "$(dirname "$0")/.." && pwd)"
+[ -x "$root/usr/sbin/nft" ] || { echo "in-root: $root is not a stack root" >&2; exit 2; }
+exec unshare --mount --propagation private -- /bin/sh -euc '
+root="$1"; here="$2"; shift 2
+mount --bind "$root" "$root"   # a mount point, so `ip netns` can make / a slave inside
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs tmpfs "$root/run"
+mount -t tmpfs tmpfs "$root/tmp"
+cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# Trust what the host trusts (a CI proxy CA for pip, for example).
+if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$root/etc/ssl/certs/ca-certificates.crt" ]; then
+    mount --bind -o ro /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+fi
+mkdir -p "$root$here"
+mount --bind "$here" "$root$here"
+cd /
+exec chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 CI="${CI:-}" TERM="${TERM:-dumb}" "$@"
+' sh "$root" "$here" "$@"
