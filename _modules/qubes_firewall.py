@@ -328,7 +328,7 @@ def live_state():
 
 
 def load(script):
-    """Load one nft transaction (checked first) and forget the run's read."""
+    """Load one nft transaction (atomic: all or nothing) and forget the run's read."""
     try:
         return __salt__["qubes_firewall_nft.load"](script)
     finally:
@@ -337,24 +337,7 @@ def load(script):
 
 def _remove_owned(live):
     """The transaction that removes everything the formula owns in this qube's ruleset."""
-    try:
-        return __salt__["qubes_firewall_nft.transaction"](None, live)
-    except AttributeError:  # a qubes_firewall_nft without plan=None: today's qf-* chains and jumps
-        return _remove_owned_chains(live)
-
-
-def _remove_owned_chains(live):
-    cmds, summary = [], {"jumps_removed": [], "chains_removed": []}
-    for (custom, target), handles in sorted(live.get("jumps", {}).items()):
-        for handle in handles:
-            cmds.append("delete rule ip qubes %s handle %d" % (custom, handle))
-            summary["jumps_removed"].append("%s -> %s (handle %d)" % (custom, target, handle))
-    for name in sorted(live.get("chains", {})):
-        cmds += ["flush chain ip qubes %s" % name, "delete chain ip qubes %s" % name]
-        summary["chains_removed"].append(name)
-    if not cmds:
-        return "", {}
-    return "\n".join(cmds) + "\n", {k: v for k, v in summary.items() if v}
+    return __salt__["qubes_firewall_nft.transaction"](None, live)
 
 
 def owned_transaction(plan, live):
@@ -863,6 +846,8 @@ def drift():
         if plan is None:
             out["comment"] = "%s is not named in the qubes_firewall:qubes pillar" % qube
         for kind, items in sorted(summary.items()):
+            if kind == "counts":
+                continue
             for item in items:
                 out["live"].append({"kind": "leftover " + kind.replace("_", " "), "detail": item})
         if script:

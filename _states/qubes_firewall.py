@@ -149,8 +149,13 @@ def runtime_rules(name):
     ret["changes"] = {"nft": summary, "transaction": script}
     what = "updated" if wanted else "removed (the pillar gives %s none)" % qube
     if __opts__["test"]:
+        try:
+            __salt__["qubes_firewall_nft.check"](script)
+        except CommandExecutionError as exc:
+            return _fail(ret, exc)
         ret["result"] = None
-        ret["comment"] = "The nft rules of %s would be %s in one transaction." % (qube, what)
+        ret["comment"] = ("The nft rules of %s would be %s in one transaction (nft -c accepts it)."
+                          % (qube, what))
         return ret
     try:
         saved = __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
@@ -297,6 +302,8 @@ def cleaned(name):
             ret["comment"] = "Nothing of qubes_firewall is left here."
             return ret
         if __opts__["test"]:
+            if script:
+                __salt__["qubes_firewall_nft.check"](script)
             ret["result"] = None
             ret["comment"] = "Would remove everything qubes_firewall made here."
             return ret

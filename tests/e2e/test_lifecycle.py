@@ -23,12 +23,16 @@ TMP_TAG = ".qubes_firewall.tmp."
 
 
 def owned(flab, qube):
-    """The formula's chains and jumps in the qube: ({chain names}, [(custom chain, target)])."""
+    """
+    The formula's objects and jumps in the qube: ({(kind, name)} of its chains,
+    sets and maps, [(custom chain, target, handle)]).
+    """
     doc = flab.lab.nft_json(qube)
     chains, jumps = set(), []
     for item in doc["nftables"]:
-        if "chain" in item and item["chain"]["table"] == "qubes" and item["chain"]["name"].startswith("qf-"):
-            chains.add(item["chain"]["name"])
+        (kind, body), = item.items()
+        if kind in ("chain", "set", "map") and body["table"] == "qubes" and body["name"].startswith("qf-"):
+            chains.add((kind, body["name"]))
         rule = item.get("rule")
         if rule and rule["table"] == "qubes" and rule["chain"] in ("custom-input", "custom-forward"):
             for expr in rule["expr"]:
@@ -41,7 +45,8 @@ def remove_owned(flab, qube):
     """Take the formula's objects out of the ruleset by hand (a fresh qube's state)."""
     chains, jumps = owned(flab, qube)
     script = ["delete rule ip qubes %s handle %d" % (c, h) for c, _t, h in jumps]
-    script += ["flush chain ip qubes %s\ndelete chain ip qubes %s" % (c, c) for c in sorted(chains)]
+    script += ["flush chain ip qubes %s" % n for k, n in sorted(chains) if k == "chain"]
+    script += ["delete %s ip qubes %s" % (k, n) for k, n in sorted(chains)]
     if script:
         flab.lab.nft_load(qube, "\n".join(script) + "\n")
 
@@ -76,7 +81,7 @@ def test_a_qube_the_pillar_drops_is_reported_then_cleared_and_user_rules_stay(tm
         assert managed_blocks(flab, "work") == {}
         for qube in ("sys-net", "sys-firewall", "web"):
             assert flab.apply(qube).retcode == 0
-        assert owned(flab, "web")[0] == {"qf-input", "qf-forward"}
+        assert {("chain", "qf-input"), ("chain", "qf-forward")} <= owned(flab, "web")[0]
         flab.lab.sh("web", 'nft add rule ip qubes custom-input tcp dport 9999 accept comment "mine"')
         rc_local = flab.rw_config("web") / "rc.local"
         rc_local.write_text(rc_local.read_text() + "echo mine\n")
@@ -94,7 +99,7 @@ def test_a_qube_the_pillar_drops_is_reported_then_cleared_and_user_rules_stay(tm
         web.env, log = nft_shim(tmp_path)
         result = flab.apply("web")
         assert result.retcode == 0, result.failed
-        assert nft_calls(log) == ["-j", "-c", "-f"]  # one read, one checked write
+        assert nft_calls(log) == ["-j", "-f"]  # one read, one atomic write
         assert owned(flab, "web") == (set(), [])
         assert any("9999" in rule for rule in flab.lab.chain_rules("web", "custom-input"))
         assert BEGIN not in rc_local.read_text() and rc_local.read_text().endswith("echo mine\n")
