@@ -33,7 +33,9 @@ SCRATCH_DIR = "scratch"
 _SAFE_PATH = re.compile(r"\A(/[A-Za-z0-9_.-]+)+\Z")
 # the formula's files in a template (custom-persist): the qube's name follows
 PERSIST_PREFIX = "qubes-firewall-formula-"
-PERSIST_MARK = "# qubes_firewall custom-persist replay (managed by Salt, do not edit)"
+# the mark names the template whose run wrote the file: a qube booted from that
+# template sees the file in its (volatile) root and leaves it alone
+PERSIST_MARK = "# qubes_firewall custom-persist replay, template %s (managed by Salt, do not edit)"
 RC_HEADER = "#!/bin/sh\n"
 _CTX_PARSED = "qubes_firewall.parsed"
 _CTX_NFT = "qubes_firewall.nft"
@@ -432,28 +434,38 @@ def _persist_paths(etc_qubes, systemd_dir, name):
     }
 
 
-def _persist_unit(name, script):
-    return (
-        "# Managed by Salt (qubes_firewall, custom-persist); edits are overwritten.\n"
-        "[Unit]\n"
-        "Description=Replay the qubes_firewall nft rules of %s (custom-persist)\n"
-        "After=qubes-iptables.service qubes-network.service\n"
-        "Wants=qubes-iptables.service\n"
-        "ConditionPathExists=%s\n"
-        "\n"
-        "[Service]\n"
-        "Type=oneshot\n"
-        "ExecStart=/bin/sh %s\n"
-        "\n"
-        "[Install]\n"
-        "WantedBy=multi-user.target\n"
-    ) % (name, script, script)
+def _persist_unit(template, name, script):
+    """
+    The unit that replays a non-network custom-persist qube's rules at boot:
+    after qubes-iptables.service, which loads Qubes' base nft tables
+    (``table ip qubes`` with custom-input / custom-forward).
+    """
+    lines = [
+        PERSIST_MARK % template,
+        "[Unit]",
+        "Description=Replay the qubes_firewall nft rules of %s (custom-persist)" % name,
+        "After=qubes-iptables.service",
+        "Wants=qubes-iptables.service",
+        "ConditionPathExists=%s" % script,
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "ExecStart=/bin/sh %s" % script,
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
 
 
-def _owned_persist_files(etc_qubes, systemd_dir):
-    """Every custom-persist file the formula wrote in this template: {path: text}."""
+def _owned_persist_files(etc_qubes, systemd_dir, template):
+    """
+    Every custom-persist file the run on ``template`` wrote here: ``{path:
+    text}`` (``"->TARGET"`` for a symlink that enables one of its units).
+    """
     read = __salt__["qubes_firewall_files.read"]
-    found = {}
+    mark = PERSIST_MARK % template
+    found, links = {}, {}
     dirs = ("%s/qubes-firewall.d" % etc_qubes, "%s/qubes-firewall-formula" % etc_qubes,
             systemd_dir, "%s/multi-user.target.wants" % systemd_dir)
     for directory in dirs:
@@ -467,15 +479,16 @@ def _owned_persist_files(etc_qubes, systemd_dir):
             path = os.path.join(directory, entry)
             if os.path.islink(path):
                 if entry.startswith(PERSIST_PREFIX) and entry.endswith(".service"):
-                    found[path] = "->" + os.readlink(path)
-                continue
-            if not os.path.isfile(path):
+                    links[path] = os.path.join(systemd_dir, entry)
                 continue
             ours = entry.startswith(PERSIST_PREFIX) or directory.endswith("/qubes-firewall-formula")
-            if ours:
+            if ours and os.path.isfile(path):
                 text = read(path)
-                if text is not None and ("Managed by Salt (qubes_firewall" in text or PERSIST_MARK in text):
+                if text is not None and mark in text.splitlines():
                     found[path] = text
+    for path, unit in links.items():
+        if unit in found or not os.path.exists(unit):  # its unit is ours, or gone
+            found[path] = "->" + os.readlink(path)
     return found
 
 
@@ -506,14 +519,14 @@ def template_files(qube=None):
         if not _has_rules(plan):
             continue
         paths = _persist_paths(etc_qubes, systemd_dir, name)
-        script = RC_HEADER + PERSIST_MARK + "\n" + __salt__["qubes_firewall_plan.persist_block"](plan)
+        script = RC_HEADER + PERSIST_MARK % qube + "\n" + __salt__["qubes_firewall_plan.persist_block"](plan)
         if plan.provides_network:
             wanted[paths["hook"]] = script
         else:
             wanted[paths["script"]] = script
-            wanted[paths["unit"]] = _persist_unit(name, paths["script"])
-            wanted[paths["wants"]] = "->" + paths["unit"]
-    have = _owned_persist_files(etc_qubes, systemd_dir)
+            wanted[paths["unit"]] = _persist_unit(qube, name, paths["script"])
+            wanted[paths["wants"]] = "->../" + os.path.basename(paths["unit"])
+    have = _owned_persist_files(etc_qubes, systemd_dir, qube)
     out = {}
     read = __salt__["qubes_firewall_files.read"]
     for path in sorted(set(wanted) | set(have)):
@@ -545,6 +558,12 @@ def write_template_files(files):
                 write(path, new, mode=0o644 if path.endswith(".service") else 0o755)
         except OSError as exc:
             raise CommandExecutionError("cannot write %s: %s" % (path, exc)) from exc
+    for path in {os.path.dirname(p) for p, (_o, n) in files.items() if n is None}:
+        if os.path.basename(path) == "qubes-firewall-formula":  # the formula's own directory
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass  # not empty
     return True
 
 
@@ -585,7 +604,7 @@ def clean_plan():
     for name in __salt__[ctcp + "owned_unit_files"](rw_config):
         path = os.path.join(rw_config, name)
         files[path] = (__salt__[files_mod + "read"](path), None)
-    for path, text in _owned_persist_files(etc_qubes, systemd_dir).items():
+    for path, text in _owned_persist_files(etc_qubes, systemd_dir, minion_id()).items():
         files[path] = (text, None)
     script, summary = _remove_owned(live_state())
     return {"nft": (script, summary), "files": files, "runtime": __salt__[ctcp + "clean_runtime_plan"]()}

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import time
 
-from tests.e2e.formula_lab import FormulaLab
-from tests.e2e.full_example import full_pillar
+from tests.e2e.formula_lab import FormulaLab, check_flows
+from tests.e2e.full_example import FLOWS, full_pillar, start_servers
 from tests.salt_call import SaltCall
 
 BEGIN = "# BEGIN qubes_firewall:"
@@ -259,3 +259,50 @@ def test_a_failed_nft_load_or_a_planner_refusal_writes_no_binding(tmp_path):
         assert "qubes_firewall:addresses:web" in result.states["qubes_firewall-validated"]["comment"]
         assert all(not s["changes"] for s in result.states.values())
         assert flab.snapshot("web") == before
+
+
+def test_custom_persist_qubes_get_their_rules_back_from_the_template(tmp_path):
+    """
+    Qubes 4.3, custom-persist on sys-firewall (a network qube) and web: Qubes runs
+    none of their /rw/config scripts.  The run on their template debian-13 writes a
+    name-guarded script in its /etc/qubes/qubes-firewall.d (sys-firewall) and an
+    enabled unit (web); boot and qubes-firewall restarts bring the same rules back.
+    """
+    pillar = full_pillar()
+    for qube in ("sys-firewall", "web"):
+        pillar["qubes_firewall"]["qubes"][qube].update({"custom_persist": True, "template": "debian-13"})
+    with FormulaLab(pillar, tmp_path, release="4.3") as flab:
+        assert not any(r.failed for r in flab.apply_all().values())
+        for qube in ("sys-firewall", "web"):  # the qube's own run writes no /rw block
+            assert not any(BEGIN in p.read_text() for p in flab.rw_config(qube).glob("*") if p.is_file())
+        live = {q: flab.ruleset_model(q) for q in ("sys-firewall", "web")}
+        # without the template's replay, a reboot loses the rules (Qubes skips /rw)
+        flab.lab.reboot("web")
+        assert flab.ruleset_model("web") != live["web"]
+
+        template = flab.apply("debian-13")
+        assert template.retcode == 0 and template.changed, template.failed
+        etc = flab.etc_qubes("debian-13")
+        units = flab.systemd_dir("debian-13")
+        assert os.access(etc / "qubes-firewall.d" / "qubes-firewall-formula-sys-firewall", os.X_OK)
+        assert (units / "multi-user.target.wants" / "qubes-firewall-formula-web.service").is_symlink()
+        assert flab.apply("debian-13").changed == {}
+
+        for qube in ("sys-firewall", "web"):
+            flab.lab.reboot(qube)
+            assert flab.ruleset_model(qube) == live[qube], qube
+        flab.lab.restart_qubes_firewall("sys-firewall")
+        flab.lab.restart_qubes_firewall("sys-firewall")
+        assert flab.ruleset_model("sys-firewall") == live["sys-firewall"]
+        start_servers(flab.lab)
+        assert check_flows(flab.lab, FLOWS) == [(f, f.expect) for f in FLOWS]
+        again = {q: r.changed for q, r in flab.apply_all().items() if r.changed}
+        assert again == {}, again
+
+        # custom-persist off again: the template's run removes its files
+        plain = full_pillar()
+        flab.set_pillar(plain)
+        removed = flab.apply("debian-13")
+        assert removed.retcode == 0 and removed.changed
+        assert not [p for p in etc.rglob("*qubes-firewall-formula*")]
+        assert not [p for p in units.rglob("qubes-firewall-formula-*")]
