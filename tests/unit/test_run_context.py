@@ -1,0 +1,107 @@
+"""
+One run parses the pillar once, plans each qube once and reads nft once: the
+states share them through ``__context__`` (the real module files, wired as
+Salt's loader wires them, with counting doubles for the pure core and nft).
+"""
+
+import inspect
+
+import pytest
+import yaml
+
+from tests.modules import REPO, load_file
+
+MODULES = ("qubes_firewall_model", "qubes_firewall_plan", "qubes_firewall_nft", "qubes_firewall_files",
+           "qubes_firewall", "qubes_firewall_connect_tcp", "qubes_firewall_report")
+
+
+class Run:
+    def __init__(self, tmp_path, minion_id, pillar):
+        self.salt, self.context, self.calls = {}, {}, {}
+        self.opts = {"id": minion_id, "test": True, "qubes_firewall_state_dir": str(tmp_path / "state"),
+                     "qubes_firewall_systemd_run_dir": str(tmp_path / "no-systemd")}
+        self.pillar = pillar
+        for name in MODULES:
+            module = load_file("_modules/%s.py" % name, "qf_ctx_test_" + name)
+            self._wire(module)
+            for fname, func in vars(module).items():
+                if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__:
+                    self.salt["%s.%s" % (name, fname)] = func
+        self.nft_doc = {"nftables": [
+            {"chain": {"family": "ip", "table": "qubes", "name": n, "handle": i}}
+            for i, n in enumerate(("custom-input", "custom-forward"), 1)]}
+        self.salt["qubes_firewall_nft.read"] = lambda: self.nft_doc
+        self.salt["qubes_firewall_nft.check"] = lambda script: True  # nft -c of test mode
+        for key in ("qubes_firewall_model.parse", "qubes_firewall_plan.plan_qube", "qubes_firewall_nft.read"):
+            self.salt[key] = self._count(key, self.salt[key])
+        self.states = load_file("_states/qubes_firewall.py", "qf_ctx_test_states")
+        self._wire(self.states)
+
+    def _wire(self, module):
+        module.__salt__, module.__opts__, module.__pillar__ = self.salt, self.opts, self.pillar
+        module.__context__ = self.context
+
+    def _count(self, key, func):
+        def counted(*args, **kwargs):
+            self.calls[key] = self.calls.get(key, 0) + 1
+            return func(*args, **kwargs)
+        return counted
+
+    def apply(self):
+        """The qube part of init.sls, in its order."""
+        out = {}
+        for state in ("locked", "validated", "runtime_rules", "persisted_rules", "custom_persist_replay",
+                      "connect_tcp_bindings"):
+            out[state] = getattr(self.states, state)("qubes_firewall-" + state)
+        return out
+
+
+@pytest.fixture
+def pillar(tmp_path):
+    data = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+    data["qubes_firewall"]["lookup"] = {"rw_config": str(tmp_path / "rw"), "state_dir": str(tmp_path / "state"),
+                                        "etc_qubes": str(tmp_path / "etc"), "systemd_dir": str(tmp_path / "systemd")}
+    return data
+
+
+def test_one_parse_one_plan_per_qube_and_one_nft_read_per_run(tmp_path, pillar):
+    run = Run(tmp_path, "sys-firewall", pillar)
+    results = run.apply()
+    assert all(r["result"] is not False for r in results.values()), results
+    assert results["runtime_rules"]["changes"]["transaction"]
+    assert run.calls == {"qubes_firewall_model.parse": 1, "qubes_firewall_plan.plan_qube": 1,
+                         "qubes_firewall_nft.read": 1}
+
+
+def test_a_changed_pillar_is_parsed_again(tmp_path, pillar):
+    run = Run(tmp_path, "sys-firewall", pillar)
+    run.salt["qubes_firewall.model"]()
+    run.salt["qubes_firewall.model"]()
+    assert run.calls["qubes_firewall_model.parse"] == 1
+    pillar["qubes_firewall"]["port_forwards"][0]["port"] = 8443
+    assert run.salt["qubes_firewall.qube_plan"]("web").rule_count > 0
+    assert run.calls["qubes_firewall_model.parse"] == 2
+
+
+def test_a_planner_refusal_stops_the_run_at_validation(tmp_path, pillar):
+    del pillar["qubes_firewall"]["addresses"]["web"]
+    run = Run(tmp_path, "web", pillar)
+    ret = run.states.validated("v")
+    assert ret["result"] is False
+    assert "qubes_firewall:addresses:web" in ret["comment"]
+
+
+def test_a_missing_pillar_fails_validation_and_names_a_near_miss(tmp_path, pillar):
+    run = Run(tmp_path, "web", {"qubes-firewall": pillar["qubes_firewall"]})
+    ret = run.states.validated("v")
+    assert ret["result"] is False
+    assert "no qubes_firewall pillar" in ret["comment"] and "qubes-firewall" in ret["comment"]
+
+
+def test_the_lock_falls_back_to_a_safe_directory_when_the_pillar_is_invalid(tmp_path):
+    run = Run(tmp_path, "web", {"qubes_firewall": {"lookup": {"state_dir": "/tmp/x; rm -rf /"}, "qubes": 3}})
+    assert run.salt["qubes_firewall.state_dir"]() == str(tmp_path / "state")  # the minion's default
+    held = run.states.locked("l")
+    assert held["result"] is True and str(tmp_path / "state" / "lock") in held["comment"]
+    # held for the process: taking it again does not wait on itself
+    assert run.salt["qubes_firewall.lock"]()["waited"] == 0.0
