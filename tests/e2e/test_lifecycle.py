@@ -9,6 +9,7 @@ after the next one, and a failing run writes nothing anywhere.
 import copy
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -204,7 +205,7 @@ def test_a_run_killed_mid_way_leaves_nothing_after_the_next_run(tmp_path):
         minion = flab.minion("sys-net")
         rw = flab.rw_config("sys-net")
         rw.mkdir(parents=True, exist_ok=True)
-        scratch = minion.workdir / "state" / "scratch"
+        scratch = pathlib.Path(minion.run("qubes_firewall.scratch_dir", check=True)[1])
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         for delay in (0.8, 1.6, 2.4, 3.2):
             remove_owned(flab, "sys-net")
