@@ -160,7 +160,7 @@ def test_empty_pillar_list_means_block_everything():
     pillar = full_pillar()
     pillar["qubes"]["build"]["firewall"] = []
     changes = dom0.firewall_changes(parse(pillar), {"build": ["action=accept"]})
-    assert changes == {"build": {"old": ["action=accept"], "new": []}}
+    assert changes == {"build": {"old": ["action=accept"], "new": [], "rules": []}}
 
 
 # ---- topology validation ---------------------------------------------------
@@ -183,9 +183,26 @@ def test_qubes_that_do_not_exist(world):
     pillar["connect_tcp"] = [{"client": "work", "server": "db", "port": 5432}]
     out = problems(pillar, world)
     assert out == [
-        "qubes_firewall:qubes:sys-dns: no such qube in Qubes (qvm-ls does not list it)",
-        "qubes_firewall:connect_tcp:0:server: no such qube in Qubes (qvm-ls does not list it)",
+        "qubes_firewall:qubes:sys-dns: sys-dns does not exist in this Qubes; create the qube, or correct the name",
+        "qubes_firewall:connect_tcp:0:server: db does not exist in this Qubes; create the qube, or correct the name",
     ]
+    assert not any("qvm-ls" in line for line in out)
+
+
+def test_live_rules_past_their_expire_are_not_compared():
+    pillar = full_pillar()
+    pillar["qubes"]["build"]["firewall"] = [{"action": "accept", "specialtarget": "dns"}, {"action": "drop"}]
+    model = parse(pillar)
+    now = 1_700_000_000
+    wanted = ["action=accept specialtarget=dns", "action=drop"]
+    # an expired rule Qubes still holds is inactive: the lists match
+    live = ["action=accept proto=tcp dstports=22-22 expire=%d" % (now - 5)] + wanted
+    assert dom0.firewall_changes(model, {"build": live}, now=now) == {}
+    # a rule that has not expired yet is not in the pillar: replaced
+    live = ["action=accept proto=tcp dstports=22-22 expire=%d" % (now + 3600)] + wanted
+    changes = dom0.firewall_changes(model, {"build": live}, now=now)
+    assert changes["build"]["new"] == wanted
+    assert changes["build"]["rules"] == [[["action", "accept"], ["specialtarget", "dns"]], [["action", "drop"]]]
 
 
 def test_service_qube_with_a_client_attached_directly(world):
