@@ -212,6 +212,43 @@ def connect_tcp_policy(name):
     return ret
 
 
+def policy_absent(name):
+    """
+    dom0 clean: the formula's qubes.ConnectTCP block is gone from
+    ``lookup:policy_file``; the user's lines stay byte for byte, and the file
+    is removed only when nothing but the formula's header is left (a file the
+    formula created). qvm-prefs (``netvm``, ``provides_network``) and
+    qvm-firewall lists are left as they are: they are Qubes' own settings,
+    and the comment says so.
+
+    .. code-block:: yaml
+
+        qubes_firewall-policy-absent:
+          qubes_firewall.policy_absent: []
+    """
+    ret = _ret(name)
+    kept = " qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are."
+    try:
+        plan = __salt__["qubes_firewall_connect_tcp.policy_absent_plan"]()
+        path = plan["path"]
+        if plan["old"] == plan["new"]:
+            ret["comment"] = "No qubes.ConnectTCP policy of the formula in %s." % path + kept
+            return ret
+        ret["changes"][path] = __salt__["qubes_firewall_files.diff"](plan["old"], plan["new"], path)
+        what = ("%s (the formula created it; nothing else is left in it)" % path
+                if plan["new"] is None else "the formula's qubes.ConnectTCP block from %s, your lines kept" % path)
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "Would remove " + what + "." + kept
+            return ret
+        __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
+    except CommandExecutionError as exc:
+        ret["changes"] = {}
+        return _fail(ret, exc)
+    ret["comment"] = "Removed " + what + "." + kept
+    return ret
+
+
 def connect_tcp_bindings(name, qube=None):
     """
     A client qube (default: the minion id): for each ``connect_tcp`` entry
