@@ -37,7 +37,8 @@ FEATURES = ("os", "service.qubes-firewall", "service.custom-persist")
 RUNNING_STATES = ("Running", "Paused", "Transient", "Suspended")
 RELEASE_FILE = "/etc/qubes-release"
 _TIMEOUT = 300
-# __context__ key of what this run read from Qubes (dropped by every write)
+# __context__ key of what this run read from Qubes (a property write drops all
+# of it, a qvm-firewall write that qube's list)
 CACHE_KEY = "qubes_firewall_qubes.cache"
 
 # The strict grammar of each qvm-firewall rule element, as this formula writes
@@ -489,7 +490,8 @@ def set_firewall(vm, rules):
     try:
         impl.set_firewall(vm, rules, old)
     finally:
-        invalidate()
+        # a qvm-firewall list changes nothing else: only that list is read again
+        _cache()["firewall"].pop(vm, None)
     return True
 
 

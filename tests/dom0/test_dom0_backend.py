@@ -231,3 +231,18 @@ def test_reconnect_refuses_a_stopped_netvm(dom0, qubes, backend):
     with pytest.raises(CommandExecutionError, match="sys-net is not running"):
         dom0.qubes_firewall.reconnect("sys-net")
     assert qubes.data()["events"] == []
+
+
+def test_a_write_drops_what_the_run_read(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    assert mod.inventory()["work"]["netvm"] == "sys-firewall"
+    assert mod.get_firewall("work") == ["action=accept"]
+    mod.set_pref("work", "netvm", None)
+    assert mod.inventory()["work"]["netvm"] is None  # read again
+    mod.set_firewall("work", [[("action", "drop")]])
+    assert mod.get_firewall("work") == ["action=drop"]
+    # a change made behind the run's back is not seen until something is written
+    qubes.edit(lambda d: d["qubes"]["web"]["props"].update(netvm=None))
+    assert mod.inventory()["web"]["netvm"] == "sys-firewall"
+    dom0.new_run()
+    assert mod.inventory()["web"]["netvm"] is None
