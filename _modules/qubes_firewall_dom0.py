@@ -8,7 +8,7 @@ returns plain data: problems (``"pillar:path: reason"`` strings), an ordered
 list of qube property changes, the qvm-firewall lists to replace, the address
 map. Nothing here touches the system, so it is tested without Qubes.
 
-The rules it keeps (QUBES_FACTS sections 2.5, 5, 6):
+The rules it keeps (Qubes core-admin and core-admin-client behaviour):
 
 - the order of property changes never makes Qubes refuse one: a qube gets
   ``provides_network`` before any client points at it, clients move in the

@@ -7,7 +7,7 @@ write it, so both backends of ``qubes_firewall_qubes`` meet the same Qubes:
 
 - the command-line tools ``qvm-ls``, ``qvm-prefs``, ``qvm-firewall``,
   ``qvm-features``, ``qvm-service`` (``cli_main``; installed on PATH by
-  ``install_tools``), printing what the real ones print (QUBES_FACTS 5.2, 6):
+  ``install_tools``), printing what the real ones print (core-admin-client tools):
   values, ``-`` for none, errors on stderr as ``TOOL: error: ...``, exit 2 for
   usage errors (unknown property, unknown rule key, no such domain), a Python
   traceback and exit 1 for a bad rule value;
@@ -465,7 +465,7 @@ def qvm_prefs(world, argv):
     if not argv:
         return _error(tool, "the following arguments are required: VMNAME", 2)
     if any(a.startswith("-") and a not in ("-",) for a in argv[1:2]):
-        # options after the qube name are not options (QUBES_FACTS 6)
+        # options after the qube name are not options (as in qvm-prefs)
         return _error(tool, "unrecognized arguments: %s" % " ".join(argv[1:]), 2)
     name, rest = argv[0], argv[1:]
     if not world.exists(name):

@@ -1,6 +1,7 @@
 """
-The fake qvm-* tools print and fail the way Qubes 4.2's do (QUBES_FACTS 5.2,
-6), so the CLI backend is tested against the real tools' conventions.
+The fake qvm-* tools print and fail the way Qubes 4.2's and 4.3's do
+(core-admin-client's tools), so the CLI backend is tested against the real
+tools' conventions.
 """
 
 import subprocess
