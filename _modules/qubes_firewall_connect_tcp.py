@@ -250,7 +250,13 @@ def verify_units(unit_texts):
     if analyze is None:
         return "systemd-analyze is not installed: units not verified."
     missing_qrexec = shutil.which("qrexec-client-vm") is None
-    with tempfile.TemporaryDirectory(prefix="qf-units-") as tmp:
+    scratch = __salt__["qubes_firewall.scratch_dir"]()
+    try:
+        os.makedirs(scratch, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CommandExecutionError("cannot create %s: %s" % (scratch, exc)) from exc
+    # in the formula's scratch directory: what a killed run leaves there, the next run removes
+    with tempfile.TemporaryDirectory(prefix="qf-units-", dir=scratch) as tmp:
         paths = []
         for name, text in sorted(unit_texts.items()):
             paths.append(os.path.join(tmp, name))
@@ -355,7 +361,7 @@ def write_policy(path, text):
 
 
 def _owned_units(rw_config, qube):
-    """File names in ``rw_config`` that are units of ``qube``'s bindings."""
+    """File names in ``rw_config`` that are units of ``qube``'s bindings (any qube's for None)."""
     try:
         names = os.listdir(rw_config)
     except FileNotFoundError:
@@ -365,9 +371,33 @@ def _owned_units(rw_config, qube):
     out = []
     for name in names:
         match = _UNIT_FILE.match(name)
-        if match and match.group(2) == qube:
+        if match and (qube is None or match.group(2) == qube):
             out.append(name)
     return sorted(out)
+
+
+def owned_unit_files(directory=None):
+    """
+    The binding unit files the formula wrote in ``directory`` (default: the
+    running systemd's ``/run/systemd/system``), for any client: what
+    ``qubes_firewall.clean`` removes.
+    """
+    return _owned_units(directory or _systemd_dir(), None)
+
+
+def clean_runtime_plan():
+    """
+    A ``runtime_plan`` that stops and removes every binding unit of the
+    running systemd (skipped when systemd does not run here).
+    """
+    run_dir = _systemd_dir()
+    plan = {"skip": None, "install": [], "remove": [], "restart": [], "start": [], "stop": []}
+    if not os.path.isdir(run_dir) or shutil.which("systemctl") is None:
+        plan["skip"] = "systemd is not running here (no %s)" % run_dir
+        return plan
+    plan["remove"] = owned_unit_files(run_dir)
+    plan["stop"] = [n for n in plan["remove"] if n.endswith(".socket")]
+    return plan
 
 
 def binding_plan(qube=None):
