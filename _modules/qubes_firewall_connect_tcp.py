@@ -318,9 +318,10 @@ def policy_absent_plan():
     ``{"path", "old", "new"}`` for removing the formula's ``connect-tcp``
     block from the policy file: the user's lines stay byte for byte, and the
     file goes when nothing but the formula's header is left (a file the
-    formula created). Without a ``qubes_firewall`` pillar the default
-    ``policy_file`` is cleaned; an invalid pillar is an error (its
-    ``lookup:policy_file`` cannot be trusted).
+    formula created). It works without a valid pillar: with no
+    ``qubes_firewall`` pillar the default ``policy_file`` is cleaned, with an
+    invalid one its ``lookup:policy_file`` when that value itself is valid
+    (else the default).
 
     CLI Example:
 
@@ -328,10 +329,18 @@ def policy_absent_plan():
 
         salt-call qubes_firewall_connect_tcp.policy_absent_plan
     """
-    if __pillar__.get("qubes_firewall") is None:
-        path = DEFAULT_POLICY_FILE
-    else:
-        path = __salt__["qubes_firewall.model"]().lookup.policy_file
+    path = DEFAULT_POLICY_FILE
+    raw = __pillar__.get("qubes_firewall")
+    if isinstance(raw, dict):
+        errors = __salt__["qubes_firewall.pillar_errors"]()
+        if not errors:
+            path = __salt__["qubes_firewall.model"]().lookup.policy_file
+        else:
+            lookup = raw.get("lookup")
+            given = lookup.get("policy_file") if isinstance(lookup, dict) else None
+            if isinstance(given, str) and not any(
+                    e.startswith("qubes_firewall:lookup") for e in errors):
+                path = given
     old = __salt__["qubes_firewall_files.read"](path)
     if old is None:
         return {"path": path, "old": None, "new": None}

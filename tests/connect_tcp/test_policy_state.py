@@ -243,3 +243,14 @@ def test_policy_absent_with_broken_markers_fails_and_changes_nothing(tmp_path):
     ret = Minion("dom0", pillar_in(tmp_path)).state("policy_absent")
     assert ret["result"] is False and "nothing changed" in ret["comment"] and ret["changes"] == {}
     assert path.read_text() == old
+
+
+def test_policy_absent_works_with_a_broken_pillar(tmp_path):
+    minion = Minion("dom0", pillar_in(tmp_path))
+    assert minion.state("connect_tcp_policy")["result"] is True
+    broken = pillar_in(tmp_path)
+    broken["qubes"]["untrusted"]["netvm"] = "no-such-qube"
+    minion.set_pillar(broken)
+    ret = minion.state("policy_absent")
+    assert ret["result"] is True and ret["changes"], ret
+    assert not policy_path(tmp_path).exists()

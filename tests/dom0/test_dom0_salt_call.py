@@ -205,3 +205,34 @@ def test_addresses_execution_function(env):
     assert out["work"] == "10.137.0.9" and "personal" not in out
     rc, out, proc = salt_call(env, "dom0", "qubes_firewall.addresses", "personal,work")
     assert out == {"personal": "10.137.0.12", "work": "10.137.0.9"}
+
+
+def test_dom0_clean_removes_the_policy_block_only(env):
+    pillar_file = env["pillar"] / "qubes_firewall.sls"
+    data = yaml.safe_load(pillar_file.read_text())
+    data["qubes_firewall"]["connect_tcp"] = [{"client": "work", "server": "build", "port": 22}]
+    pillar_file.write_text(yaml.safe_dump(data))
+    env["policy"].parent.mkdir()
+    env["policy"].write_text("# mine\n")
+    rc, states = apply(env)
+    assert rc == 0 and "qubes.ConnectTCP +22 work" in env["policy"].read_text()
+    world = env["state"].read_bytes()
+    env["log"].unlink()
+
+    def clean(test=False):
+        rc, out, proc = salt_call(env, "dom0", "state.apply", "qubes_firewall.clean",
+                                  *(["test=True"] if test else []))
+        assert isinstance(out, dict), (out, proc.stderr)
+        return rc, {v["__id__"]: v for v in out.values()}
+
+    rc, dry = clean(test=True)
+    assert dry["qubes_firewall-policy-absent"]["result"] is None
+    assert "qubes.ConnectTCP +22 work" in env["policy"].read_text()
+    rc, first = clean()
+    state = first["qubes_firewall-policy-absent"]
+    assert rc == 0 and state["result"] is True and state["changes"]
+    assert "qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are" in state["comment"]
+    assert env["policy"].read_text() == "# mine\n"
+    rc, second = clean()
+    assert second["qubes_firewall-policy-absent"]["changes"] == {}
+    assert env["state"].read_bytes() == world and write_calls(env) == []
