@@ -718,8 +718,13 @@ def dom0_problems():
     """
     model_ = model()
     inv = inventory()
-    detected = qubes_release() if _qubes("release_known")() else None
-    out = list(_dom0("release_problems")(_given_release(), detected))
+    given = _given_release()
+    out = []
+    if given is not None and _qubes("release_known")():
+        try:
+            out += _dom0("release_problems")(given, qubes_release())
+        except CommandExecutionError as exc:
+            out.append("qubes_firewall:lookup:qubes_release: %s, but %s" % (given, exc))
     feats = {}
     lists = {}
     if all(name in inv for name in model_.qubes):
