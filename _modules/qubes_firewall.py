@@ -669,13 +669,48 @@ def addresses(names=None):
     return _dom0("addresses")(inventory(), names)
 
 
+def qubes_release():
+    """
+    The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, detected from
+    Qubes (``/etc/qubes-release``). The addresses pillar hands it to the
+    qubes as ``lookup:qubes_release`` (docs/dom0.md).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.qubes_release
+    """
+    return _qubes("qubes_release")()
+
+
+def _given_release():
+    raw = _raw_pillar()
+    lookup = raw.get("lookup") if isinstance(raw, dict) else None
+    return lookup.get("qubes_release") if isinstance(lookup, dict) else None
+
+
+def _rule_problems(model_):
+    out = []
+    for name, qube in sorted(model_.qubes.items()):
+        for index, rule in enumerate(qube.firewall or ()):
+            problem = _qubes("rule_problem")(_dom0("rule_fields")(rule))
+            if problem:
+                out.append("qubes_firewall:qubes:%s:firewall:%d: %s; correct the rule"
+                           % (name, index, problem))
+    return out
+
+
 def dom0_problems():
     """
-    Every reason the pillar's topology cannot be applied to this Qubes (qubes
-    that do not exist, a network service qube without a firewall qube in
-    front, a hop that cannot hold nft rules, a connection the source's own
-    qvm-firewall list drops, a move Qubes refuses); empty when it fits.
-    Reads only.
+    The dom0 preflight: every reason the pillar cannot be applied to this
+    Qubes, empty when it fits. It checks the pillar against the live Qubes
+    (qubes that do not exist, ``lookup:qubes_release``, custom-persist and
+    ``template``, a network service qube without a firewall qube in front, a
+    hop that cannot hold nft rules, a connection a qvm-firewall list drops, a
+    move Qubes refuses, a rule that would not reach Qubes intact) and plans
+    every qube of the pillar with the qube-side planner, with the addresses
+    Qubes gives them. Reads only, and only once per run.
 
     CLI Example:
 
@@ -685,12 +720,27 @@ def dom0_problems():
     """
     model_ = model()
     inv = inventory()
+    given = _given_release()
+    out = []
+    if given is not None and _qubes("release_known")():
+        try:
+            out += _dom0("release_problems")(given, qubes_release())
+        except CommandExecutionError as exc:
+            out.append("qubes_firewall:lookup:qubes_release: %s, but %s" % (given, exc))
     feats = {}
     lists = {}
     if all(name in inv for name in model_.qubes):
         feats = {name: _qubes("features")(name) for name in _dom0("needed_features")(model_, inv)}
         lists = {name: _qubes("get_firewall")(name) for name in _dom0("needed_firewalls")(model_)}
-    return _dom0("problems")(model_, inv, feats, lists)
+    out += _dom0("problems")(model_, inv, feats, lists)
+    if not all(name in inv for name in model_.qubes):
+        return out
+    out += _rule_problems(model_)
+    planned = _dom0("planning_model")(model_, inv)
+    for problem in __salt__["qubes_firewall_plan.check_model"](planned):
+        if problem not in out:
+            out.append(problem)
+    return out
 
 
 def dom0_prefs_plan():
@@ -743,10 +793,13 @@ def dom0_firewall_plan():
 
 
 def dom0_apply_firewall(plan):
-    """Replace each planned qube's whole qvm-firewall list. Returns the qubes done."""
+    """
+    Replace each planned qube's whole qvm-firewall list (``plan[qube]["rules"]``:
+    rule elements, checked before the first write). Returns the qubes done.
+    """
     done = []
     for name in sorted(plan):
-        _qubes("set_firewall")(name, plan[name]["new"])
+        _qubes("set_firewall")(name, plan[name]["rules"])
         done.append(name)
     return done
 

@@ -44,6 +44,7 @@ UNIT_PREFIX = "qf-connect-tcp-"
 _UNIT_FILE = re.compile(r"\Aqf-connect-tcp-([0-9]{1,5})-(.+)(\.socket|@\.service)\Z")
 SYSTEMD_RUN_DIR = "/run/systemd/system"
 POLICY_MODE = 0o664
+DEFAULT_POLICY_FILE = "/etc/qubes/policy.d/30-user-networking.policy"
 POLICY_GROUP = "qubes"
 UNIT_MODE = 0o644
 RC_LOCAL_HEADER = "#!/bin/sh\n"
@@ -302,8 +303,53 @@ def policy_plan():
             old, BLOCK, policy_body(model.connect_tcp), POLICY_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s" % (path, exc)) from exc
-    if new is not None and new.strip() in ("", POLICY_HEADER.strip()):
-        new = None
+    return {"path": path, "old": old, "new": _policy_left(new)}
+
+
+def _policy_left(text):
+    """None when what is left of the policy file is nothing but the formula's header (or blank)."""
+    if text is not None and text.strip() in ("", POLICY_HEADER.strip()):
+        return None
+    return text
+
+
+def policy_absent_plan():
+    """
+    ``{"path", "old", "new"}`` for removing the formula's ``connect-tcp``
+    block from the policy file: the user's lines stay byte for byte, and the
+    file goes when nothing but the formula's header is left (a file the
+    formula created). It works without a valid pillar: with no
+    ``qubes_firewall`` pillar the default ``policy_file`` is cleaned, with an
+    invalid one its ``lookup:policy_file`` when that value itself is valid
+    (else the default).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_connect_tcp.policy_absent_plan
+    """
+    path = DEFAULT_POLICY_FILE
+    raw = __pillar__.get("qubes_firewall")
+    if isinstance(raw, dict):
+        errors = __salt__["qubes_firewall.pillar_errors"]()
+        if not errors:
+            path = __salt__["qubes_firewall.model"]().lookup.policy_file
+        else:
+            lookup = raw.get("lookup")
+            given = lookup.get("policy_file") if isinstance(lookup, dict) else None
+            if isinstance(given, str) and not any(
+                    e.startswith("qubes_firewall:lookup") for e in errors):
+                path = given
+    old = __salt__["qubes_firewall_files.read"](path)
+    if old is None:
+        return {"path": path, "old": None, "new": None}
+    try:
+        new = __salt__["qubes_firewall_files.replace_block"](old, BLOCK, None, POLICY_HEADER)
+    except ValueError as exc:
+        raise CommandExecutionError("%s: %s; nothing changed" % (path, exc)) from exc
+    if new != old:
+        new = _policy_left(new)
     return {"path": path, "old": old, "new": new}
 
 

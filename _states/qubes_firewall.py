@@ -441,13 +441,17 @@ def _shown(prop, value):
 
 def topology_valid(name):
     """
-    The pillar's topology fits this Qubes: every qube exists, a network
-    service qube (``service: true``) has a firewall qube between it and its
-    clients, every qube a port forward or connection goes through can hold
-    nft rules (no mirage unikernel, the qubes-firewall service on in network
-    qubes), no connection is dropped by its source's own qvm-firewall list,
-    and Qubes will accept every move. Reads only; the other dom0 states
-    require it, so nothing changes when it fails.
+    The dom0 preflight: the pillar fits this Qubes and the qubes can carry
+    it. Every qube exists (``connect_tcp`` clients and servers too),
+    ``lookup:qubes_release`` is the release dom0 runs, custom-persist and
+    ``template`` match Qubes, a network service qube (``service: true``) has
+    a firewall qube between it and its clients, every qube a port forward or
+    connection goes through can hold nft rules, no connection is dropped by a
+    qvm-firewall list on its way, every rule reaches Qubes intact, Qubes will
+    accept every move, and the qube-side planner plans every qube of the
+    pillar (with the addresses Qubes gives them). Reads only; every other
+    dom0 state requires it, the qubes.ConnectTCP policy included, so nothing
+    changes when it fails.
 
     .. code-block:: yaml
 
@@ -587,4 +591,41 @@ def reconnected(name):
         ret["comment"] = "Would re-attach to %s: %s" % (name, ", ".join(clients))
         return ret
     ret["comment"] = "Re-attached to %s: %s" % (name, ", ".join(clients))
+    return ret
+
+
+def policy_absent(name):
+    """
+    dom0 clean: the formula's qubes.ConnectTCP block is gone from
+    ``lookup:policy_file``; the user's lines stay byte for byte, and the file
+    is removed only when nothing but the formula's header is left (a file the
+    formula created). qvm-prefs (``netvm``, ``provides_network``) and
+    qvm-firewall lists are left as they are: they are Qubes' own settings,
+    and the comment says so.
+
+    .. code-block:: yaml
+
+        qubes_firewall-policy-absent:
+          qubes_firewall.policy_absent: []
+    """
+    ret = _ret(name)
+    kept = " qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are."
+    try:
+        plan = __salt__["qubes_firewall_connect_tcp.policy_absent_plan"]()
+        path = plan["path"]
+        if plan["old"] == plan["new"]:
+            ret["comment"] = "No qubes.ConnectTCP policy of the formula in %s." % path + kept
+            return ret
+        ret["changes"][path] = __salt__["qubes_firewall_files.diff"](plan["old"], plan["new"], path)
+        what = ("%s (the formula created it; nothing else is left in it)" % path
+                if plan["new"] is None else "the formula's qubes.ConnectTCP block from %s, your lines kept" % path)
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "Would remove " + what + "." + kept
+            return ret
+        __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
+    except CommandExecutionError as exc:
+        ret["changes"] = {}
+        return _fail(ret, exc)
+    ret["comment"] = "Removed " + what + "." + kept
     return ret

@@ -13,17 +13,23 @@ qubes_firewall-validated:
 
 {%- if grains['id'] == 'dom0' %}
 {#- dom0 part: BEGIN dom0 states #}
-qubes_firewall-connect-tcp-policy:
-  qubes_firewall.connect_tcp_policy:
-    - require:
-      - qubes_firewall: qubes_firewall-validated
-{#- dom0 topology: check it against Qubes first (reads only); then the
-    qvm-firewall lists (so a qube never reaches a new netvm with its old
-    rules); then netvm and provides_network, in an order Qubes accepts. #}
+{#- dom0 preflight first (reads only, once): the pillar checked against the
+    live Qubes and every qube of the pillar planned with the qube-side
+    planner. Every other dom0 state requires it, the qubes.ConnectTCP policy
+    included, so a pillar the qubes cannot carry changes nothing. Then the
+    policy, the qvm-firewall lists (so a qube never reaches a new netvm with
+    its old rules), then netvm and provides_network, in an order Qubes
+    accepts. #}
 qubes_firewall-dom0-topology:
   qubes_firewall.topology_valid:
     - require:
       - qubes_firewall: qubes_firewall-validated
+
+qubes_firewall-connect-tcp-policy:
+  qubes_firewall.connect_tcp_policy:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-dom0-topology
 
 qubes_firewall-dom0-firewall:
   qubes_firewall.firewall_rules:
