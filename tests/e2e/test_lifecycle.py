@@ -139,7 +139,9 @@ def test_clean_removes_everything_the_formula_made_even_with_a_broken_pillar(tmp
         web.set_pillar(broken)
         assert flab.apply("web").retcode != 0  # the formula itself refuses to run
         before = flab.snapshot("web")
+        web.env, log = nft_shim(tmp_path)
         rc, states = web.apply(test=True, sls="qubes_firewall.clean")
+        assert nft_calls(log) == ["-j", "-c"]  # one read, the check of test mode
         assert rc == 0, states
         cleaned = states["qubes_firewall-cleaned"]
         assert cleaned["result"] is None, cleaned
@@ -149,6 +151,7 @@ def test_clean_removes_everything_the_formula_made_even_with_a_broken_pillar(tmp
 
         rc, states = web.apply(sls="qubes_firewall.clean")
         assert rc == 0, states
+        assert nft_calls(log) == ["-j", "-f"]  # one read, one atomic write
         assert states["qubes_firewall-cleaned"]["changes"]
         assert owned(flab, "web") == (set(), [])
         assert flab.lab.chain_rules("web", "custom-input") == [r for r in user_rules if "jump qf-" not in r]
@@ -157,6 +160,7 @@ def test_clean_removes_everything_the_formula_made_even_with_a_broken_pillar(tmp
 
         rc, states = web.apply(sls="qubes_firewall.clean")
         assert rc == 0 and all(not s["changes"] for s in states.values()), states
+        assert nft_calls(log) == ["-j"]
 
 
 def test_concurrent_runs_in_one_qube_serialise(tmp_path):

@@ -71,3 +71,35 @@ def test_write_atomic_keeps_mode_and_creates_executable(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     assert open(path).read() == "#!/bin/sh\necho\n"
     assert [p for p in os.listdir(tmp_path / "rw")] == ["rc.local"]  # no temp file left
+
+
+def test_temp_files_are_recognisable_and_a_later_write_removes_stale_ones(tmp_path, monkeypatch):
+    path = str(tmp_path / "rc.local")
+    other = tmp_path / ".qubes-firewall-user-script.qubes_firewall.tmp.abc"
+    other.write_text("another file's")
+    stale = tmp_path / ".rc.local.qubes_firewall.tmp.k1ll3d"
+    stale.write_text("half writ")
+    assert files.stale_temps([path]) == [str(stale)]
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        seen.append(os.path.basename(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", rename)
+    files.write_atomic(path, "#!/bin/sh\n")
+    assert seen[0].startswith(".rc.local.qubes_firewall.tmp.")  # next to its target, named after it
+    assert sorted(os.listdir(tmp_path)) == sorted([other.name, "rc.local"])  # only rc.local's stale temp went
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "rc.local")
+
+    def boom(_src, _dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(files.os, "rename", boom)
+    with pytest.raises(Exception, match="disk on fire"):
+        files.write_atomic(path, "#!/bin/sh\n")
+    assert os.listdir(tmp_path) == []
