@@ -4,6 +4,7 @@ loaded with importlib and wired together through a fake ``__salt__``, and fake
 ``qubes-policy-lint`` / ``systemctl`` commands on PATH.
 """
 
+import copy
 import inspect
 import os
 import stat
@@ -39,7 +40,7 @@ QUBES = {"untrusted": {"netvm": "none"}, "mytcp-service": {"netvm": "none"},
 
 def example_pillar():
     data = yaml.safe_load(PILLAR_EXAMPLE.read_text())["qubes_firewall"]
-    data.setdefault("qubes", dict(QUBES))
+    data.setdefault("qubes", copy.deepcopy(QUBES))
     return data
 
 
@@ -83,7 +84,7 @@ class Minion:
 
 def pillar_in(tmp_path, entries=None):
     """The seed example's pillar (or just ``entries``) with lookup paths inside tmp_path."""
-    data = example_pillar() if entries is None else {"connect_tcp": entries, "qubes": dict(QUBES)}
+    data = example_pillar() if entries is None else {"connect_tcp": entries, "qubes": copy.deepcopy(QUBES)}
     data["lookup"] = {"rw_config": str(tmp_path / "rw"),
                       "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
     return data
