@@ -851,6 +851,8 @@ def connect_tcp_commands(qube=None):
 
 
 def _live():
+    # a command of its own (not a state run): read afresh, a long-lived minion may keep __context__
+    forget_run()
     return live_state()
 
 

@@ -304,6 +304,15 @@ def test_custom_persist_qubes_get_their_rules_back_from_the_template(tmp_path):
         again = {q: r.changed for q, r in flab.apply_all().items() if r.changed}
         assert again == {}, again
 
+        # clean on the template removes what its runs wrote; a qube booted from it cleans nothing there
+        rc, states = flab.minion("web").apply(sls="qubes_firewall.clean")
+        assert rc == 0 and (etc / "qubes-firewall.d" / "qubes-firewall-formula-sys-firewall").exists()
+        rc, states = flab.minion("debian-13").apply(sls="qubes_firewall.clean")
+        assert rc == 0 and states["qubes_firewall-cleaned"]["changes"], states
+        assert not [p for p in etc.rglob("*qubes-firewall-formula*")]
+        assert not [p for p in units.rglob("qubes-firewall-formula-*")]
+        assert flab.apply("debian-13").changed
+
         # custom-persist off again: the template's run removes its files
         plain = full_pillar()
         flab.set_pillar(plain)
