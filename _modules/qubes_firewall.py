@@ -41,6 +41,7 @@ _CTX_PARSED = "qubes_firewall.parsed"
 _CTX_NFT = "qubes_firewall.nft"
 _CTX_LOCK = "qubes_firewall.lock"
 _LOCKS = {}  # lock path -> open file: held until the process exits
+_OWN_CONTEXT = {}
 
 
 def __virtual__():
@@ -50,8 +51,8 @@ def __virtual__():
 def _context():
     try:
         return __context__
-    except NameError:  # a module loaded without Salt's dunders
-        return _LOCKS.setdefault("__context__", {})
+    except NameError:  # a module loaded without Salt's dunders (a test double)
+        return _OWN_CONTEXT
 
 
 def _raw_pillar():
