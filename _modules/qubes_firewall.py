@@ -254,6 +254,7 @@ def lock(timeout=None):
         return {"path": path, "waited": 0.0}
     if timeout is None:
         timeout = __opts__.get("qubes_firewall_lock_timeout", 600)
+    timeout = float(timeout)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         handle = open(path, "a+")  # noqa: SIM115 (held until the process exits)
@@ -265,7 +266,7 @@ def lock(timeout=None):
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            if time.monotonic() - start >= float(timeout):
+            if time.monotonic() - start >= timeout:
                 handle.close()
                 raise CommandExecutionError(
                     "another qubes_firewall run holds %s (waited %d s); try again when it has finished"

@@ -5,6 +5,8 @@ Salt's loader wires them, with counting doubles for the pure core and nft).
 """
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -105,3 +107,24 @@ def test_the_lock_falls_back_to_a_safe_directory_when_the_pillar_is_invalid(tmp_
     assert held["result"] is True and str(tmp_path / "state" / "lock") in held["comment"]
     # held for the process: taking it again does not wait on itself
     assert run.salt["qubes_firewall.lock"]()["waited"] == 0.0
+
+
+def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_path, pillar):
+    lock = tmp_path / "state" / "lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        "f = open(%r, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)\n"
+    ) % str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = Run(tmp_path, "web", pillar)
+        run.opts["qubes_firewall_lock_timeout"] = 0.3
+        ret = run.states.locked("l")
+        assert ret["result"] is False
+        assert "another qubes_firewall run holds %s" % lock in ret["comment"]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died: the lock is free again
+    assert Run(tmp_path, "web", pillar).salt["qubes_firewall.lock"](timeout=5)["path"] == str(lock)
