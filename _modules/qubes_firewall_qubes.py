@@ -351,21 +351,23 @@ class _Admin:
             return result
 
         try:
-            return self._call("reading the qubes", read)
+            return self._call("listing the qubes (admin.vm.List)", read)
         finally:
             self.app.cache_enabled = False
 
     def set_pref(self, vm, prop, value):
         obj = self._vm(vm)
-        self._call("qvm-prefs %s %s %s" % (vm, prop, "" if value is None else value), setattr, obj, prop, value)
+        self._call("setting %s of %s to %s (admin.vm.property.Set)" % (prop, vm, "none" if value is None else value),
+                   setattr, obj, prop, value)
 
     def reset_pref(self, vm, prop):
         obj = self._vm(vm)
-        self._call("qvm-prefs -D %s %s" % (vm, prop), delattr, obj, prop)
+        self._call("resetting %s of %s to its default (admin.vm.property.Reset)" % (prop, vm),
+                   delattr, obj, prop)
 
     def is_default(self, vm, prop):
         obj = self._vm(vm)
-        return bool(self._call("qvm-prefs %s" % vm, obj.property_is_default, prop))
+        return bool(self._call("reading %s of %s (admin.vm.property.Get)" % (prop, vm), obj.property_is_default, prop))
 
     def features(self, vm):
         obj = self._vm(vm)
@@ -375,7 +377,7 @@ class _Admin:
             present = [str(k) for k in obj.features.keys()]
             return {key: str(obj.features[key]) for key in FEATURES if key in present}
 
-        return self._call("the features of %s" % vm, read)
+        return self._call("reading the features of %s (admin.vm.feature.List)" % vm, read)
 
     def get_firewall(self, vm):
         obj = self._vm(vm)
@@ -384,7 +386,7 @@ class _Admin:
             obj.firewall.load_rules()
             return [str(rule.rule) for rule in obj.firewall.rules]
 
-        return self._call("the qvm-firewall rules of %s" % vm, read)
+        return self._call("reading the qvm-firewall rules of %s (admin.vm.firewall.Get)" % vm, read)
 
     def set_firewall(self, vm, rules, old):
         obj = self._vm(vm)
@@ -395,7 +397,7 @@ class _Admin:
             # refuses a bad line without changing anything
             obj.firewall.rules = built
 
-        self._call("setting the qvm-firewall rules of %s" % vm, write)
+        self._call("replacing the qvm-firewall rules of %s (admin.vm.firewall.Set)" % vm, write)
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """dom0: the connect_tcp_policy state on a policy file in tmp_path."""
 
+import copy
 import os
 import stat
 
@@ -248,7 +249,7 @@ def test_policy_absent_with_broken_markers_fails_and_changes_nothing(tmp_path):
 def test_policy_absent_works_with_a_broken_pillar(tmp_path):
     minion = Minion("dom0", pillar_in(tmp_path))
     assert minion.state("connect_tcp_policy")["result"] is True
-    broken = pillar_in(tmp_path)
+    broken = copy.deepcopy(pillar_in(tmp_path))  # never the shared QUBES of conftest
     broken["qubes"]["untrusted"]["netvm"] = "no-such-qube"
     minion.set_pillar(broken)
     ret = minion.state("policy_absent")

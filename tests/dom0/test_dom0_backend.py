@@ -246,3 +246,13 @@ def test_a_write_drops_what_the_run_read(dom0, qubes, backend):
     assert mod.inventory()["web"]["netvm"] == "sys-firewall"
     dom0.new_run()
     assert mod.inventory()["web"]["netvm"] is None
+
+
+def test_messages_name_what_was_asked(dom0, qubes, backend):
+    with pytest.raises(CommandExecutionError) as err:
+        dom0.qubes_firewall_qubes.set_pref("build", "netvm", "work")
+    if backend == "qubesadmin":
+        assert str(err.value) == ("setting netvm of build to work (admin.vm.property.Set): "
+                                  "The work qube does not provide network")
+    else:
+        assert str(err.value).startswith("qvm-prefs build netvm work failed (exit 1): ")
