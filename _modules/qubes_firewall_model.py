@@ -310,7 +310,7 @@ def _suggest(word, choices):
 
 def _did_you_mean(word, choices):
     match = _suggest(word, choices)
-    return " (did you mean %s?)" % match if match else ""
+    return "; did you mean %s?" % match if match else ""
 
 
 # --------------------------------------------------------------------------
@@ -343,9 +343,8 @@ def _mapping(value, path, errors, allowed=None, required=(), what="a mapping"):
             errors.add(path, "keys must be strings, got %s" % _show(key))
             ok = False
         elif allowed is not None and key not in allowed:
-            errors.add(path + [_key_text(key)], "unknown key%s (allowed: %s)"
+            errors.add(path + [_key_text(key)], "unknown key%s (allowed keys: %s)"
                        % (_did_you_mean(key, allowed), ", ".join(sorted(allowed))))
-            ok = False
     for key in required:
         if key not in value:
             errors.add(path + [key], "required")
@@ -396,9 +395,6 @@ def _choice(value, path, errors, choices):
 def _qube_name(value, path, errors):
     """A qube name as the Qubes release of ``errors`` accepts it, or None (error added)."""
     release = errors.release
-    if isinstance(value, str) and value.lower() == "none" and value != "none":
-        errors.add(path, "%s is not a qube name; for no netvm write none (or null)" % _show(value))
-        return None
     if isinstance(value, str) and release == "4.2" and "." in value and _QUBE_NAME["4.3"].match(value):
         errors.add(path, "%s: Qubes 4.2 allows no dot in qube names (4.3 does), and %s:lookup:qubes_release "
                    "is '4.2'; rename the qube, or set lookup:qubes_release: '4.3' on Qubes 4.3"
@@ -584,9 +580,10 @@ def _host_name(value, path, errors):
     if len(value) <= 253 and all(_DNS_LABEL.match(label) for label in labels) \
             and not re.fullmatch(r"[0-9.]+", value):
         return value
-    hint = " (lowercase)" if value.lower() != value else ""
-    errors.add(path, "not a valid host name (labels of a-z 0-9 -, dot-separated)%s, got %s"
-               % (hint, _show(value)))
+    hint = "; Qubes takes host names in lowercase: write %s" % _show(value.lower()) \
+        if value.lower() != value and _host_name(value.lower(), path, _Errors()) else ""
+    errors.add(path, "not a valid host name (labels of a-z 0-9 -, dot-separated), got %s%s"
+               % (_show(value), hint))
     return None
 
 
@@ -660,6 +657,9 @@ def _netvm(value, path, errors):
     """(ok, netvm): netvm None for none/null/''."""
     if value is None or value == "none" or value == "":
         return True, None
+    if isinstance(value, str) and value.lower() in ("none", "null") or value is False:
+        errors.add(path, "%s is not a qube name; for no netvm write none, or null" % _show(value))
+        return False, None
     name = _qube_name(value, path, errors)
     return name is not None, name
 
