@@ -305,7 +305,11 @@ def _suggest(word, choices):
         if _norm(choice) == _norm(word) and choice != word:
             return choice
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
-    return close[0] if close and close[0] != word else None
+    if close and close[0] != word:
+        return close[0]
+    # a part of one choice: release -> qubes_release
+    parts = [c for c in choices if len(word) >= 4 and _norm(word) in _norm(c).split("_")]
+    return parts[0] if len(parts) == 1 else None
 
 
 def _did_you_mean(word, choices):

@@ -337,8 +337,15 @@ def check_field(field, value):
         needle = value.rstrip("/") if field[0] == "lookup" else value
         for what, text, spans in outputs(mdl):
             for at in escapes(text, spans, needle):
+                # the formula's own text (a ';' of the nft syntax) is no leak of the value
+                window = text[max(0, at - 1):at + len(needle) + 1]
+                if window in BASELINE.get(what, ""):
+                    continue
                 leaks.append("%s: %r at %d: %r" % (what, needle, at, text[max(0, at - 30):at + len(needle) + 30]))
     return leaks
+
+
+BASELINE = {what: text for what, text, _ in outputs(model.parse(PILLAR))}
 
 
 def test_the_base_pillar_renders_every_output():
