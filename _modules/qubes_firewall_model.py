@@ -672,18 +672,21 @@ def _unknown_qube(value, path, errors, known, why):
     errors.add(path, "unknown qube %s%s (%s)" % (_show(value), _did_you_mean(value, sorted(known)), why))
 
 
-def _qubes(raw, errors):
+def _qubes(raw, errors, has_connect_tcp=False):
+    """
+    The topology.  ``qubes`` may be absent or empty only in a pillar that has
+    connect_tcp entries (qubes.ConnectTCP needs no networking); anything but a
+    mapping is an error.
+    """
     path = [ROOT, "qubes"]
-    if raw is None:
-        errors.add(path, "required: the qubes the formula manages, each with its netvm "
-                   "(see pillar.example/)")
+    if raw is None or (isinstance(raw, Mapping) and not raw):
+        if not has_connect_tcp:
+            errors.add(path, "%s: name the qubes the formula manages, each with its netvm (see "
+                       "pillar.example/); to remove what the formula made, apply qubes_firewall.clean"
+                       % ("required" if raw is None else "is empty"))
         return {}
     raw = _mapping(raw, path, errors, what="a mapping of qube name to its settings")
     if raw is None:
-        return {}
-    if not raw:
-        errors.add(path, "is empty: name at least one qube with its netvm (to remove what the "
-                   "formula made, apply qubes_firewall.clean)")
         return {}
     parsed = {}
     for name, spec in raw.items():
@@ -974,7 +977,7 @@ def _parse(pillar, pillar_keys):
     lookup = _lookup(raw.get("lookup"), errors)
     errors.release = lookup.qubes_release
     addresses = _addresses(raw.get("addresses"), errors)
-    qubes = _qubes(raw.get("qubes"), errors)
+    qubes = _qubes(raw.get("qubes"), errors, bool(raw.get("connect_tcp")))
     connections = _connections(raw.get("connections"), errors, qubes)
     connect_tcp = _connect_tcp(raw.get("connect_tcp"), errors, qubes)
     forwards = _port_forwards(raw.get("port_forwards"), errors, qubes)

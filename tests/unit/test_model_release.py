@@ -204,11 +204,23 @@ def test_qubes_must_be_a_mapping(value, shown):
 
 
 def test_qubes_missing_or_empty():
-    assert errors({}) == ["qubes_firewall:qubes: required: the qubes the formula manages, each with its netvm "
-                          "(see pillar.example/)"]
+    assert errors({}) == ["qubes_firewall:qubes: required: name the qubes the formula manages, each with its "
+                          "netvm (see pillar.example/); to remove what the formula made, apply "
+                          "qubes_firewall.clean"]
     assert errors({"qubes": None}) == errors({})
-    assert errors({"qubes": {}}) == ["qubes_firewall:qubes: is empty: name at least one qube with its netvm "
-                                     "(to remove what the formula made, apply qubes_firewall.clean)"]
+    assert errors({"qubes": {}}) == ["qubes_firewall:qubes: is empty: name the qubes the formula manages, each "
+                                     "with its netvm (see pillar.example/); to remove what the formula made, "
+                                     "apply qubes_firewall.clean"]
+    assert errors({"connect_tcp": []}) == errors({})
+
+
+def test_a_connect_tcp_only_pillar_needs_no_qubes():
+    # qubes.ConnectTCP needs no networking (pillar.example/connect-tcp.sls)
+    entries = [{"client": "untrusted", "server": "mytcp-service", "port": 444}]
+    assert errors({"connect_tcp": entries}) == []
+    assert errors({"qubes": {}, "connect_tcp": entries}) == []
+    assert errors({"qubes": [], "connect_tcp": entries}) == [
+        "qubes_firewall:qubes: must be a mapping of qube name to its settings, got []"]
 
 
 @pytest.mark.parametrize("top", [[], "x", 0, True])
