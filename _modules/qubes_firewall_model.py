@@ -675,8 +675,8 @@ def _unknown_qube(value, path, errors, known, why):
 def _qubes(raw, errors, has_connect_tcp=False):
     """
     The topology.  ``qubes`` may be absent or empty only in a pillar that has
-    connect_tcp entries (qubes.ConnectTCP needs no networking); anything but a
-    mapping is an error.
+    ``connect_tcp`` (qubes.ConnectTCP needs no networking; an empty list there
+    removes the policy lines); anything but a mapping is an error.
     """
     path = [ROOT, "qubes"]
     if raw is None or (isinstance(raw, Mapping) and not raw):
@@ -977,7 +977,7 @@ def _parse(pillar, pillar_keys):
     lookup = _lookup(raw.get("lookup"), errors)
     errors.release = lookup.qubes_release
     addresses = _addresses(raw.get("addresses"), errors)
-    qubes = _qubes(raw.get("qubes"), errors, bool(raw.get("connect_tcp")))
+    qubes = _qubes(raw.get("qubes"), errors, "connect_tcp" in raw)
     connections = _connections(raw.get("connections"), errors, qubes)
     connect_tcp = _connect_tcp(raw.get("connect_tcp"), errors, qubes)
     forwards = _port_forwards(raw.get("port_forwards"), errors, qubes)

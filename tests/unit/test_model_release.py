@@ -211,7 +211,7 @@ def test_qubes_missing_or_empty():
     assert errors({"qubes": {}}) == ["qubes_firewall:qubes: is empty: name the qubes the formula manages, each "
                                      "with its netvm (see pillar.example/); to remove what the formula made, "
                                      "apply qubes_firewall.clean"]
-    assert errors({"connect_tcp": []}) == errors({})
+    assert errors({"lookup": {}}) == errors({})
 
 
 def test_a_connect_tcp_only_pillar_needs_no_qubes():
@@ -219,6 +219,7 @@ def test_a_connect_tcp_only_pillar_needs_no_qubes():
     entries = [{"client": "untrusted", "server": "mytcp-service", "port": 444}]
     assert errors({"connect_tcp": entries}) == []
     assert errors({"qubes": {}, "connect_tcp": entries}) == []
+    assert errors({"connect_tcp": []}) == []  # the last entry removed: its policy lines go
     assert errors({"qubes": [], "connect_tcp": entries}) == [
         "qubes_firewall:qubes: must be a mapping of qube name to its settings, got []"]
 
