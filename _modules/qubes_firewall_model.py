@@ -496,8 +496,8 @@ def _ifname(value, path, errors):
 def _path(value, path, errors):
     """An absolute, normalised path (a trailing / is dropped), or None (error added)."""
     if isinstance(value, str) and value.startswith("/") and value != "/":
-        parts = value[1:].rstrip("/").split("/") if value.endswith("/") and not value.endswith("//") \
-            else value[1:].split("/")
+        body = value[1:-1] if value.endswith("/") else value[1:]
+        parts = body.split("/")
         if all(_PATH_COMPONENT.match(p) and p.strip(".") for p in parts):
             return "/" + "/".join(parts)
     errors.add(path, "must be an absolute, normalised path (components of A-Z a-z 0-9 _ . -; no //, "
