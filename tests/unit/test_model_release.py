@@ -398,6 +398,8 @@ def _strings(value):
             yield from _strings(item)
     elif isinstance(value, str):
         yield value
+    elif isinstance(value, bytes):
+        yield value.decode("utf-8", "replace")
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -415,6 +417,8 @@ def test_junk_anywhere_gives_path_named_errors_without_python_reprs(place, junk)
     typed = "".join(_strings(junk))
     for error in out:
         assert error.startswith("qubes_firewall"), error
+        for text in sorted(_strings(junk), key=len, reverse=True):  # the user's own text, shown or in a path
+            error = error.replace(model._show(text), "").replace(text, "") if text else error
         for repr_mark in (r"OrderedDict", r"\{'", r"\['", r"\[\(", r"(?<!\w)b'", r"<\w+ object"):
             if not re.search(repr_mark, typed):
                 assert not re.search(repr_mark, error), (repr_mark, error)
