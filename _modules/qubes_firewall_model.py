@@ -292,6 +292,15 @@ def _show(value):
     return text
 
 
+def show(value):
+    """
+    ``value`` as a YAML reader would write it, short and quoted ('web', 443,
+    true, null, [a, b], {a: 1}): for other modules' messages, which must never
+    show a Python repr (reach it as ``__salt__["qubes_firewall_model.show"]``).
+    """
+    return _show(value)
+
+
 def _norm(word):
     return re.sub(r"[-_. ]+", "_", str(word).strip().lower())
 

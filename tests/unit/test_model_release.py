@@ -353,6 +353,10 @@ def test_values_are_shown_as_yaml(value, shown):
     assert model._show(value) == shown
 
 
+def test_show_is_public():
+    assert model.show(collections.OrderedDict([("a", True)])) == "{a: true}"
+
+
 def test_long_values_are_cut():
     assert len(model._show("x" * 500)) < 90
     assert len(model._show(list(range(500)))) < 90
