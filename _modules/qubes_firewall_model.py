@@ -292,6 +292,15 @@ def _show(value):
     return text
 
 
+def show(value):
+    """
+    ``value`` as a YAML reader would write it, short and quoted ('web', 443,
+    true, null, [a, b], {a: 1}): for other modules' messages, which must never
+    show a Python repr (reach it as ``__salt__["qubes_firewall_model.show"]``).
+    """
+    return _show(value)
+
+
 def _norm(word):
     return re.sub(r"[-_. ]+", "_", str(word).strip().lower())
 
@@ -305,12 +314,16 @@ def _suggest(word, choices):
         if _norm(choice) == _norm(word) and choice != word:
             return choice
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
-    return close[0] if close and close[0] != word else None
+    if close and close[0] != word:
+        return close[0]
+    # a part of one choice: release -> qubes_release
+    parts = [c for c in choices if len(word) >= 4 and _norm(word) in _norm(c).split("_")]
+    return parts[0] if len(parts) == 1 else None
 
 
 def _did_you_mean(word, choices):
     match = _suggest(word, choices)
-    return " (did you mean %s?)" % match if match else ""
+    return "; did you mean %s?" % match if match else ""
 
 
 # --------------------------------------------------------------------------
@@ -343,9 +356,8 @@ def _mapping(value, path, errors, allowed=None, required=(), what="a mapping"):
             errors.add(path, "keys must be strings, got %s" % _show(key))
             ok = False
         elif allowed is not None and key not in allowed:
-            errors.add(path + [_key_text(key)], "unknown key%s (allowed: %s)"
+            errors.add(path + [_key_text(key)], "unknown key%s (allowed keys: %s)"
                        % (_did_you_mean(key, allowed), ", ".join(sorted(allowed))))
-            ok = False
     for key in required:
         if key not in value:
             errors.add(path + [key], "required")
@@ -396,9 +408,6 @@ def _choice(value, path, errors, choices):
 def _qube_name(value, path, errors):
     """A qube name as the Qubes release of ``errors`` accepts it, or None (error added)."""
     release = errors.release
-    if isinstance(value, str) and value.lower() == "none" and value != "none":
-        errors.add(path, "%s is not a qube name; for no netvm write none (or null)" % _show(value))
-        return None
     if isinstance(value, str) and release == "4.2" and "." in value and _QUBE_NAME["4.3"].match(value):
         errors.add(path, "%s: Qubes 4.2 allows no dot in qube names (4.3 does), and %s:lookup:qubes_release "
                    "is '4.2'; rename the qube, or set lookup:qubes_release: '4.3' on Qubes 4.3"
@@ -496,8 +505,8 @@ def _ifname(value, path, errors):
 def _path(value, path, errors):
     """An absolute, normalised path (a trailing / is dropped), or None (error added)."""
     if isinstance(value, str) and value.startswith("/") and value != "/":
-        parts = value[1:].rstrip("/").split("/") if value.endswith("/") and not value.endswith("//") \
-            else value[1:].split("/")
+        body = value[1:-1] if value.endswith("/") else value[1:]
+        parts = body.split("/")
         if all(_PATH_COMPONENT.match(p) and p.strip(".") for p in parts):
             return "/" + "/".join(parts)
     errors.add(path, "must be an absolute, normalised path (components of A-Z a-z 0-9 _ . -; no //, "
@@ -584,9 +593,10 @@ def _host_name(value, path, errors):
     if len(value) <= 253 and all(_DNS_LABEL.match(label) for label in labels) \
             and not re.fullmatch(r"[0-9.]+", value):
         return value
-    hint = " (lowercase)" if value.lower() != value else ""
-    errors.add(path, "not a valid host name (labels of a-z 0-9 -, dot-separated)%s, got %s"
-               % (hint, _show(value)))
+    hint = "; Qubes takes host names in lowercase: write %s" % _show(value.lower()) \
+        if value.lower() != value and _host_name(value.lower(), path, _Errors()) else ""
+    errors.add(path, "not a valid host name (labels of a-z 0-9 -, dot-separated), got %s%s"
+               % (_show(value), hint))
     return None
 
 
@@ -660,6 +670,9 @@ def _netvm(value, path, errors):
     """(ok, netvm): netvm None for none/null/''."""
     if value is None or value == "none" or value == "":
         return True, None
+    if isinstance(value, str) and value.lower() in ("none", "null") or value is False:
+        errors.add(path, "%s is not a qube name; for no netvm write none, or null" % _show(value))
+        return False, None
     name = _qube_name(value, path, errors)
     return name is not None, name
 
@@ -668,18 +681,21 @@ def _unknown_qube(value, path, errors, known, why):
     errors.add(path, "unknown qube %s%s (%s)" % (_show(value), _did_you_mean(value, sorted(known)), why))
 
 
-def _qubes(raw, errors):
+def _qubes(raw, errors, has_connect_tcp=False):
+    """
+    The topology.  ``qubes`` may be absent or empty only in a pillar that has
+    ``connect_tcp`` (qubes.ConnectTCP needs no networking; an empty list there
+    removes the policy lines); anything but a mapping is an error.
+    """
     path = [ROOT, "qubes"]
-    if raw is None:
-        errors.add(path, "required: the qubes the formula manages, each with its netvm "
-                   "(see pillar.example/)")
+    if raw is None or (isinstance(raw, Mapping) and not raw):
+        if not has_connect_tcp:
+            errors.add(path, "%s: name the qubes the formula manages, each with its netvm (see "
+                       "pillar.example/); to remove what the formula made, apply qubes_firewall.clean"
+                       % ("required" if raw is None else "is empty"))
         return {}
     raw = _mapping(raw, path, errors, what="a mapping of qube name to its settings")
     if raw is None:
-        return {}
-    if not raw:
-        errors.add(path, "is empty: name at least one qube with its netvm (to remove what the "
-                   "formula made, apply qubes_firewall.clean)")
         return {}
     parsed = {}
     for name, spec in raw.items():
@@ -970,7 +986,7 @@ def _parse(pillar, pillar_keys):
     lookup = _lookup(raw.get("lookup"), errors)
     errors.release = lookup.qubes_release
     addresses = _addresses(raw.get("addresses"), errors)
-    qubes = _qubes(raw.get("qubes"), errors)
+    qubes = _qubes(raw.get("qubes"), errors, "connect_tcp" in raw)
     connections = _connections(raw.get("connections"), errors, qubes)
     connect_tcp = _connect_tcp(raw.get("connect_tcp"), errors, qubes)
     forwards = _port_forwards(raw.get("port_forwards"), errors, qubes)
