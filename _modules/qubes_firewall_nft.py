@@ -58,26 +58,32 @@ def _zero_counters(exprs):
     return out
 
 
+def _plain(value):
+    """A listed key or value as the plan writes it: a tuple of its parts (str/int), else canonical JSON."""
+    parts = value.get("concat") if isinstance(value, dict) else [value]
+    if isinstance(parts, list) and all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in parts):
+        return tuple(parts)
+    return _canonical(value)
+
+
 def _element(item, is_map):
-    """(key JSON, value JSON or None, comment, counters) of one listed element."""
+    """(key, value or None, comment, counters, extra) of one listed element; key/value as ``_plain``."""
     value = None
     if is_map:
         item, value = item
-        value = _canonical(value)
+        value = _plain(value)
     if isinstance(item, dict) and "elem" in item:
         elem = item["elem"]
         key, comment, counter = elem.get("val"), elem.get("comment", ""), elem.get("counter")
     else:  # an element without comment or counter is listed bare
         key, comment, counter = item, "", None
-    if not isinstance(key, dict):
-        key = {"concat": [key]}
     counters = None
     if isinstance(counter, dict):
         counters = {"packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)}
     # the extra statements an element may carry beyond comment and counter
     extra = {k: v for k, v in elem.items() if k not in ("val", "comment", "counter")} \
         if isinstance(item, dict) and "elem" in item else {}
-    return _canonical(key), value, comment, counters, extra
+    return _plain(key), value, comment, counters, extra
 
 
 def live_state(doc):
@@ -88,12 +94,15 @@ def live_state(doc):
         {"chains": {name: {"hook": (type, hook, prio, policy) | None,
                            "rules": [{"handle", "comment", "counters", "key"}]}},
          "sets": {name: {"kind": "set" | "map", "head": canonical JSON,
-                         "elements": {key JSON: {"value", "comment", "counters", "extra"}}}},
+                         "elements": {key: {"value", "comment", "counters", "extra"}}}},
          "jumps": {(custom_chain, target): [handles]},
          "custom_chains": [names of custom-input/custom-forward present]}
 
     A rule's ``key`` is its comment and statements as canonical JSON with the
-    counter values zeroed: exactly what the plan's ``Rule.key`` is.
+    counter values zeroed: exactly what the plan's ``Rule.key`` is.  An
+    element's key and a map element's value are tuples of their parts (as the
+    plan's ``Element.key`` / ``Element.value``), or canonical JSON for a form
+    the formula never writes.
     """
     chains, sets, jumps, customs = {}, {}, {}, []
     for item in (doc or {}).get("nftables", []):
@@ -152,7 +161,7 @@ def owned(live):
 
 def element_differs(planned, current):
     """Does the live element ``current`` (from ``live_state``) differ from the planned ``Element``?"""
-    return (current["value"] != planned.value_json or current["comment"] != planned.comment
+    return (current["value"] != planned.value or current["comment"] != planned.comment
             or current["counters"] is None or bool(current["extra"]))
 
 
@@ -237,7 +246,9 @@ def transaction(plan, live):
         current = live_sets.get(item.name)
         if current is None:
             new_sets.append(item)
-        elif current["kind"] != item.kind or current["head"] != item.head:
+        elif (current["kind"] != item.kind or current["head"] != item.head
+              or not all(_deletable(k) for k in current["elements"])):
+            # another declaration, or an element no delete command of ours can name: recreate it
             replaced_sets.append(item)
     stale_sets = sorted(set(live_sets) - set(planned_sets))
     gone_sets = {s.name for s in replaced_sets} | set(stale_sets)
@@ -288,7 +299,7 @@ def transaction(plan, live):
         if item in new_sets or item in replaced_sets:
             continue
         current = live_sets[item.name]["elements"]
-        wanted = {e.key_json: e for e in item.elements}
+        wanted = {e.key: e for e in item.elements}
         delete = [k for k, e in current.items() if k not in wanted or element_differs(wanted[k], e)]
         add = [e for k, e in wanted.items() if k not in current or element_differs(e, current[k])]
         if delete:
@@ -338,18 +349,13 @@ def _uses(rule, names):
     return any(('"@%s"' % name) in rule["key"] for name in names)
 
 
-def _key_text(key_json):
-    """A listed element key (canonical JSON of a concatenation) as nft text."""
-    key = json.loads(key_json)
-    parts = key.get("concat", [key]) if isinstance(key, dict) else [key]
-    out = []
-    for part in parts:
-        if not isinstance(part, (str, int)) or (isinstance(part, str) and not _SAFE_KEY.match(part)):
-            raise CommandExecutionError(
-                "an element of an owned set has a key this formula does not write (%s); "
-                "delete the set by hand (nft delete set ip qubes NAME) and re-run" % key_json)
-        out.append(str(part))
-    return " . ".join(out)
+def _deletable(key):
+    return isinstance(key, tuple) and all(_SAFE_KEY.match(str(part)) for part in key)
+
+
+def _key_text(key):
+    """A live element's key as nft text (only for keys ``_deletable`` accepts), or its JSON."""
+    return " . ".join(str(part) for part in key) if isinstance(key, tuple) else key
 
 
 # --------------------------------------------------------------------------

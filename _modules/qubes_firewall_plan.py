@@ -241,12 +241,12 @@ class Rule:
     def text(self):
         return '%s comment "%s"' % (self.body, self.comment)
 
-    @property
+    @functools.cached_property
     def expr(self):
         """The rule's statements as ``nft -j list`` prints them (counters zero)."""
         return [m.json for m in self.matches] + [COUNTER.json, self.verdict.json]
 
-    @property
+    @functools.cached_property
     def key(self):
         """What a live rule is compared with: (comment, statements) as canonical JSON."""
         return rule_key(self.comment, self.expr)
@@ -279,7 +279,8 @@ class Element:
 
     @property
     def key_json(self):
-        return json.dumps({"concat": list(self.key)}, sort_keys=True)
+        """The key as nft -j lists it."""
+        return json.dumps({"concat": list(self.key)} if len(self.key) > 1 else self.key[0], sort_keys=True)
 
     @property
     def value_json(self):

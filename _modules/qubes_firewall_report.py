@@ -46,18 +46,15 @@ def _role(set_name):
     return next((role for prefix, role in _SET_ROLES if set_name.startswith(prefix)), "set")
 
 
-def _key_text(key_json):
-    key = json.loads(key_json)
-    parts = key.get("concat", [key]) if isinstance(key, dict) else [key]
-    return " . ".join(json.dumps(p) if not isinstance(p, (str, int)) else str(p) for p in parts)
+def _key_text(key):
+    """A live element's key (a tuple of parts, or JSON of a form the formula never writes) as text."""
+    return " . ".join(str(p) for p in key) if isinstance(key, tuple) else key
 
 
-def _value_text(value_json):
-    if value_json is None:
+def _value_text(value):
+    if value is None:
         return ""
-    value = json.loads(value_json)
-    parts = value.get("concat", [value]) if isinstance(value, dict) else [value]
-    return " : " + " . ".join(str(p) for p in parts)
+    return " : " + _key_text(value)
 
 
 def status(plan, live, origin=None):
@@ -112,16 +109,16 @@ def status(plan, live, origin=None):
                         if r.key not in seen and keep(r.origin)]
     names = [s.name for s in plan.sets] + sorted(set(live.get("sets", {})) - set(planned_sets))
     for name in names:
-        wanted = {e.key_json: e for e in planned_sets[name].elements} if name in planned_sets else {}
+        wanted = {e.key: e for e in planned_sets[name].elements} if name in planned_sets else {}
         current = live.get("sets", {}).get(name, {}).get("elements", {})
-        for key, elem in sorted(current.items()):
+        for key, elem in sorted(current.items(), key=lambda kv: str(kv[0])):
             found = origin_of(elem["comment"])
             if not keep(found):
                 continue
             counters = elem["counters"] or {"packets": 0, "bytes": 0}
             planned = wanted.get(key)
             text = _key_text(key) + _value_text(elem["value"])
-            if planned is None or planned.value_json != elem["value"] or planned.comment != elem["comment"]:
+            if planned is None or planned.value != elem["value"] or planned.comment != elem["comment"]:
                 text = "not in the pillar (%s)" % text
             account({"chain": name, "kind": _role(name), "origin": found, "packets": counters["packets"],
                      "bytes": counters["bytes"], "rule": text})
@@ -201,13 +198,13 @@ def _chain_drift(chain, current, add):
 
 
 def _set_drift(item, current, add):
-    wanted = {e.key_json: e for e in item.elements}
-    for key, elem in sorted(current["elements"].items()):
+    wanted = {e.key: e for e in item.elements}
+    for key, elem in sorted(current["elements"].items(), key=lambda kv: str(kv[0])):
         planned = wanted.get(key)
         text = _key_text(key) + _value_text(elem["value"])
         if planned is None:
             add("element unexpected", item.name, "%s (%s)" % (text, elem["comment"] or "no comment: a hand edit?"))
-        elif (planned.value_json != elem["value"] or planned.comment != elem["comment"]
+        elif (planned.value != elem["value"] or planned.comment != elem["comment"]
               or elem["counters"] is None or elem["extra"]):
             add("element edited", item.name, "%s, origin %s: planned %s" % (text, planned.origin, planned.text))
     for key, planned in wanted.items():

@@ -166,8 +166,8 @@ def measure(the_lab, node, args):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--forwards", default="0,10,1000,5000")
-    parser.add_argument("--packets", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--packets", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--send", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.send:
@@ -197,7 +197,8 @@ def main():
                 loaded = the_lab.nft_load("sys-net", script, check=False) if script else None
                 load_s = time.monotonic() - start
                 if loaded is not None and loaded.returncode != 0:
-                    rows.append((n, layout, "cannot load: %s" % loaded.stderr.strip().splitlines()[-1][:60]))
+                    error = next((line for line in loaded.stderr.splitlines() if "Error" in line), "error")
+                    rows.append((n, layout, "cannot load (%s)" % error.split("Error: ", 1)[-1][:50]))
                     continue
                 common = {"packets": args.packets, "rounds": args.rounds}
                 figures = []

@@ -60,7 +60,7 @@ def main():
         salt(flab, "sys-firewall", "qubes_firewall.status")
         for qube in ("sys-net", "sys-firewall", "web"):
             salt(flab, qube, "qubes_firewall.status", "origin=port_forwards:https")
-        shell(flab, "sys-net", "nft list chain ip qubes qf-nat; nft list maps table ip qubes")
+        shell(flab, "sys-net", "nft list chain ip qubes qf-nat; nft list maps ip")
         salt(flab, "sys-firewall", "qubes_firewall.drift")
         shell(flab, "sys-firewall", "nft add rule ip qubes qf-forward tcp dport 9999 accept")
         salt(flab, "sys-firewall", "qubes_firewall.drift")

@@ -70,6 +70,21 @@ def test_forward_to_the_uplink_itself_redirects():
     assert answer["allowed"] and answer["reaches"] == {"node": "sys-net", "port": 22}
 
 
+def test_forwards_in_several_groups_each_with_its_sources():
+    """Two groups (by sources) of forwards: each port is reached only from its own sources."""
+    pillar = example("full")
+    pillar["port_forwards"] = [
+        {"name": "a%d" % i, "qube": "web", "port": 1000 + i, "sources": ["192.168.1.0/24"]} for i in range(50)
+    ] + [{"name": "b%d" % i, "qube": "web", "port": 2000 + i, "sources": ["10.9.0.0/16"]} for i in range(50)]
+    mdl = model.parse(pillar)
+    answer = flow.check(mdl, "outside", "web", 2042, source_ip="10.9.1.1", interface="ens6")
+    assert answer["allowed"] and answer["reaches"] == {"node": "web", "port": 2042}
+    assert {r["comment"] for r in answer["rules"]} == {"qf port_forwards:b42"}
+    assert not flow.check(mdl, "outside", "web", 2042, source_ip="192.168.1.5", interface="ens6")["allowed"]
+    assert flow.check(mdl, "outside", "web", 1042, source_ip="192.168.1.5", interface="ens6")["allowed"]
+    assert not flow.check(mdl, "outside", "web", 3000, source_ip="192.168.1.5", interface="ens6")["allowed"]
+
+
 def test_deeper_source_is_masqueraded_so_its_neighbours_get_through_too():
     pillar = example("full")
     pillar["connections"] = [{"from": "work", "to": "web", "proto": "tcp", "ports": [80]}]

@@ -42,7 +42,7 @@ def as_listed(p, base="fresh-qubes-table.json"):
         head = json.loads(item.head)
         elems = []
         for e in item.elements:
-            elem = {"elem": {"val": json.loads(e.key_json)["concat"] if len(e.key) == 1 else json.loads(e.key_json),
+            elem = {"elem": {"val": json.loads(e.key_json),
                              "comment": e.comment, "counter": {"packets": 0, "bytes": 0}}}
             elems.append([elem, json.loads(e.value_json)] if item.kind == "map" else elem)
         handle += 1
@@ -265,3 +265,18 @@ def test_any_change_is_planned_by_content_and_converges(before, after):
             assert all(line.startswith(("add element", "delete element")) for line in script.splitlines())
         removal, _ = nft.transaction(None, nft.live_state(as_listed(a)))
         assert "custom-input jump" not in removal
+
+
+def test_an_element_no_delete_command_can_name_makes_the_set_recreated():
+    """A hand-added element of a form the formula never writes: the set is recreated, its rule refilled."""
+    doc = fixture("sys-net-applied.json")
+    fwd = set_of(doc, "qf-fwd-")
+    fwd["elem"].append({"elem": {"val": {"concat": ["tcp", {"prefix": {"addr": "10.0.0.0", "len": 8}}, 22]}}})
+    script, summary = nft.transaction(sys_net_plan(), nft.live_state(doc))
+    lines = script.splitlines()
+    assert lines[0] == "flush chain ip qubes qf-forward"
+    assert lines[1] == "delete set ip qubes %s" % fwd["name"]
+    assert lines[2].startswith("add set ip qubes %s { type inet_proto . ipv4_addr . inet_service; counter; "
+                               "elements = { tcp . 10.137.0.6 . 443" % fwd["name"])
+    assert lines[3].startswith("add rule ip qubes qf-forward ")
+    assert summary["sets_replaced"] == [fwd["name"]]
