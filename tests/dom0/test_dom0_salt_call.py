@@ -5,22 +5,22 @@ The dom0 part through the real Salt loader, as qubesctl runs it in dom0:
               --pillar-root=PILLARDIR state.apply qubes_firewall
 
 with the fake qvm-* tools first on PATH (qubesadmin is not importable here, so
-the CLI backend runs), salt-call's own config dir inside tmp_path. Also the
+the CLI backend runs), through pytest-salt-factories' salt_call_cli (its
+minion's config, caches and logs inside tmp_path). Also the
 pillar set-up of docs/dom0.md: the addresses pillar resolved in dom0.
 """
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import fakequbes
 import pytest
 import yaml
-from conftest import REPO, full_pillar
+from conftest import full_pillar
 
-from tests.salt_call import write_minion_config
+from tests.saltfactories_support import formula_minion
 
 SALT_CALL = Path(sys.executable).parent / "salt-call"
 pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
@@ -34,10 +34,9 @@ qubes_firewall:
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, salt_factories):
     bindir = fakequbes.install_tools(str(tmp_path / "bin"))
     state = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
-    conf = write_minion_config(tmp_path / "conf", tmp_path)
     pillar_dir = tmp_path / "pillar"
     pillar_dir.mkdir()
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n    - qubes_firewall_addresses\n")
@@ -55,20 +54,16 @@ def env(tmp_path):
     environ.update({"PATH": "%s:%s" % (bindir, environ.get("PATH", "")), "PYTHONWARNINGS": "ignore",
                     fakequbes.STATE_ENV: str(state), fakequbes.LOG_ENV: str(tmp_path / "calls.log")})
     environ.pop("PYTHONPATH", None)
-    return {"conf": conf, "pillar": pillar_dir, "env": environ, "state": state,
+    return {"factories": salt_factories, "pillar": pillar_dir, "env": environ, "state": state,
             "log": tmp_path / "calls.log"}
 
 
 def salt_call(env, minion_id, *args):
-    argv = [str(SALT_CALL), "--config-dir", str(env["conf"]), "--local", "--id", minion_id,
-            "--module-dirs", str(REPO), "--file-root", str(REPO / "salt"),
-            "--pillar-root", str(env["pillar"]), "--out", "json", "--retcode-passthrough"] + list(args)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env["env"], timeout=300,
-                          stdin=subprocess.DEVNULL)
-    try:
-        return proc.returncode, json.loads(proc.stdout)["local"], proc
-    except (ValueError, KeyError, TypeError):
-        pytest.fail("salt-call printed no result (rc %d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+    minion = formula_minion(env["factories"], minion_id, env["pillar"])
+    ret = minion.salt_call_cli(environ=env["env"], timeout=300).run("--local", "--retcode-passthrough", *args)
+    if ret.data is None:
+        pytest.fail("salt-call printed no result (rc %d):\n%s\n%s" % (ret.returncode, ret.stdout, ret.stderr))
+    return ret.returncode, ret.data, ret
 
 
 def apply(env, test=False):
