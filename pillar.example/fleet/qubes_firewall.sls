@@ -2,7 +2,12 @@
     qubes_firewall_machine.yaml, the one file that is not the same on every
     machine (on each machine a link to its file under machines/, see
     docs/fleet.md).  Rendered in dom0, for dom0 and for every target qube. -#}
-{%- import_yaml 'qubes_firewall_machine.yaml' as machine %}
+{%- set machine_text %}{% include 'qubes_firewall_machine.yaml' ignore missing %}{% endset %}
+{%- set machine = machine_text | load_yaml %}
+{%- if not machine or not machine.get('uplink_interfaces') %}
+{{- raise('qubes_firewall_machine.yaml is missing or names no uplink_interfaces: on each machine, '
+          'link /srv/user_pillar/qubes_firewall_machine.yaml to its file under machines/ (docs/fleet.md)') }}
+{%- endif %}
 qubes_firewall:
   qubes:
     sys-net:
