@@ -36,9 +36,15 @@ def version():
 
 
 def tracked(*paths):
-    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard",
-                          "--", *paths], capture_output=True, text=True, check=True).stdout
-    return sorted(p for p in out.splitlines() if (REPO / p).is_file())
+    """The repository's files under ``paths`` (git's list; without git, the tree minus caches)."""
+    if shutil.which("git") and (REPO / ".git").exists():
+        out = subprocess.run(["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard",
+                              "--", *paths], capture_output=True, text=True, check=True).stdout.splitlines()
+    else:
+        out = [str(p.relative_to(REPO)) for path in paths for p in
+               ([REPO / path] if (REPO / path).is_file() else (REPO / path).rglob("*"))
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    return sorted(p for p in out if (REPO / p).is_file())
 
 
 def expected_payload():
