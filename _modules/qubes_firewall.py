@@ -6,19 +6,79 @@ The shell around the pure core: it reads the ``qubes_firewall`` pillar (through
 modules), asks ``qubes_firewall_model`` to validate it and
 ``qubes_firewall_plan`` to plan this minion's part, and hands I/O to
 ``qubes_firewall_nft`` (nftables) and ``qubes_firewall_files`` (managed blocks).
+
+One run parses the pillar and plans each qube once, and reads nft once: the
+results are kept in ``__context__`` (shared by the execution modules and the
+states of one run), the model and plans keyed by the pillar's content so
+that a changed pillar in a long-lived process is parsed again.
 """
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall"
+
+DEFAULT_STATE_DIR = "/var/lib/qubes-firewall-formula"
+DEFAULT_ETC_QUBES = "/etc/qubes"
+DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
+DEFAULT_RW_CONFIG = "/rw/config"
+LOCK_FILE = "lock"
+SCRATCH_DIR = "scratch"
+_SAFE_PATH = re.compile(r"\A(/[A-Za-z0-9_.-]+)+\Z")
+# the formula's files in a template (custom-persist): the qube's name follows
+PERSIST_PREFIX = "qubes-firewall-formula-"
+PERSIST_MARK = "# qubes_firewall custom-persist replay (managed by Salt, do not edit)"
+RC_HEADER = "#!/bin/sh\n"
+_CTX_PARSED = "qubes_firewall.parsed"
+_CTX_NFT = "qubes_firewall.nft"
+_CTX_LOCK = "qubes_firewall.lock"
+_LOCKS = {}  # lock path -> open file: held until the process exits
 
 
 def __virtual__():
     return __virtualname__
 
 
+def _context():
+    try:
+        return __context__
+    except NameError:  # a module loaded without Salt's dunders
+        return _LOCKS.setdefault("__context__", {})
+
+
 def _raw_pillar():
     return __pillar__.get("qubes_firewall")
+
+
+def _pillar_key(raw):
+    try:
+        return json.dumps(raw, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(raw)
+
+
+def _parsed():
+    """The run's parse of the pillar: ``{"key", "model", "errors", "plans"}``, made once."""
+    raw = _raw_pillar()
+    key = _pillar_key(raw)
+    ctx = _context()
+    entry = ctx.get(_CTX_PARSED)
+    if entry is not None and entry["key"] == key:
+        return entry
+    entry = {"key": key, "model": None, "errors": [], "plans": {}}
+    parse = __salt__["qubes_firewall_model.parse"]
+    try:
+        entry["model"] = parse(raw, pillar_keys=[str(k) for k in __pillar__])
+    except ValueError as exc:
+        entry["errors"] = list(getattr(exc, "errors", None) or [str(exc)])
+    ctx[_CTX_PARSED] = entry
+    return entry
 
 
 def pillar_errors():
@@ -32,23 +92,25 @@ def pillar_errors():
 
         salt-call qubes_firewall.pillar_errors
     """
-    return __salt__["qubes_firewall_model.errors"](_raw_pillar())
+    return list(_parsed()["errors"])
 
 
 def model():
     """
     The validated pillar model (raises CommandExecutionError naming every bad
-    pillar path).
+    pillar path).  Parsed once per run.
     """
-    try:
-        return __salt__["qubes_firewall_model.parse"](_raw_pillar())
-    except ValueError as exc:
-        raise CommandExecutionError(str(exc)) from exc
+    entry = _parsed()
+    if entry["errors"]:
+        raise CommandExecutionError("invalid pillar:\n  " + "\n  ".join(entry["errors"]))
+    return entry["model"]
 
 
 def minion_id():
     """The minion id: under qubesctl the qube's name, ``dom0`` in dom0."""
     return __opts__["id"]
+
+
 
 
 def qube_plan(qube=None):
@@ -65,11 +127,60 @@ def qube_plan(qube=None):
 
 
 def _plan(mdl, qube):
-    """The planner's plan of ``qube`` in the validated model ``mdl``."""
-    try:
-        return __salt__["qubes_firewall_plan.plan_qube"](mdl, qube)
-    except ValueError as exc:
-        raise CommandExecutionError(str(exc)) from exc
+    """The planner's plan of ``qube`` in the validated model ``mdl``, computed once per run."""
+    plans = _parsed()["plans"]
+    if qube not in plans:
+        try:
+            plans[qube] = (__salt__["qubes_firewall_plan.plan_qube"](mdl, qube), None)
+        except ValueError as exc:
+            plans[qube] = (None, str(exc))
+    plan, error = plans[qube]
+    if error is not None:
+        raise CommandExecutionError(error)
+    return plan
+
+
+def _has_rules(plan):
+    return plan is not None and plan.rule_count > 0
+
+
+def _custom_persist(mdl, name):
+    qube = mdl.qubes.get(name)
+    return qube is not None and qube.custom_persist
+
+
+def _template_children(mdl, template):
+    return list(mdl.template_children(template))
+
+
+def preflight(qube=None):
+    """
+    Every reason this minion's run must not write anything: the pillar's
+    problems, then (in a qube) the planner's refusals for this qube and for
+    the qubes whose boot replay it writes (the named disposables and the
+    custom-persist qubes of this template).  Empty when the run may go on.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.preflight
+    """
+    problems = pillar_errors()
+    if problems:
+        return problems
+    qube = qube or minion_id()
+    if qube == "dom0":
+        return []
+    mdl = model()
+    names = [qube] if qube in mdl.qubes else []
+    names += mdl.disposables_of(qube) + _template_children(mdl, qube)
+    for name in names:
+        try:
+            _plan(mdl, name)
+        except CommandExecutionError as exc:
+            problems += [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+    return problems
 
 
 def show_plan(qube=None):
@@ -90,6 +201,177 @@ def show_plan(qube=None):
     return __salt__["qubes_firewall_plan.plan_dict"](plan)
 
 
+# ---- the run: lock, scratch space, one nft read ----
+
+
+def _safe_dir(value, default):
+    if isinstance(value, str) and _SAFE_PATH.match(value.rstrip("/") or "/") and "/../" not in value + "/":
+        return value.rstrip("/")
+    return default
+
+
+def _raw_lookup(key, default):
+    """``lookup:KEY`` from the model, or straight from the raw pillar when it is invalid."""
+    entry = _parsed()
+    raw = _raw_pillar()
+    lookup = raw.get("lookup") if isinstance(raw, dict) else None
+    if entry["model"] is not None and isinstance(lookup, dict) and key in lookup:
+        return getattr(entry["model"].lookup, key, default)
+    return _safe_dir(lookup.get(key) if isinstance(lookup, dict) else None, default)
+
+
+def state_dir():
+    """
+    The formula's directory on this minion (``lookup:state_dir``, default
+    the minion option ``qubes_firewall_state_dir``, else
+    ``/var/lib/qubes-firewall-formula``): its lock and scratch files.  Taken
+    from the raw pillar (when it is a plain absolute path) or the default
+    while the pillar is invalid, so that even a broken pillar's run locks.
+    """
+    default = _safe_dir(__opts__.get("qubes_firewall_state_dir"), DEFAULT_STATE_DIR)
+    return _raw_lookup("state_dir", default)
+
+
+def lock(timeout=None):
+    """
+    Take this minion's lock, ``<state_dir>/lock`` (``fcntl.flock``), waiting
+    up to ``timeout`` seconds (minion option ``qubes_firewall_lock_timeout``,
+    default 600) for another run to finish.  Held until this process exits
+    (a killed run releases it too).  Returns ``{"path", "waited"}``
+    (seconds).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall.lock
+    """
+    path = os.path.join(state_dir(), LOCK_FILE)
+    if path in _LOCKS:
+        return {"path": path, "waited": 0.0}
+    if timeout is None:
+        timeout = __opts__.get("qubes_firewall_lock_timeout", 600)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 (held until the process exits)
+    except OSError as exc:
+        raise CommandExecutionError("cannot open the lock %s: %s" % (path, exc)) from exc
+    start = time.monotonic()
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() - start >= float(timeout):
+                handle.close()
+                raise CommandExecutionError(
+                    "another qubes_firewall run holds %s (waited %d s); try again when it has finished"
+                    % (path, timeout)) from None
+            time.sleep(0.05)
+        except OSError as exc:
+            handle.close()
+            raise CommandExecutionError("cannot lock %s: %s" % (path, exc)) from exc
+    _LOCKS[path] = handle
+    _context()[_CTX_LOCK] = path
+    return {"path": path, "waited": round(time.monotonic() - start, 3)}
+
+
+def scratch_dir():
+    """``<state_dir>/scratch``: the run's temporary files (what a killed run left there is stale)."""
+    return os.path.join(state_dir(), SCRATCH_DIR)
+
+
+def stale_scratch():
+    """Files and directories a killed run left in ``scratch_dir()``."""
+    path = scratch_dir()
+    try:
+        return sorted(os.path.join(path, n) for n in os.listdir(path))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CommandExecutionError("cannot list %s: %s" % (path, exc)) from exc
+
+
+def remove_stale_scratch():
+    """Remove ``stale_scratch()`` (call it only with the lock held)."""
+    removed = []
+    for item in stale_scratch():
+        try:
+            if os.path.isdir(item) and not os.path.islink(item):
+                shutil.rmtree(item)
+            else:
+                os.unlink(item)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise CommandExecutionError("cannot remove %s: %s" % (item, exc)) from exc
+        removed.append(item)
+    return removed
+
+
+def forget_run():
+    """Drop what this run read from the system (the nft document): the next read is fresh."""
+    _context().pop(_CTX_NFT, None)
+
+
+def nft_document():
+    """The live ruleset (``nft -j list ruleset``), read once per run; a load forgets it."""
+    ctx = _context()
+    if _CTX_NFT not in ctx:
+        ctx[_CTX_NFT] = __salt__["qubes_firewall_nft.read"]()
+    return ctx[_CTX_NFT]
+
+
+def live_state():
+    """``qubes_firewall_nft.live_state`` of the run's one nft read."""
+    return __salt__["qubes_firewall_nft.live_state"](nft_document())
+
+
+def load(script):
+    """Load one nft transaction (checked first) and forget the run's read."""
+    try:
+        return __salt__["qubes_firewall_nft.load"](script)
+    finally:
+        forget_run()
+
+
+def _remove_owned(live):
+    """The transaction that removes everything the formula owns in this qube's ruleset."""
+    try:
+        return __salt__["qubes_firewall_nft.transaction"](None, live)
+    except AttributeError:  # a qubes_firewall_nft without plan=None: today's qf-* chains and jumps
+        return _remove_owned_chains(live)
+
+
+def _remove_owned_chains(live):
+    cmds, summary = [], {"jumps_removed": [], "chains_removed": []}
+    for (custom, target), handles in sorted(live.get("jumps", {}).items()):
+        for handle in handles:
+            cmds.append("delete rule ip qubes %s handle %d" % (custom, handle))
+            summary["jumps_removed"].append("%s -> %s (handle %d)" % (custom, target, handle))
+    for name in sorted(live.get("chains", {})):
+        cmds += ["flush chain ip qubes %s" % name, "delete chain ip qubes %s" % name]
+        summary["chains_removed"].append(name)
+    if not cmds:
+        return "", {}
+    return "\n".join(cmds) + "\n", {k: v for k, v in summary.items() if v}
+
+
+def owned_transaction(plan, live):
+    """
+    ``(script, summary)`` making the owned part of the live ruleset match
+    ``plan``; a qube the pillar does not name (``plan`` None) or names with
+    nothing to do (no rules) gets everything the formula owns removed.
+    ``("", {})`` when nothing differs.
+    """
+    if not _has_rules(plan):
+        return _remove_owned(live)
+    return __salt__["qubes_firewall_nft.transaction"](plan, live)
+
+
+# ---- files: boot replay in /rw, custom-persist replay in the template ----
+
+
 def _stale_disposable_block(mdl, name):
     """
     A block ``rules:NAME`` found in a file: NAME's disposable template (or a
@@ -101,6 +383,18 @@ def _stale_disposable_block(mdl, name):
     return qube is None or qube.dispvm_template is None
 
 
+def _replace_blocks(path, old, blocks):
+    """``old`` with each ``{name: body or None}`` block set; path-named errors."""
+    replace = __salt__["qubes_firewall_files.replace_block"]
+    new = old
+    try:
+        for name in sorted(blocks):
+            new = replace(new, name, blocks[name], header=RC_HEADER)
+    except ValueError as exc:
+        raise CommandExecutionError("%s: %s" % (path, exc)) from exc
+    return new
+
+
 def persisted_files(qube=None):
     """
     ``{path: (old_text, new_text)}`` for the files that replay rules at boot.
@@ -108,38 +402,210 @@ def persisted_files(qube=None):
     ``qubes-firewall-user-script`` when it provides network, of ``rc.local``
     otherwise.  A named disposable (``dispvm_template`` in the pillar) gets its
     /rw from its disposable template at each start: its block ``rules:NAME``
-    is written by the run on the template, and its own run writes none.
-    Blocks that are no longer wanted are removed; a ``rules:NAME`` block is
-    left alone while NAME is a disposable of another template.  Reads only.
+    is written by the run on the template, and its own run writes none.  A
+    custom-persist qube's rules are replayed from its template (see
+    ``template_files``), so its own run writes no block either, nor does a
+    qube with no rules.  Blocks that are no longer wanted are removed; a
+    ``rules:NAME`` block is left alone while NAME is a disposable of another
+    template.  Reads only.
     """
     qube = qube or minion_id()
     mdl = model()
     plan_mod = "qubes_firewall_plan"
     wanted = {}  # block name -> (file name, body)
-    if qube in mdl.qubes and mdl.qubes[qube].dispvm_template is None:
+    own = mdl.qubes.get(qube)
+    if own is not None and own.dispvm_template is None and not _custom_persist(mdl, qube):
         plan = _plan(mdl, qube)
-        wanted["rules"] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
+        if _has_rules(plan):
+            wanted["rules"] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
     for name in mdl.disposables_of(qube):
         plan = _plan(mdl, name)
-        wanted["rules:" + name] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
-    files = __salt__["qubes_firewall_files.replace_block"]
+        if _has_rules(plan):
+            wanted["rules:" + name] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
     out = {}
     for filename in ("qubes-firewall-user-script", "rc.local"):
         path = "%s/%s" % (mdl.lookup.rw_config, filename)
         old = __salt__["qubes_firewall_files.read"](path)
         present = [n for n in __salt__["qubes_firewall_files.block_names"](old)
                    if n == "rules" or (n.startswith("rules:") and _stale_disposable_block(mdl, n[6:]))]
-        new = old
-        try:
-            for block in sorted(set(present) | set(wanted)):
-                where, body = wanted.get(block, (None, None))
-                new = files(new, block, body if where == filename else None, header="#!/bin/sh\n")
-        except ValueError as exc:
-            raise CommandExecutionError("%s: %s" % (path, exc)) from exc
-        out[path] = (old, new)
+        blocks = {}
+        for block in set(present) | set(wanted):
+            where, body = wanted.get(block, (None, None))
+            blocks[block] = body if where == filename else None
+        out[path] = (old, _replace_blocks(path, old, blocks))
     if qube not in mdl.qubes and not wanted and all(o == n for o, n in out.values()):
         return {}  # not ours to manage (a former template's leftovers are removed above)
     return out
+
+
+def _persist_paths(etc_qubes, systemd_dir, name):
+    """The custom-persist files of qube ``name`` in its template: {kind: path}."""
+    base = PERSIST_PREFIX + name
+    return {
+        "hook": "%s/qubes-firewall.d/%s" % (etc_qubes, base),
+        "script": "%s/qubes-firewall-formula/%s.sh" % (etc_qubes, name),
+        "unit": "%s/%s.service" % (systemd_dir, base),
+        "wants": "%s/multi-user.target.wants/%s.service" % (systemd_dir, base),
+    }
+
+
+def _persist_unit(name, script):
+    return (
+        "# Managed by Salt (qubes_firewall, custom-persist); edits are overwritten.\n"
+        "[Unit]\n"
+        "Description=Replay the qubes_firewall nft rules of %s (custom-persist)\n"
+        "After=qubes-iptables.service qubes-network.service\n"
+        "Wants=qubes-iptables.service\n"
+        "ConditionPathExists=%s\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "ExecStart=/bin/sh %s\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    ) % (name, script, script)
+
+
+def _owned_persist_files(etc_qubes, systemd_dir):
+    """Every custom-persist file the formula wrote in this template: {path: text}."""
+    read = __salt__["qubes_firewall_files.read"]
+    found = {}
+    dirs = ("%s/qubes-firewall.d" % etc_qubes, "%s/qubes-firewall-formula" % etc_qubes,
+            systemd_dir, "%s/multi-user.target.wants" % systemd_dir)
+    for directory in dirs:
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
+        for entry in sorted(names):
+            path = os.path.join(directory, entry)
+            if os.path.islink(path):
+                if entry.startswith(PERSIST_PREFIX) and entry.endswith(".service"):
+                    found[path] = "->" + os.readlink(path)
+                continue
+            if not os.path.isfile(path):
+                continue
+            ours = entry.startswith(PERSIST_PREFIX) or directory.endswith("/qubes-firewall-formula")
+            if ours:
+                text = read(path)
+                if text is not None and ("Managed by Salt (qubes_firewall" in text or PERSIST_MARK in text):
+                    found[path] = text
+    return found
+
+
+def template_files(qube=None):
+    """
+    custom-persist: Qubes runs no /rw/config script in a qube with the
+    ``custom-persist`` service, so the run on its template (``template:`` in
+    the pillar; ``qube`` defaults to this minion) writes, in the template's
+    root filesystem, per custom-persist qube NAME:
+
+    - a network qube: ``<etc_qubes>/qubes-firewall.d/qubes-firewall-formula-NAME``,
+      which the qubes-firewall service runs at each start, from the template;
+    - another qube: ``<etc_qubes>/qubes-firewall-formula/NAME.sh`` run by the
+      enabled unit ``<systemd_dir>/qubes-firewall-formula-NAME.service``
+      after Qubes' base nft tables are loaded.
+
+    Each script replays NAME's rules only in the qube named NAME.  Files of
+    qubes that no longer need them are removed.  Returns ``{path: (old,
+    new)}`` for the files that differ, ``new`` None for removal and
+    ``"->TARGET"`` for the symlink that enables a unit.  Reads only.
+    """
+    qube = qube or minion_id()
+    mdl = model()
+    etc_qubes, systemd_dir = mdl.lookup.etc_qubes, mdl.lookup.systemd_dir
+    wanted = {}
+    for name in _template_children(mdl, qube):
+        plan = _plan(mdl, name)
+        if not _has_rules(plan):
+            continue
+        paths = _persist_paths(etc_qubes, systemd_dir, name)
+        script = RC_HEADER + PERSIST_MARK + "\n" + __salt__["qubes_firewall_plan.persist_block"](plan)
+        if plan.provides_network:
+            wanted[paths["hook"]] = script
+        else:
+            wanted[paths["script"]] = script
+            wanted[paths["unit"]] = _persist_unit(name, paths["script"])
+            wanted[paths["wants"]] = "->" + paths["unit"]
+    have = _owned_persist_files(etc_qubes, systemd_dir)
+    out = {}
+    read = __salt__["qubes_firewall_files.read"]
+    for path in sorted(set(wanted) | set(have)):
+        old = have.get(path)
+        if old is None and path in wanted and not wanted[path].startswith("->"):
+            old = read(path)
+        new = wanted.get(path)
+        if old != new:
+            out[path] = (old, new)
+    return out
+
+
+def write_template_files(files):
+    """
+    Carry out ``template_files`` (or clean) changes: scripts 0755, units
+    0644, a symlink for ``"->TARGET"``, ``None`` removes.  Removals first.
+    """
+    write = __salt__["qubes_firewall_files.write_atomic"]
+    for path, (_old, new) in sorted(files.items(), key=lambda item: (item[1][1] is not None, item[0])):
+        try:
+            if os.path.islink(path) or (new is not None and new.startswith("->") and os.path.exists(path)):
+                os.unlink(path)
+            if new is None:
+                write(path, None)
+            elif new.startswith("->"):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.symlink(new[2:], path)
+            else:
+                write(path, new, mode=0o644 if path.endswith(".service") else 0o755)
+        except OSError as exc:
+            raise CommandExecutionError("cannot write %s: %s" % (path, exc)) from exc
+    return True
+
+
+# ---- clean: everything the formula made on this minion ----
+
+
+def _clean_paths():
+    """rw_config, etc_qubes, systemd_dir: from the pillar when it says so, else the defaults."""
+    return (_raw_lookup("rw_config", DEFAULT_RW_CONFIG), _raw_lookup("etc_qubes", DEFAULT_ETC_QUBES),
+            _raw_lookup("systemd_dir", DEFAULT_SYSTEMD_DIR))
+
+
+def clean_plan():
+    """
+    What ``state.apply qubes_firewall.clean`` removes in this qube, found by
+    the formula's ownership marks, not from the pillar (which may be broken
+    or gone): ``{"nft": (script, summary), "files": {path: (old, new)},
+    "runtime": a qubes_firewall_connect_tcp runtime plan}``.  Reads only: every managed block
+    (``qubes_firewall:*``) of ``rc.local`` and ``qubes-firewall-user-script``
+    (a file left holding only ``#!/bin/sh`` is removed), the ConnectTCP unit
+    files in ``rw_config`` and the running systemd, the custom-persist
+    scripts and units of a template, and the owned nft chains and jumps.
+    """
+    rw_config, etc_qubes, systemd_dir = _clean_paths()
+    files_mod = "qubes_firewall_files."
+    files = {}
+    for filename in ("rc.local", "qubes-firewall-user-script"):
+        path = "%s/%s" % (rw_config, filename)
+        old = __salt__[files_mod + "read"](path)
+        names = __salt__[files_mod + "block_names"](old)
+        if not names:
+            continue
+        new = _replace_blocks(path, old, {n: None for n in names})
+        if new is not None and new.strip() in ("", RC_HEADER.strip()):
+            new = None
+        files[path] = (old, new)
+    ctcp = "qubes_firewall_connect_tcp."
+    for name in __salt__[ctcp + "owned_unit_files"](rw_config):
+        path = os.path.join(rw_config, name)
+        files[path] = (__salt__[files_mod + "read"](path), None)
+    for path, text in _owned_persist_files(etc_qubes, systemd_dir).items():
+        files[path] = (text, None)
+    script, summary = _remove_owned(live_state())
+    return {"nft": (script, summary), "files": files, "runtime": __salt__[ctcp + "clean_runtime_plan"]()}
 
 
 # ---- dom0 ----
@@ -201,13 +667,48 @@ def addresses(names=None):
     return _dom0("addresses")(inventory(), names)
 
 
+def qubes_release():
+    """
+    The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, detected from
+    Qubes (``/etc/qubes-release``). The addresses pillar hands it to the
+    qubes as ``lookup:qubes_release`` (docs/dom0.md).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.qubes_release
+    """
+    return _qubes("qubes_release")()
+
+
+def _given_release():
+    raw = _raw_pillar()
+    lookup = raw.get("lookup") if isinstance(raw, dict) else None
+    return lookup.get("qubes_release") if isinstance(lookup, dict) else None
+
+
+def _rule_problems(model_):
+    out = []
+    for name, qube in sorted(model_.qubes.items()):
+        for index, rule in enumerate(qube.firewall or ()):
+            problem = _qubes("rule_problem")(_dom0("rule_fields")(rule))
+            if problem:
+                out.append("qubes_firewall:qubes:%s:firewall:%d: %s; correct the rule"
+                           % (name, index, problem))
+    return out
+
+
 def dom0_problems():
     """
-    Every reason the pillar's topology cannot be applied to this Qubes (qubes
-    that do not exist, a network service qube without a firewall qube in
-    front, a hop that cannot hold nft rules, a connection the source's own
-    qvm-firewall list drops, a move Qubes refuses); empty when it fits.
-    Reads only.
+    The dom0 preflight: every reason the pillar cannot be applied to this
+    Qubes, empty when it fits. It checks the pillar against the live Qubes
+    (qubes that do not exist, ``lookup:qubes_release``, custom-persist and
+    ``template``, a network service qube without a firewall qube in front, a
+    hop that cannot hold nft rules, a connection a qvm-firewall list drops, a
+    move Qubes refuses, a rule that would not reach Qubes intact) and plans
+    every qube of the pillar with the qube-side planner, with the addresses
+    Qubes gives them. Reads only, and only once per run.
 
     CLI Example:
 
@@ -217,12 +718,27 @@ def dom0_problems():
     """
     model_ = model()
     inv = inventory()
+    given = _given_release()
+    out = []
+    if given is not None and _qubes("release_known")():
+        try:
+            out += _dom0("release_problems")(given, qubes_release())
+        except CommandExecutionError as exc:
+            out.append("qubes_firewall:lookup:qubes_release: %s, but %s" % (given, exc))
     feats = {}
     lists = {}
     if all(name in inv for name in model_.qubes):
         feats = {name: _qubes("features")(name) for name in _dom0("needed_features")(model_, inv)}
         lists = {name: _qubes("get_firewall")(name) for name in _dom0("needed_firewalls")(model_)}
-    return _dom0("problems")(model_, inv, feats, lists)
+    out += _dom0("problems")(model_, inv, feats, lists)
+    if not all(name in inv for name in model_.qubes):
+        return out
+    out += _rule_problems(model_)
+    planned = _dom0("planning_model")(model_, inv)
+    for problem in __salt__["qubes_firewall_plan.check_model"](planned):
+        if problem not in out:
+            out.append(problem)
+    return out
 
 
 def dom0_prefs_plan():
@@ -275,10 +791,13 @@ def dom0_firewall_plan():
 
 
 def dom0_apply_firewall(plan):
-    """Replace each planned qube's whole qvm-firewall list. Returns the qubes done."""
+    """
+    Replace each planned qube's whole qvm-firewall list (``plan[qube]["rules"]``:
+    rule elements, checked before the first write). Returns the qubes done.
+    """
     done = []
     for name in sorted(plan):
-        _qubes("set_firewall")(name, plan[name]["new"])
+        _qubes("set_firewall")(name, plan[name]["rules"])
         done.append(name)
     return done
 
@@ -330,7 +849,7 @@ def connect_tcp_commands(qube=None):
 
 
 def _live():
-    return __salt__["qubes_firewall_nft.live_state"](__salt__["qubes_firewall_nft.read"]())
+    return live_state()
 
 
 def _not_named_here(qube):
@@ -363,8 +882,11 @@ def drift():
     What differs between the pillar, the live ruleset and the boot block:
     rules missing (a restart, a hand ``flush``), rules the pillar does not
     imply (hand edits in the formula's chains), missing or duplicated jumps,
-    a lost or edited boot block. Salt's exit code is 1 when anything drifted;
-    ``fix`` holds the transaction ``state.apply qubes_firewall`` would load.
+    a lost or edited boot block. In a qube the pillar no longer names (or
+    names with nothing to do), the formula's leftovers: owned nft objects,
+    managed blocks, ConnectTCP units, custom-persist files of a template.
+    Salt's exit code is 1 when anything drifted; ``fix`` holds the
+    transaction ``state.apply qubes_firewall`` would load.
 
     CLI Example:
 
@@ -372,21 +894,36 @@ def drift():
 
         salt-call qubes_firewall.drift
     """
+    qube = minion_id()
     plan = qube_plan()
-    if plan is None:
-        return _not_named_here(minion_id())
     live = _live()
     files = persisted_files()
 
     def block_of(text):
         return __salt__["qubes_firewall_files.get_block"](text, "rules")
 
-    out = __salt__["qubes_firewall_report.drift"](plan, live, files, block_of)
-    if out["live"]:
-        try:
-            out["fix"] = __salt__["qubes_firewall_nft.transaction"](plan, live)[0]
-        except CommandExecutionError as exc:
-            out["fix"] = str(exc)
+    if _has_rules(plan):
+        out = __salt__["qubes_firewall_report.drift"](plan, live, files, block_of)
+        if out["live"]:
+            try:
+                out["fix"] = owned_transaction(plan, live)[0]
+            except CommandExecutionError as exc:
+                out["fix"] = str(exc)
+    else:
+        script, summary = owned_transaction(plan, live)
+        out = {"qube": qube, "live": [], "persisted": __salt__["qubes_firewall_report.persisted_drift"](
+            files, block_of)}
+        if plan is None:
+            out["comment"] = "%s is not named in the qubes_firewall:qubes pillar" % qube
+        for kind, items in sorted(summary.items()):
+            for item in items:
+                out["live"].append({"kind": "leftover " + kind.replace("_", " "), "detail": item})
+        if script:
+            out["fix"] = script
+    bindings = __salt__["qubes_firewall_connect_tcp.binding_plan"]()
+    out["connect_tcp"] = sorted(bindings["files"])
+    out["template"] = sorted(template_files())
+    out["drifted"] = bool(out["live"] or out["persisted"] or out["connect_tcp"] or out["template"])
     if out["drifted"]:
         __context__["retcode"] = 1
     return out

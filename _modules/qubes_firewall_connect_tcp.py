@@ -44,6 +44,7 @@ UNIT_PREFIX = "qf-connect-tcp-"
 _UNIT_FILE = re.compile(r"\Aqf-connect-tcp-([0-9]{1,5})-(.+)(\.socket|@\.service)\Z")
 SYSTEMD_RUN_DIR = "/run/systemd/system"
 POLICY_MODE = 0o664
+DEFAULT_POLICY_FILE = "/etc/qubes/policy.d/30-user-networking.policy"
 POLICY_GROUP = "qubes"
 UNIT_MODE = 0o644
 RC_LOCAL_HEADER = "#!/bin/sh\n"
@@ -249,7 +250,13 @@ def verify_units(unit_texts):
     if analyze is None:
         return "systemd-analyze is not installed: units not verified."
     missing_qrexec = shutil.which("qrexec-client-vm") is None
-    with tempfile.TemporaryDirectory(prefix="qf-units-") as tmp:
+    scratch = __salt__["qubes_firewall.scratch_dir"]()
+    try:
+        os.makedirs(scratch, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CommandExecutionError("cannot create %s: %s" % (scratch, exc)) from exc
+    # in the formula's scratch directory: what a killed run leaves there, the next run removes
+    with tempfile.TemporaryDirectory(prefix="qf-units-", dir=scratch) as tmp:
         paths = []
         for name, text in sorted(unit_texts.items()):
             paths.append(os.path.join(tmp, name))
@@ -296,8 +303,53 @@ def policy_plan():
             old, BLOCK, policy_body(model.connect_tcp), POLICY_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s" % (path, exc)) from exc
-    if new is not None and new.strip() in ("", POLICY_HEADER.strip()):
-        new = None
+    return {"path": path, "old": old, "new": _policy_left(new)}
+
+
+def _policy_left(text):
+    """None when what is left of the policy file is nothing but the formula's header (or blank)."""
+    if text is not None and text.strip() in ("", POLICY_HEADER.strip()):
+        return None
+    return text
+
+
+def policy_absent_plan():
+    """
+    ``{"path", "old", "new"}`` for removing the formula's ``connect-tcp``
+    block from the policy file: the user's lines stay byte for byte, and the
+    file goes when nothing but the formula's header is left (a file the
+    formula created). It works without a valid pillar: with no
+    ``qubes_firewall`` pillar the default ``policy_file`` is cleaned, with an
+    invalid one its ``lookup:policy_file`` when that value itself is valid
+    (else the default).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_connect_tcp.policy_absent_plan
+    """
+    path = DEFAULT_POLICY_FILE
+    raw = __pillar__.get("qubes_firewall")
+    if isinstance(raw, dict):
+        errors = __salt__["qubes_firewall.pillar_errors"]()
+        if not errors:
+            path = __salt__["qubes_firewall.model"]().lookup.policy_file
+        else:
+            lookup = raw.get("lookup")
+            given = lookup.get("policy_file") if isinstance(lookup, dict) else None
+            if isinstance(given, str) and not any(
+                    e.startswith("qubes_firewall:lookup") for e in errors):
+                path = given
+    old = __salt__["qubes_firewall_files.read"](path)
+    if old is None:
+        return {"path": path, "old": None, "new": None}
+    try:
+        new = __salt__["qubes_firewall_files.replace_block"](old, BLOCK, None, POLICY_HEADER)
+    except ValueError as exc:
+        raise CommandExecutionError("%s: %s; nothing changed" % (path, exc)) from exc
+    if new != old:
+        new = _policy_left(new)
     return {"path": path, "old": old, "new": new}
 
 
@@ -318,7 +370,7 @@ def write_policy(path, text):
 
 
 def _owned_units(rw_config, qube):
-    """File names in ``rw_config`` that are units of ``qube``'s bindings."""
+    """File names in ``rw_config`` that are units of ``qube``'s bindings (any qube's for None)."""
     try:
         names = os.listdir(rw_config)
     except FileNotFoundError:
@@ -328,9 +380,33 @@ def _owned_units(rw_config, qube):
     out = []
     for name in names:
         match = _UNIT_FILE.match(name)
-        if match and match.group(2) == qube:
+        if match and (qube is None or match.group(2) == qube):
             out.append(name)
     return sorted(out)
+
+
+def owned_unit_files(directory=None):
+    """
+    The binding unit files the formula wrote in ``directory`` (default: the
+    running systemd's ``/run/systemd/system``), for any client: what
+    ``qubes_firewall.clean`` removes.
+    """
+    return _owned_units(directory or _systemd_dir(), None)
+
+
+def clean_runtime_plan():
+    """
+    A ``runtime_plan`` that stops and removes every binding unit of the
+    running systemd (skipped when systemd does not run here).
+    """
+    run_dir = _systemd_dir()
+    plan = {"skip": None, "install": [], "remove": [], "restart": [], "start": [], "stop": []}
+    if not os.path.isdir(run_dir) or shutil.which("systemctl") is None:
+        plan["skip"] = "systemd is not running here (no %s)" % run_dir
+        return plan
+    plan["remove"] = owned_unit_files(run_dir)
+    plan["stop"] = [n for n in plan["remove"] if n.endswith(".socket")]
+    return plan
 
 
 def binding_plan(qube=None):

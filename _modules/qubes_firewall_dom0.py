@@ -8,7 +8,7 @@ returns plain data: problems (``"pillar:path: reason"`` strings), an ordered
 list of qube property changes, the qvm-firewall lists to replace, the address
 map. Nothing here touches the system, so it is tested without Qubes.
 
-The rules it keeps (QUBES_FACTS sections 2.5, 5, 6):
+The rules it keeps (Qubes core-admin and core-admin-client behaviour):
 
 - the order of property changes never makes Qubes refuse one: a qube gets
   ``provides_network`` before any client points at it, clients move in the
@@ -22,6 +22,7 @@ The rules it keeps (QUBES_FACTS sections 2.5, 5, 6):
 Loaded by Salt as ``qubes_firewall_dom0``.
 """
 
+import dataclasses
 import ipaddress
 import time
 
@@ -68,33 +69,45 @@ def _ports(value):
     return "%d-%d" % (int(low), int(high))
 
 
-def _line(action, proto=None, dsthost=None, dstports=None, icmptype=None,
-          specialtarget=None, expire=None, comment=None):
+def _fields(action, proto=None, dsthost=None, dstports=None, icmptype=None,
+            specialtarget=None, expire=None, comment=None):
     # qubesadmin Rule.rule order: action, proto, dst*, dstports, icmptype,
     # specialtarget, expire, comment (always last)
-    parts = ["action=%s" % action]
+    parts = [("action", str(action))]
     if proto:
-        parts.append("proto=%s" % proto)
+        parts.append(("proto", str(proto)))
     host = _host_token(dsthost)
     if host:
-        parts.append(host)
+        parts.append(tuple(host.split("=", 1)))
     if dstports is not None and proto in ("tcp", "udp"):
-        parts.append("dstports=%s" % _ports(dstports))
+        parts.append(("dstports", _ports(dstports)))
     if icmptype is not None and proto == "icmp":
-        parts.append("icmptype=%d" % int(icmptype))
+        parts.append(("icmptype", "%d" % int(icmptype)))
     if specialtarget:
-        parts.append("specialtarget=%s" % specialtarget)
+        parts.append(("specialtarget", str(specialtarget)))
     if expire is not None:
-        parts.append("expire=%d" % int(expire))
+        parts.append(("expire", "%d" % int(expire)))
     if comment:
-        parts.append("comment=%s" % comment)
-    return " ".join(parts)
+        parts.append(("comment", str(comment)))
+    return parts
+
+
+def _line(**kwargs):
+    return " ".join("%s=%s" % pair for pair in _fields(**kwargs))
+
+
+def rule_fields(rule):
+    """
+    The ``[(key, value)]`` elements of a model ``FirewallRule`` in Qubes'
+    canonical order: one command-line argument each, never split on spaces.
+    """
+    return _fields(rule.action, rule.proto, rule.dsthost, rule.dstports, rule.icmptype,
+                   rule.specialtarget, getattr(rule, "expire", None), rule.comment)
 
 
 def rule_line(rule):
     """The canonical Qubes rule line of a model ``FirewallRule``."""
-    return _line(rule.action, rule.proto, rule.dsthost, rule.dstports, rule.icmptype,
-                 rule.specialtarget, rule.expire, rule.comment)
+    return " ".join("%s=%s" % pair for pair in rule_fields(rule))
 
 
 def canonical_line(line):
@@ -118,7 +131,7 @@ def canonical_line(line):
         raise ValueError("rule without action: %r" % line)
     if sep:
         fields["comment"] = comment
-    return _line(**fields)
+    return _line(action=fields.pop("action"), **fields)
 
 
 def _canonical_or_raw(line):
@@ -128,27 +141,62 @@ def _canonical_or_raw(line):
         return line.strip()
 
 
-def wanted_firewall(qube):
-    """The canonical lines the pillar wants for a qube, or None (unmanaged)."""
+def _expired(rule_expire, now):
+    return rule_expire is not None and int(rule_expire) <= now
+
+
+def wanted_rules(qube, now=None):
+    """
+    The pillar's rules of a qube as Qubes stores them, or None (unmanaged): a
+    rule whose ``expire`` has passed is dropped by Qubes when it saves the
+    list, so it is not wanted either.
+    """
     if qube.firewall is None:
         return None
-    return [rule_line(rule) for rule in qube.firewall]
+    now = time.time() if now is None else now
+    return [rule_fields(rule) for rule in qube.firewall
+            if not _expired(getattr(rule, "expire", None), now)]
 
 
-def firewall_changes(model, live):
+def wanted_firewall(qube, now=None):
+    """The canonical lines the pillar wants for a qube, or None (unmanaged)."""
+    rules = wanted_rules(qube, now)
+    if rules is None:
+        return None
+    return [" ".join("%s=%s" % pair for pair in fields) for fields in rules]
+
+
+def _live_active(lines, now):
+    """The live lines in canonical form, without rules that have expired (Qubes skips them)."""
+    out = []
+    for line in lines:
+        canonical = _canonical_or_raw(line)
+        expire = _parse_fields(canonical).get("expire")
+        if expire is not None and expire.isdigit() and int(expire) <= now:
+            continue
+        out.append(canonical)
+    return out
+
+
+def firewall_changes(model, live, now=None):
     """
-    ``{qube: {"old": [...], "new": [...]}}`` for each qube whose pillar
-    ``firewall`` list differs from its live list (``live``: ``{qube: [lines]}``)
-    after canonical normalisation; both lists are canonical lines.
+    ``{qube: {"old": [...], "new": [...], "rules": [[(key, value)]]}}`` for
+    each qube whose pillar ``firewall`` list differs from its live list
+    (``live``: ``{qube: [lines]}``) after canonical normalisation; ``old`` and
+    ``new`` are canonical lines, ``rules`` the new list as rule elements.
+    Rules past their ``expire`` are left out on both sides, as Qubes does.
     """
+    now = time.time() if now is None else now
     changes = {}
     for name in sorted(model.qubes):
-        new = wanted_firewall(model.qubes[name])
-        if new is None or name not in live:
+        rules = wanted_rules(model.qubes[name], now)
+        if rules is None or name not in live:
             continue
-        old = [_canonical_or_raw(line) for line in live[name]]
+        new = [" ".join("%s=%s" % pair for pair in fields) for fields in rules]
+        old = _live_active(live[name], now)
         if old != new:
-            changes[name] = {"old": old, "new": new}
+            changes[name] = {"old": [_canonical_or_raw(line) for line in live[name]], "new": new,
+                             "rules": [[list(pair) for pair in fields] for fields in rules]}
     return changes
 
 
@@ -345,9 +393,17 @@ def rule_holders(model):
     return names
 
 
+def boot_holders(model):
+    """The qubes with something to bring back at boot: nft rules, or ConnectTCP socket units."""
+    names = set(rule_holders(model))
+    names.update(e.client for e in model.connect_tcp if e.persistent and e.client in model.qubes)
+    return names
+
+
 def needed_features(model, inventory):
-    """The qubes whose features the validation reads (hops, service clients)."""
-    names = rule_holders(model)
+    """The qubes whose features the validation reads (hops, service clients, custom-persist)."""
+    names = boot_holders(model)
+    names.update(n for n, q in model.qubes.items() if getattr(q, "custom_persist", False))
     for conn in model.connections:
         if model.qubes[conn.source].netvm:
             names.add(model.qubes[conn.source].netvm)
@@ -381,6 +437,94 @@ def needed_firewalls(model):
                    if model.qubes[q].firewall is None})
 
 
+def _on(value):
+    return value is not None and str(value) not in ("", "0", "False", "false")
+
+
+def root_template(name, inventory):
+    """
+    The template whose root filesystem ``name`` boots from: its template, or
+    for a disposable the template of its disposable template; None for a
+    qube with its own root (a template, a standalone qube).
+    """
+    seen = []
+    current = name
+    while current in inventory and inventory[current].get("klass") != "TemplateVM":
+        if current in seen:
+            return None
+        seen.append(current)
+        current = inventory[current].get("template")
+        if current is None:
+            return None
+    return None if current == name else current
+
+
+def persist_problems(model, inventory, features):
+    """
+    custom-persist and ``template`` against Qubes: a qube with the feature
+    ``service.custom-persist`` runs none of its /rw/config scripts at boot,
+    so the pillar must say ``custom_persist: true`` (the formula then keeps
+    its replay in the template), and ``template`` must be the template the
+    qube really boots from.
+    """
+    out = []
+    holders = boot_holders(model)
+    for name in sorted(model.qubes):
+        if name not in inventory:
+            continue
+        qube = model.qubes[name]
+        wanted = bool(getattr(qube, "custom_persist", False))
+        template = getattr(qube, "template", None)
+        feats = features.get(name)
+        live = _on((feats or {}).get("service.custom-persist")) if feats is not None else None
+        root = root_template(name, inventory)
+        if live and not wanted and name in holders:
+            out.append(
+                "%s: %s has the feature service.custom-persist in Qubes, so Qubes runs none of its "
+                "/rw/config scripts at boot and its rules would not come back: add `custom_persist: "
+                "true` and `template: %s` (or remove the feature: qvm-features -D %s "
+                "service.custom-persist)" % (_path("qubes", name), name, root or "TEMPLATE", name))
+        if wanted and live is False:
+            out.append(
+                "%s: true, but %s does not have the feature service.custom-persist in Qubes: remove "
+                "custom_persist, or turn it on (qvm-features %s service.custom-persist 1)"
+                % (_path("qubes", name, "custom_persist"), name, name))
+        if template is not None and template != root:
+            if root is None:
+                why = "%s has its own root filesystem (class %s)" % (name, inventory[name].get("klass"))
+            else:
+                why = "%s boots from the root filesystem of %s" % (name, root)
+            out.append("%s: %s, but %s: set `template: %s`"
+                       % (_path("qubes", name, "template"), template, why, root or "(none: remove it)"))
+    return out
+
+
+def release_problems(given, detected):
+    """``lookup:qubes_release`` given in the pillar against the release dom0 runs."""
+    if given is None or detected is None or str(given) == detected:
+        return []
+    return ["%s: %s, but this dom0 runs Qubes %s: correct it, or leave it to dom0 (the addresses "
+            "pillar hands the detected release to the qubes, see docs/dom0.md)"
+            % (_path("lookup", "qubes_release"), given, detected)]
+
+
+def planning_model(model, inventory):
+    """
+    The model with every address it lacks taken from the inventory, for the
+    planner's whole-machine check in dom0. A qube Qubes gives no address yet
+    (not networked until this run) gets a placeholder from 192.0.2.0/24: the
+    check is about routes and hops, the qube-side runs get the real address.
+    """
+    merged = dict(model.addresses)
+    spare = ("192.0.2.%d" % n for n in range(1, 255))
+    for name in sorted(model.qubes):
+        if name in merged:
+            continue
+        ip = (inventory.get(name) or {}).get("ip")
+        merged[name] = ip if ip else next(spare, "192.0.2.254")
+    return dataclasses.replace(model, addresses=merged)
+
+
 def _probes(conn):
     protos = [conn.proto] if conn.proto else ["tcp", "udp", "icmp"]
     for proto in protos:
@@ -409,13 +553,14 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
     for name in sorted(model.qubes):
         if name not in inventory:
             missing.add(name)
-            out.append("%s: no such qube in Qubes (qvm-ls does not list it)" % _path("qubes", name))
+            out.append("%s: %s does not exist in this Qubes; create the qube, or correct the name"
+                       % (_path("qubes", name), name))
     for entry in model.connect_tcp:
         for key in ("client", "server"):
             value = getattr(entry, key)
             if not value.startswith("@") and value not in inventory:
-                out.append("%s: no such qube in Qubes (qvm-ls does not list it)"
-                           % _path("connect_tcp", entry.index, key))
+                out.append("%s: %s does not exist in this Qubes; create the qube, or correct the name"
+                           % (_path("connect_tcp", entry.index, key), value))
     for name, addr in sorted(model.addresses.items()):
         live = inventory.get(name, {}).get("ip")
         if name in inventory and live and live != addr:
@@ -461,6 +606,8 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
             out.append("%s: %s is a disposable whose /rw comes from %s at each start, so the boot "
                        "replay of its rules must be written there: add `dispvm_template: %s`"
                        % (_path("qubes", name), name, live.get("template"), live.get("template")))
+
+    out.extend(persist_problems(model, inventory, features))
 
     # network service qubes need a firewall qube between them and clients
     for name in sorted(model.qubes):

@@ -27,6 +27,9 @@ _NAME = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 _BEGIN = re.compile(r"\A# BEGIN qubes_firewall:([A-Za-z0-9_.:-]{1,64}) \(managed by Salt, do not edit\)\Z")
 
 
+TEMP_TAG = ".qubes_firewall.tmp."
+
+
 class BlockError(ValueError):
     """The file's markers are broken; the file is left alone."""
 
@@ -161,10 +164,54 @@ def mode_of(path):
         return None
 
 
+def temp_prefix(path):
+    """
+    The name prefix of ``write_atomic``'s temporary files for ``path``:
+    ``.<name>.qubes_firewall.tmp.`` in the same directory (a random suffix
+    follows), so a later run recognises what a killed one left behind.
+    """
+    return "." + os.path.basename(path) + TEMP_TAG
+
+
+def stale_temps(paths):
+    """
+    The temporary files ``write_atomic`` left next to ``paths`` (a run
+    killed mid-write), sorted.  Runs of the formula hold the minion's lock,
+    so none of them belongs to a write in progress.
+    """
+    found = []
+    for path in paths:
+        directory = os.path.dirname(path) or "."
+        prefix = temp_prefix(path)
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
+        found += [os.path.join(directory, n) for n in names if n.startswith(prefix)]
+    return sorted(set(found))
+
+
+def remove_stale_temps(paths):
+    """Remove the ``stale_temps`` of ``paths``; returns the files removed."""
+    removed = []
+    for tmp in stale_temps(paths):
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise CommandExecutionError("cannot remove %s: %s" % (tmp, exc)) from exc
+        removed.append(tmp)
+    return removed
+
+
 def write_atomic(path, text, mode=0o755, group=None, makedirs=True):
     """
     Replace ``path`` with ``text`` atomically: a temporary file in the same
-    directory, flushed to disk, then renamed over the old one.  An existing
+    directory (``.<name>.qubes_firewall.tmp.<random>``; ones a killed run
+    left are removed first), flushed to disk, then renamed over the old one.  An existing
     file keeps its mode and ownership; a new one gets ``mode`` (and ``group``
     when given).  ``text`` None removes the file.
 
@@ -175,6 +222,7 @@ def write_atomic(path, text, mode=0o755, group=None, makedirs=True):
         salt-call qubes_firewall_files.write_atomic /rw/config/rc.local "#!/bin/sh"
     """
     directory = os.path.dirname(path) or "."
+    remove_stale_temps([path])
     if text is None:
         try:
             os.unlink(path)
@@ -188,7 +236,7 @@ def write_atomic(path, text, mode=0o755, group=None, makedirs=True):
             current = os.stat(path)
         except FileNotFoundError:
             current = None
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)

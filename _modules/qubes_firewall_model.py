@@ -1,23 +1,29 @@
 """
 The validated pillar model of qubes-firewall-formula.
 
-Pure code: ``parse(pillar)`` turns the ``qubes_firewall`` pillar dictionary into
-plain, immutable dataclasses, or raises :class:`PillarError` listing every
-problem, each prefixed with its pillar path (``qubes_firewall:port_forwards:1:
-interfaces:0: ...``).  Nothing here touches the system.
+Pure code: ``parse(pillar, pillar_keys)`` turns the ``qubes_firewall`` pillar
+dictionary into plain, immutable dataclasses, or raises :class:`PillarError`
+listing every problem, each prefixed with its pillar path
+(``qubes_firewall:port_forwards:1:interfaces:0: ...``) and showing the
+offending value as YAML would (never a Python repr).  Nothing here touches the
+system.
 
-Everything that later reaches a shell script, an nft ruleset, a qrexec policy or
-a systemd unit passes through this module first, so the rules are strict: names,
-addresses, ports, CIDRs and interfaces are checked against what Qubes and Linux
-accept, and every string that survives contains only characters that are safe
-unquoted in ``sh`` and inside double quotes in ``nft``.
+Everything that later reaches a shell script, an nft ruleset, a qrexec policy,
+a systemd unit or a dom0 command line passes through this module first, so the
+rules are strict: each field has its own grammar (qube names as the Qubes
+release accepts them, addresses and networks without IPv6 scope ids, ports as
+integers in range, interface names, host names, absolute normalised paths), and
+every string that survives contains no whitespace, quote, control character or
+separator that could end its field in any of those outputs.
 
 Loaded by Salt as the execution module ``qubes_firewall_model`` (other modules
 reach it through ``__salt__``) and imported directly by the unit tests.
 """
 
 import dataclasses
+import difflib
 import ipaddress
+import math
 import re
 from typing import Mapping, Optional, Tuple
 
@@ -25,22 +31,38 @@ __virtualname__ = "qubes_firewall_model"
 
 ROOT = "qubes_firewall"
 
+RELEASES = ("4.2", "4.3")
+DEFAULT_RELEASE = "4.3"
 DEFAULT_RW_CONFIG = "/rw/config"
-DEFAULT_POLICY_FILE = "/etc/qubes/policy.d/30-user-networking.policy"
+DEFAULT_ETC_QUBES = "/etc/qubes"
+POLICY_NAME = "policy.d/30-user-networking.policy"
+DEFAULT_POLICY_FILE = DEFAULT_ETC_QUBES + "/" + POLICY_NAME
+DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
+DEFAULT_STATE_DIR = "/var/lib/qubes-firewall-formula"
 
-# core-admin qubes/vm/__init__.py validate_name
-_QUBE_NAME = re.compile(r"\A[a-zA-Z][a-zA-Z0-9_.-]{0,30}\Z")
-_RESERVED_QUBE_NAMES = ("none", "default", "dom0")
+# core-admin qubes/vm/__init__.py validate_name: 4.2 allows no dot, 4.3 does
+# (anywhere after the first letter); both at most 31 characters.
+_QUBE_NAME = {
+    "4.2": re.compile(r"\A[a-zA-Z][a-zA-Z0-9_-]{0,30}\Z"),
+    "4.3": re.compile(r"\A[a-zA-Z][a-zA-Z0-9_.-]{0,30}\Z"),
+}
+_RESERVED_QUBE_NAMES = ("none", "default", "dom0", "Domain-0")
 _FORWARD_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,22}\Z")
 # Linux: at most 15 bytes, no '/', ':' or whitespace; we allow the portable
 # subset, which is also safe inside nft double quotes and sh words.
 _IFNAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z")
-_PATH = re.compile(r"\A(/[A-Za-z0-9_.-]+)+/?\Z")
+# absolute, normalised: components of A-Za-z0-9_.- that are not all dots
+_PATH_COMPONENT = re.compile(r"\A[A-Za-z0-9_.-]{1,255}\Z")
 # qrexec refuses policy.d files with other characters (and then denies everything)
 _POLICY_BASENAME = re.compile(r"\A[0-9a-z_-][0-9a-z_.-]*\.policy\Z")
-_DSTHOST_NAME = re.compile(r"\A[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?\Z")
+_DNS_LABEL = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_IPV4 = re.compile(r"\A(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}\Z")
+_PREFIX = re.compile(r"\A(0|[1-9][0-9]{0,2})\Z")
+_IPV6 = re.compile(r"\A[0-9a-fA-F:.]{2,45}\Z")
 _TAG = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
-_FW_COMMENT = re.compile(r"\A[A-Za-z0-9 :;,./_\[\]-]{1,200}\Z")
+# Qubes' own comment alphabet (core-admin qubes/firewall.py Comment), without
+# leading or trailing spaces (they would not survive the round trip)
+_FW_COMMENT = re.compile(r"\A[A-Za-z0-9:;,./_\[\]-]([A-Za-z0-9 :;,./_\[\]-]{0,198}[A-Za-z0-9:;,./_\[\]-])?\Z")
 
 PROTOCOLS = ("tcp", "udp")
 CONNECTION_PROTOCOLS = ("tcp", "udp", "icmp")
@@ -63,6 +85,10 @@ class PillarError(ValueError):
 class Lookup:
     rw_config: str = DEFAULT_RW_CONFIG
     policy_file: str = DEFAULT_POLICY_FILE
+    qubes_release: str = DEFAULT_RELEASE
+    etc_qubes: str = DEFAULT_ETC_QUBES
+    systemd_dir: str = DEFAULT_SYSTEMD_DIR
+    state_dir: str = DEFAULT_STATE_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +101,7 @@ class FirewallRule:
     dstports: Optional[Tuple[int, int]] = None
     icmptype: Optional[int] = None
     specialtarget: Optional[str] = None
-    expire: Optional[int] = None
+    expire: Optional[int] = None  # always None: the pillar refuses expire
     comment: Optional[str] = None
 
 
@@ -92,6 +118,11 @@ class Qube:
     # a named disposable: its /rw comes from this disposable template at each
     # start, so the boot replay of its rules is written there
     dispvm_template: Optional[str] = None
+    # Qubes' custom-persist service: no /rw/config script runs in this qube,
+    # so its rules are replayed from its template's /etc
+    custom_persist: bool = False
+    # the template whose root filesystem (/etc included) the qube boots from
+    template: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +197,121 @@ class Model:
         """The named disposables whose /rw comes from ``template``."""
         return sorted(q.name for q in self.qubes.values() if q.dispvm_template == template)
 
+    def template_children(self, name):
+        """The custom-persist qubes whose rules are replayed from template ``name``'s /etc."""
+        return sorted(q.name for q in self.qubes.values() if q.custom_persist and q.template == name)
+
+
+# --------------------------------------------------------------------------
+# Showing values and suggesting names (messages never show Python reprs)
+# --------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"\A[A-Za-z0-9_./@+-][A-Za-z0-9_./@:+ -]*\Z")
+_YAML_WORDS = ("true", "false", "yes", "no", "on", "off", "null", "none", "~", "")
+_SHOW_MAX = 60
+
+
+def _yaml_double(text):
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append("\\x%02x" % code)
+        elif not char.isprintable():
+            out.append("\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code)
+        else:
+            out.append(char)
+    return '"%s"' % "".join(out)
+
+
+def _scalar(value, nested):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ".nan"
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        return str(value)
+    if isinstance(value, str):
+        if not value.isprintable():
+            return _yaml_double(value)
+        if nested:
+            plain = (_PLAIN.match(value) and value.lower() not in _YAML_WORDS
+                     and not value.endswith(" ") and ": " not in value)
+            return value if plain else _yaml_double(value)
+        return "'%s'" % value.replace("'", "''")
+    if isinstance(value, bytes):
+        return _scalar(value.decode("utf-8", "replace"), nested)
+    return _scalar(str(value), nested)
+
+
+def _flow(value, budget):
+    """``value`` in YAML flow style, cut near ``budget`` characters."""
+    if isinstance(value, Mapping):
+        parts, used = [], 2
+        for key, item in value.items():
+            if used > budget:
+                parts.append("...")
+                break
+            text = "%s: %s" % (_flow(key, budget // 2), _flow(item, budget - used))
+            parts.append(text)
+            used += len(text) + 2
+        return "{%s}" % ", ".join(parts)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        parts, used = [], 2
+        for item in value:
+            if used > budget:
+                parts.append("...")
+                break
+            text = _flow(item, budget - used)
+            parts.append(text)
+            used += len(text) + 2
+        return "[%s]" % ", ".join(parts)
+    return _scalar(value, nested=True)
+
+
+def _show(value):
+    """A value as a YAML reader would write it, short: 'web', 443, true, null, [a, b], {a: 1}."""
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        text = _flow(value, _SHOW_MAX)
+    else:
+        text = _scalar(value, nested=False)
+    if len(text) > _SHOW_MAX + 20:
+        text = text[:_SHOW_MAX] + "..." + text[-1]
+    return text
+
+
+def _norm(word):
+    return re.sub(r"[-_. ]+", "_", str(word).strip().lower())
+
+
+def _suggest(word, choices):
+    """The choice ``word`` was probably meant to be, or None."""
+    choices = [c for c in choices if isinstance(c, str)]
+    if not isinstance(word, str) or not choices:
+        return None
+    for choice in choices:
+        if _norm(choice) == _norm(word) and choice != word:
+            return choice
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+    return close[0] if close and close[0] != word else None
+
+
+def _did_you_mean(word, choices):
+    match = _suggest(word, choices)
+    return " (did you mean %s?)" % match if match else ""
+
 
 # --------------------------------------------------------------------------
 # Parsing
@@ -173,21 +319,23 @@ class Model:
 
 
 class _Errors:
-    def __init__(self):
+    """The problems found so far, and the Qubes release names are checked for."""
+
+    def __init__(self, release=DEFAULT_RELEASE):
         self.items = []
+        self.release = release
 
     def add(self, path, reason):
         self.items.append("%s: %s" % (":".join(str(p) for p in path), reason))
 
 
-def _show(value):
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _key_text(key):
+    return key if isinstance(key, str) and key.isprintable() and key else _show(key)
 
 
-def _mapping(value, path, errors, allowed=None, required=()):
+def _mapping(value, path, errors, allowed=None, required=(), what="a mapping"):
     if not isinstance(value, Mapping):
-        errors.add(path, "must be a mapping, got %s" % _show(value))
+        errors.add(path, "must be %s, got %s" % (what, _show(value)))
         return None
     ok = True
     for key in value:
@@ -195,7 +343,8 @@ def _mapping(value, path, errors, allowed=None, required=()):
             errors.add(path, "keys must be strings, got %s" % _show(key))
             ok = False
         elif allowed is not None and key not in allowed:
-            errors.add(path + [key], "unknown key (allowed: %s)" % ", ".join(sorted(allowed)))
+            errors.add(path + [_key_text(key)], "unknown key%s (allowed: %s)"
+                       % (_did_you_mean(key, allowed), ", ".join(sorted(allowed))))
             ok = False
     for key in required:
         if key not in value:
@@ -239,87 +388,166 @@ def _port(value, path, errors):
 def _choice(value, path, errors, choices):
     if isinstance(value, str) and value in choices:
         return value
-    errors.add(path, "must be one of %s, got %s" % ("|".join(choices), _show(value)))
+    errors.add(path, "must be one of %s, got %s%s"
+               % ("|".join(choices), _show(value), _did_you_mean(value, choices)))
     return None
 
 
 def _qube_name(value, path, errors):
-    if not isinstance(value, str) or not _QUBE_NAME.match(value):
+    """A qube name as the Qubes release of ``errors`` accepts it, or None (error added)."""
+    release = errors.release
+    if isinstance(value, str) and value.lower() == "none" and value != "none":
+        errors.add(path, "%s is not a qube name; for no netvm write none (or null)" % _show(value))
+        return None
+    if isinstance(value, str) and release == "4.2" and "." in value and _QUBE_NAME["4.3"].match(value):
+        errors.add(path, "%s: Qubes 4.2 allows no dot in qube names (4.3 does), and %s:lookup:qubes_release "
+                   "is '4.2'; rename the qube, or set lookup:qubes_release: '4.3' on Qubes 4.3"
+                   % (_show(value), ROOT))
+        return None
+    if not isinstance(value, str) or not _QUBE_NAME[release].match(value):
+        chars = "letters, digits, _ -" if release == "4.2" else "letters, digits, _ . -"
         errors.add(
             path,
-            "not a qube name Qubes accepts (a letter, then letters, digits, _ . -; "
-            "at most 31 characters), got %s" % _show(value),
+            "not a qube name Qubes %s accepts (a letter, then %s; at most 31 characters), got %s"
+            % (release, chars, _show(value)),
         )
         return None
     if value in _RESERVED_QUBE_NAMES or value.endswith("-dm"):
-        errors.add(path, "%r is reserved by Qubes and cannot name a managed qube" % value)
+        errors.add(path, "%s is reserved by Qubes and cannot name a managed qube" % _show(value))
         return None
     return value
 
 
 def _ipv4(value, path, errors):
-    if isinstance(value, str) and re.fullmatch(r"[0-9.]{7,15}", value):
-        try:
-            return str(ipaddress.IPv4Address(value))
-        except ValueError:
-            pass
-    errors.add(path, "not an IPv4 address, got %s" % _show(value))
+    if isinstance(value, str) and _IPV4.match(value):
+        return str(ipaddress.IPv4Address(value))
+    errors.add(path, "not an IPv4 address (like 10.137.0.5), got %s" % _show(value))
     return None
+
+
+def _split_prefix(value):
+    """(address, prefix length or None), or None when the text is malformed."""
+    if value.count("/") > 1:
+        return None
+    addr, _, prefix = value.partition("/")
+    if "/" in value and not _PREFIX.match(prefix):
+        return None
+    return addr, (int(prefix) if prefix else None)
+
+
+def _ipv4_network(value, path, errors):
+    """An IPv4 address or CIDR network (no host bits) as text, or None (error added)."""
+    parts = _split_prefix(value) if isinstance(value, str) else None
+    if parts is None or not _IPV4.match(parts[0]) or (parts[1] is not None and parts[1] > 32):
+        errors.add(path, "not an IPv4 address or CIDR network (like 192.168.1.0/24), got %s" % _show(value))
+        return None
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError:
+        errors.add(path, "%s has host bits set (write %s)"
+                   % (_show(value), ipaddress.IPv4Network(value, strict=False)))
+        return None
+    return str(net)
+
+
+def _ipv6_network(value, path, errors):
+    """An IPv6 address or network (no scope id, no host bits) as text, or None (error added)."""
+    parts = _split_prefix(value) if isinstance(value, str) else None
+    net = None
+    if parts is not None and _IPV6.match(parts[0]) and (parts[1] is None or parts[1] <= 128):
+        try:
+            net = ipaddress.IPv6Network(value, strict=False)
+        except ValueError:
+            net = None
+    if net is None:
+        errors.add(path, "not an IPv6 address or network (like fd00::/8; no %%scope), got %s" % _show(value))
+        return None
+    if str(net.network_address) != str(ipaddress.IPv6Address(parts[0])):
+        errors.add(path, "%s has host bits set (write %s)" % (_show(value), net))
+        return None
+    return str(net)
 
 
 def _ipv4_cidr(value, path, errors):
-    if isinstance(value, str) and re.fullmatch(r"[0-9.]{7,15}(/[0-9]{1,2})?", value):
-        try:
-            net = ipaddress.IPv4Network(value, strict=True)
-        except ValueError as exc:
-            errors.add(path, "not a valid IPv4 network (%s), got %s" % (exc, _show(value)))
-            return None
-        return str(net.network_address) if net.prefixlen == 32 else str(net)
-    errors.add(path, "not an IPv4 address or CIDR network, got %s" % _show(value))
-    return None
+    net = _ipv4_network(value, path, errors)
+    if net is not None and net.endswith("/32"):
+        return net[:-3]
+    return net
 
 
 def _ifname(value, path, errors):
     if (
         not isinstance(value, str)
         or not _IFNAME.match(value)
-        or value in (".", "..")
+        or value.strip(".") == ""
     ):
         errors.add(
             path,
             "not a valid Linux interface name (1-15 of A-Z a-z 0-9 _ . -), got %s" % _show(value),
         )
         return None
-    if value.startswith("vif") or value == "lo":
-        errors.add(path, "%r is not an uplink interface (Qubes client vifs and lo are not)" % value)
+    if value.startswith("vif") or value in ("lo", "all", "default"):
+        errors.add(path, "%s is not an uplink interface (Qubes client vifs, lo and the kernel's "
+                   "all/default are not)" % _show(value))
         return None
     return value
 
 
 def _path(value, path, errors):
-    if isinstance(value, str) and _PATH.match(value) and "/../" not in value + "/" and "/./" not in value + "/":
-        return value.rstrip("/") or "/"
-    errors.add(path, "must be an absolute path of A-Z a-z 0-9 _ . - components, got %s" % _show(value))
+    """An absolute, normalised path (a trailing / is dropped), or None (error added)."""
+    if isinstance(value, str) and value.startswith("/") and value != "/":
+        parts = value[1:].rstrip("/").split("/") if value.endswith("/") and not value.endswith("//") \
+            else value[1:].split("/")
+        if all(_PATH_COMPONENT.match(p) and p.strip(".") for p in parts):
+            return "/" + "/".join(parts)
+    errors.add(path, "must be an absolute, normalised path (components of A-Z a-z 0-9 _ . -; no //, "
+               "no . or .. components), got %s" % _show(value))
     return None
+
+
+def _release(value, path, errors):
+    if isinstance(value, float) and not isinstance(value, bool) and str(value) in RELEASES:
+        return str(value)
+    if isinstance(value, str) and value in RELEASES:
+        return value
+    errors.add(path, "must be '4.2' or '4.3' (the Qubes release; dom0 detects it), got %s" % _show(value))
+    return None
+
+
+_LOOKUP_KEYS = ("rw_config", "policy_file", "qubes_release", "etc_qubes", "systemd_dir", "state_dir")
 
 
 def _lookup(raw, errors):
     path = [ROOT, "lookup"]
     if raw is None:
         return Lookup()
-    raw = _mapping(raw, path, errors, allowed=("rw_config", "policy_file"))
+    raw = _mapping(raw, path, errors, allowed=_LOOKUP_KEYS)
     if raw is None:
         return Lookup()
-    rw_config = _path(raw.get("rw_config", DEFAULT_RW_CONFIG), path + ["rw_config"], errors)
-    policy_file = _path(raw.get("policy_file", DEFAULT_POLICY_FILE), path + ["policy_file"], errors)
-    if policy_file and not _POLICY_BASENAME.match(policy_file.rsplit("/", 1)[-1]):
-        errors.add(
-            path + ["policy_file"],
-            "qrexec reads only names of 0-9 a-z _ . - ending in .policy, not starting "
-            "with '.' (one bad name in policy.d makes it deny every call), got %s" % _show(policy_file),
-        )
-        policy_file = None
-    return Lookup(rw_config or DEFAULT_RW_CONFIG, policy_file or DEFAULT_POLICY_FILE)
+    release = DEFAULT_RELEASE
+    if raw.get("qubes_release") is not None:
+        release = _release(raw["qubes_release"], path + ["qubes_release"], errors) or DEFAULT_RELEASE
+    paths = {}
+    defaults = {"rw_config": DEFAULT_RW_CONFIG, "etc_qubes": DEFAULT_ETC_QUBES,
+                "systemd_dir": DEFAULT_SYSTEMD_DIR, "state_dir": DEFAULT_STATE_DIR}
+    for key, default in defaults.items():
+        paths[key] = default
+        if raw.get(key) is not None:
+            paths[key] = _path(raw[key], path + [key], errors) or default
+    # the policy file lives under etc_qubes unless given
+    policy_file = paths["etc_qubes"] + "/" + POLICY_NAME
+    if raw.get("policy_file") is not None:
+        given = _path(raw["policy_file"], path + ["policy_file"], errors)
+        if given and not _POLICY_BASENAME.match(given.rsplit("/", 1)[-1]):
+            errors.add(
+                path + ["policy_file"],
+                "qrexec reads only names of 0-9 a-z _ . - ending in .policy, not starting "
+                "with '.' (one bad name in policy.d makes it deny every call), got %s" % _show(given),
+            )
+            given = None
+        policy_file = given or policy_file
+    return Lookup(paths["rw_config"], policy_file, release, paths["etc_qubes"], paths["systemd_dir"],
+                  paths["state_dir"])
 
 
 def _addresses(raw, errors):
@@ -331,8 +559,8 @@ def _addresses(raw, errors):
     if raw is None:
         return out
     for name, value in raw.items():
-        name_ok = _qube_name(name, path + [name], errors)
-        addr = _ipv4(value, path + [name], errors)
+        name_ok = _qube_name(name, path + [_key_text(name)], errors)
+        addr = _ipv4(value, path + [_key_text(name)], errors)
         if name_ok and addr:
             out[name] = addr
     return out
@@ -351,29 +579,34 @@ def _dstports(value, path, errors):
     return (low, high)
 
 
-def _dsthost(value, path, errors):
+def _host_name(value, path, errors):
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if len(value) <= 253 and all(_DNS_LABEL.match(label) for label in labels) \
+            and not re.fullmatch(r"[0-9.]+", value):
+        return value
+    hint = " (lowercase)" if value.lower() != value else ""
+    errors.add(path, "not a valid host name (labels of a-z 0-9 -, dot-separated)%s, got %s"
+               % (hint, _show(value)))
+    return None
+
+
+def _dsthost(value, key, path, errors):
+    """dsthost / dst4 / dst6: an address, a network, or (dsthost) a host name."""
     if not isinstance(value, str):
         errors.add(path, "must be an address, network or host name, got %s" % _show(value))
         return None
-    try:
-        if ":" in value:
-            return str(ipaddress.IPv6Network(value, strict=True))
-        if re.fullmatch(r"[0-9.]+(/[0-9]{1,2})?", value):
-            return str(ipaddress.IPv4Network(value, strict=True))
-    except ValueError as exc:
-        errors.add(path, "not a valid address or network (%s): %s" % (exc, _show(value)))
-        return None
-    if len(value) <= 253 and _DSTHOST_NAME.match(value):
-        return value
-    errors.add(path, "not a valid host name (a-z 0-9 . -), got %s" % _show(value))
-    return None
+    if key == "dst6" or (key == "dsthost" and ":" in value):
+        return _ipv6_network(value, path, errors)
+    if key == "dst4" or re.fullmatch(r"[0-9./]+", value):
+        return _ipv4_network(value, path, errors)
+    return _host_name(value, path, errors)
 
 
 _FW_KEYS = ("action", "proto", "dsthost", "dst4", "dst6", "dstports", "icmptype",
             "specialtarget", "expire", "comment")
 
 
-def _firewall_rule(raw, path, errors):
+def _firewall_rule(raw, path, errors, qube):
     raw = _mapping(raw, path, errors, allowed=_FW_KEYS, required=("action",))
     if raw is None:
         return None
@@ -387,11 +620,7 @@ def _firewall_rule(raw, path, errors):
     if len(hosts) > 1:
         errors.add(path, "give at most one of dsthost, dst4, dst6")
     elif hosts:
-        dsthost = _dsthost(raw[hosts[0]], path + [hosts[0]], errors)
-        if dsthost and hosts[0] == "dst4" and ":" in dsthost:
-            errors.add(path + ["dst4"], "dst4 needs an IPv4 address")
-        if dsthost and hosts[0] == "dst6" and ":" not in dsthost:
-            errors.add(path + ["dst6"], "dst6 needs an IPv6 address")
+        dsthost = _dsthost(raw[hosts[0]], hosts[0], path + [hosts[0]], errors)
     dstports = None
     if raw.get("dstports") is not None:
         dstports = _dstports(raw["dstports"], path + ["dstports"], errors)
@@ -405,32 +634,56 @@ def _firewall_rule(raw, path, errors):
     special = None
     if raw.get("specialtarget") is not None:
         special = _choice(raw["specialtarget"], path + ["specialtarget"], errors, ("dns",))
-    expire = None
-    if raw.get("expire") is not None:
-        expire = _int(raw["expire"], path + ["expire"], errors, 0, 2**63 - 1, "expire")
+    if "expire" in raw:
+        errors.add(path + ["expire"],
+                   "not supported: Qubes drops a rule once it expires, so a list with expire never "
+                   "matches the pillar again and every run would rewrite it; add a temporary rule by "
+                   "hand (qvm-firewall %s add ... expire=+SECONDS; the next run of the formula puts "
+                   "the list back as the pillar says)" % qube)
     comment = None
     if raw.get("comment") is not None:
         if isinstance(raw["comment"], str) and _FW_COMMENT.match(raw["comment"]):
             comment = raw["comment"]
         else:
-            errors.add(path + ["comment"], "comment allows A-Z a-z 0-9 space and :;,./_[]- only, got %s"
-                       % _show(raw["comment"]))
+            errors.add(path + ["comment"], "a comment is 1-200 of A-Z a-z 0-9 space and :;,./_[]- "
+                       "(no leading or trailing space), got %s" % _show(raw["comment"]))
     if len(errors.items) != n:
         return None
-    return FirewallRule(action, proto, dsthost, dstports, icmptype, special, expire, comment)
+    return FirewallRule(action, proto, dsthost, dstports, icmptype, special, None, comment)
 
 
-_QUBE_KEYS = ("netvm", "provides_network", "service", "firewall", "dispvm_template")
+_QUBE_KEYS = ("netvm", "provides_network", "service", "firewall", "dispvm_template", "custom_persist",
+              "template")
+
+
+def _netvm(value, path, errors):
+    """(ok, netvm): netvm None for none/null/''."""
+    if value is None or value == "none" or value == "":
+        return True, None
+    name = _qube_name(value, path, errors)
+    return name is not None, name
+
+
+def _unknown_qube(value, path, errors, known, why):
+    errors.add(path, "unknown qube %s%s (%s)" % (_show(value), _did_you_mean(value, sorted(known)), why))
 
 
 def _qubes(raw, errors):
     path = [ROOT, "qubes"]
-    raw = _mapping(raw, path, errors)
     if raw is None:
+        errors.add(path, "required: the qubes the formula manages, each with its netvm "
+                   "(see pillar.example/)")
+        return {}
+    raw = _mapping(raw, path, errors, what="a mapping of qube name to its settings")
+    if raw is None:
+        return {}
+    if not raw:
+        errors.add(path, "is empty: name at least one qube with its netvm (to remove what the "
+                   "formula made, apply qubes_firewall.clean)")
         return {}
     parsed = {}
     for name, spec in raw.items():
-        qpath = path + [name]
+        qpath = path + [_key_text(name)]
         if _qube_name(name, qpath, errors) is None:
             continue
         if spec is None:
@@ -438,13 +691,9 @@ def _qubes(raw, errors):
         spec = _mapping(spec, qpath, errors, allowed=_QUBE_KEYS, required=("netvm",))
         if spec is None:
             continue
-        netvm = spec["netvm"]
-        if netvm is None or netvm == "none" or netvm == "":
-            netvm = None
-        else:
-            netvm = _qube_name(netvm, qpath + ["netvm"], errors)
-            if netvm is None:
-                continue
+        ok, netvm = _netvm(spec["netvm"], qpath + ["netvm"], errors)
+        if not ok:
+            continue
         provides = None
         if spec.get("provides_network") is not None:
             provides = _bool(spec["provides_network"], qpath + ["provides_network"], errors)
@@ -457,7 +706,7 @@ def _qubes(raw, errors):
             if rules is not None:
                 firewall = tuple(
                     r for r in (
-                        _firewall_rule(rule, qpath + ["firewall", i], errors)
+                        _firewall_rule(rule, qpath + ["firewall", i], errors, name)
                         for i, rule in enumerate(rules)
                     ) if r is not None
                 )
@@ -466,25 +715,36 @@ def _qubes(raw, errors):
             dvm = _qube_name(spec["dispvm_template"], qpath + ["dispvm_template"], errors)
             if dvm == name:
                 errors.add(qpath + ["dispvm_template"], "a qube cannot be its own disposable template")
-        parsed[name] = (netvm, provides, service, firewall, dvm)
+        custom_persist = False
+        if spec.get("custom_persist") is not None:
+            custom_persist = bool(_bool(spec["custom_persist"], qpath + ["custom_persist"], errors))
+        template = None
+        if spec.get("template") is not None:
+            template = _qube_name(spec["template"], qpath + ["template"], errors)
+            if template == name:
+                errors.add(qpath + ["template"], "a qube cannot be its own template")
+        elif custom_persist:
+            errors.add(qpath + ["template"],
+                       "required when custom_persist is true: with custom-persist Qubes runs no "
+                       "/rw/config scripts (rc.local, qubes-firewall-user-script), so the rules are "
+                       "replayed from the template's /etc; name the template %s boots from" % name)
+        parsed[name] = (netvm, provides, service, firewall, dvm, custom_persist, template)
 
     # topology: netvms exist, provide network, no cycles
     used_as_netvm = {spec[0] for spec in parsed.values() if spec[0]}
     qubes = {}
-    for name, (netvm, provides, service, firewall, dvm) in parsed.items():
+    for name, (netvm, provides, service, firewall, dvm, custom_persist, template) in parsed.items():
         qpath = path + [name]
         if netvm is not None:
             if netvm == name:
                 errors.add(qpath + ["netvm"], "a qube cannot be its own netvm")
             elif netvm not in parsed:
-                errors.add(
-                    qpath + ["netvm"],
-                    "unknown qube %r (every netvm must be listed under %s:qubes)" % (netvm, ROOT),
-                )
+                _unknown_qube(netvm, qpath + ["netvm"], errors, parsed,
+                              "every netvm must be listed under %s:qubes" % ROOT)
             elif parsed[netvm][1] is False:
                 errors.add(
                     qpath + ["netvm"],
-                    "%r does not provide network (%s:qubes:%s:provides_network is false)"
+                    "'%s' does not provide network (%s:qubes:%s:provides_network is false)"
                     % (netvm, ROOT, netvm),
                 )
         if service and provides is False:
@@ -492,8 +752,8 @@ def _qubes(raw, errors):
         effective = provides if provides is not None else (name in used_as_netvm or service)
         if dvm is not None and dvm in parsed:
             errors.add(qpath + ["dispvm_template"],
-                       "%r is listed under %s:qubes; a disposable template runs no qube's network" % (dvm, ROOT))
-        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm)
+                       "'%s' is listed under %s:qubes; a disposable template runs no qube's network" % (dvm, ROOT))
+        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm, custom_persist, template)
     for name in sorted(qubes):
         seen = [name]
         current = qubes[name].netvm
@@ -513,7 +773,7 @@ def _qubes(raw, errors):
 def _known_qube(value, path, errors, qubes):
     name = _qube_name(value, path, errors)
     if name is not None and name not in qubes:
-        errors.add(path, "unknown qube %r (not listed under %s:qubes)" % (name, ROOT))
+        _unknown_qube(name, path, errors, qubes, "not listed under %s:qubes" % ROOT)
         return None
     return name
 
@@ -564,6 +824,10 @@ def _client_token(value, path, errors):
         return value
     if isinstance(value, str) and value.startswith("@tag:") and _TAG.match(value[5:]):
         return value
+    if isinstance(value, str) and value.startswith("@"):
+        errors.add(path, "a client is a qube name, @anyvm or @tag:TAG (TAG: 1-64 of A-Z a-z 0-9 _ -), "
+                   "got %s" % _show(value))
+        return None
     return _qube_name(value, path, errors)
 
 
@@ -591,7 +855,7 @@ def _connect_tcp(raw, errors, qubes):
         if item.get("call") is not None:
             call = _choice(item["call"], cpath + ["call"], errors, ("default", "named"))
         if persistent and client is not None and client.startswith("@"):
-            errors.add(cpath + ["persistent"], "a persistent binding needs one client qube, not %r" % client)
+            errors.add(cpath + ["persistent"], "a persistent binding needs one client qube, not %s" % _show(client))
         if client and server and client == server:
             errors.add(cpath, "client and server are the same qube")
         if len(errors.items) == n:
@@ -637,7 +901,7 @@ def _port_forwards(raw, errors, qubes):
                        "got %s" % _show(name))
             name = None
         elif name in names:
-            errors.add(fpath + ["name"], "duplicate port forward name %r (also %s:port_forwards:%d)"
+            errors.add(fpath + ["name"], "duplicate port forward name '%s' (also %s:port_forwards:%d)"
                        % (name, ROOT, names[name]))
         else:
             names[name] = index
@@ -670,33 +934,43 @@ def _check_forward_paths(model, errors):
         if key in taken:
             errors.add(
                 [ROOT, "port_forwards", index, "external_port"],
-                "%s/%d on uplink %s is already forwarded by %r"
+                "%s/%d on uplink %s is already forwarded by '%s'"
                 % (fwd.proto, fwd.external_port, uplink, taken[key]),
             )
         taken.setdefault(key, fwd.name)
 
 
-def parse(pillar):
-    """
-    Validate the ``qubes_firewall`` pillar value (the dictionary under that
-    key) and return a :class:`Model`. Raises :class:`PillarError`.
+_TOP_KEYS = ("lookup", "addresses", "qubes", "connections", "connect_tcp", "port_forwards")
 
-    CLI Example:
 
-    .. code-block:: bash
+def _missing(pillar_keys):
+    """The error for a minion whose pillar has no ``qubes_firewall``."""
+    by_norm = {}
+    for key in pillar_keys or ():
+        if isinstance(key, str) and key != ROOT:
+            by_norm.setdefault(_norm(key), key)
+    match = difflib.get_close_matches(_norm(ROOT), list(by_norm), n=1, cutoff=0.8)
+    near = [by_norm[match[0]]] if match else []
+    hint = ""
+    if near:
+        hint = "; the pillar has %s: did you mean %s?" % (_show(near[0]), ROOT)
+    return ("%s: no %s pillar for this minion: nothing to apply (is the pillar top file enabled? "
+            "`qubesctl top.enable qubes_firewall pillar=True`)%s" % (ROOT, ROOT, hint))
 
-        salt-call qubes_firewall_model.parse "$(cat pillar.json)"
-    """
+
+def _parse(pillar, pillar_keys):
     errors = _Errors()
     if pillar is None:
-        pillar = {}
-    allowed = ("lookup", "addresses", "qubes", "connections", "connect_tcp", "port_forwards")
-    raw = _mapping(pillar, [ROOT], errors, allowed=allowed)
+        if ROOT in (pillar_keys or ()):
+            raise PillarError(["%s: is empty: give at least %s:qubes (see pillar.example/)" % (ROOT, ROOT)])
+        raise PillarError([_missing(pillar_keys)])
+    raw = _mapping(pillar, [ROOT], errors, allowed=_TOP_KEYS)
     if raw is None:
         raise PillarError(errors.items)
     lookup = _lookup(raw.get("lookup"), errors)
+    errors.release = lookup.qubes_release
     addresses = _addresses(raw.get("addresses"), errors)
-    qubes = _qubes(raw.get("qubes") or {}, errors)
+    qubes = _qubes(raw.get("qubes"), errors)
     connections = _connections(raw.get("connections"), errors, qubes)
     connect_tcp = _connect_tcp(raw.get("connect_tcp"), errors, qubes)
     forwards = _port_forwards(raw.get("port_forwards"), errors, qubes)
@@ -709,9 +983,27 @@ def parse(pillar):
     return model
 
 
-def errors(pillar):
+def parse(pillar, pillar_keys=()):
     """
-    The list of pillar errors (empty when the pillar is valid).
+    Validate the ``qubes_firewall`` pillar value (the dictionary under that
+    key; None when the minion's pillar has no such key) and return a
+    :class:`Model`.  ``pillar_keys``: the top keys of the minion's whole
+    pillar, to name a near miss (``qubes-firewall``) when the key is absent.
+    Raises :class:`PillarError`.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_model.parse "$(cat pillar.json)"
+    """
+    return _parse(pillar, pillar_keys)
+
+
+def errors(pillar, pillar_keys=()):
+    """
+    The list of pillar errors (empty when the pillar is valid); arguments as
+    for :func:`parse`.
 
     CLI Example:
 
@@ -720,7 +1012,7 @@ def errors(pillar):
         salt-call qubes_firewall_model.errors
     """
     try:
-        parse(pillar)
+        _parse(pillar, pillar_keys)
     except PillarError as exc:
         return exc.errors
     return []
@@ -729,4 +1021,3 @@ def errors(pillar):
 def to_dict(model):
     """The model as plain data (for Salt output and golden files)."""
     return dataclasses.asdict(model)
-

@@ -21,6 +21,9 @@ dstports=443-443``.
 Loaded by Salt as ``qubes_firewall_qubes``.
 """
 
+import copy
+import os
+import re
 import subprocess
 
 from salt.exceptions import CommandExecutionError
@@ -29,8 +32,32 @@ __virtualname__ = "qubes_firewall_qubes"
 
 # One qvm-ls call reads all of these for every qube.
 INVENTORY_FIELDS = ("name", "klass", "netvm", "provides_network", "ip", "state", "template", "kernel")
+# The only features the run looks at.
+FEATURES = ("os", "service.qubes-firewall", "service.custom-persist")
 RUNNING_STATES = ("Running", "Paused", "Transient", "Suspended")
+RELEASE_FILE = "/etc/qubes-release"
 _TIMEOUT = 300
+# __context__ key of what this run read from Qubes (a property write drops all
+# of it, a qvm-firewall write that qube's list)
+CACHE_KEY = "qubes_firewall_qubes.cache"
+
+# The strict grammar of each qvm-firewall rule element, as this formula writes
+# it (Qubes' canonical form): a value that does not match never reaches Qubes.
+_IPV4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+RULE_GRAMMAR = {
+    "action": re.compile(r"\A(accept|drop)\Z"),
+    "proto": re.compile(r"\A(tcp|udp|icmp)\Z"),
+    "dst4": re.compile(r"\A%s/([0-9]|[12][0-9]|3[0-2])\Z" % _IPV4),
+    "dst6": re.compile(r"\A[0-9a-f:.]{2,45}/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8])\Z"),
+    "dsthost": re.compile(r"\A[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?\Z"),
+    "dstports": re.compile(r"\A[0-9]{1,5}-[0-9]{1,5}\Z"),
+    "icmptype": re.compile(r"\A[0-9]{1,3}\Z"),
+    "specialtarget": re.compile(r"\Adns\Z"),
+    "expire": re.compile(r"\A[0-9]{1,19}\Z"),
+    "comment": re.compile(r"\A[A-Za-z0-9 :;,./_\[\]-]{1,200}\Z"),
+}
+RULE_ORDER = ("action", "proto", "dst4", "dst6", "dsthost", "dstports", "icmptype", "specialtarget",
+              "expire", "comment")
 
 
 def __virtual__():
@@ -38,7 +65,62 @@ def __virtual__():
 
 
 # --------------------------------------------------------------------------
-# choosing the implementation
+# rules as fields
+# --------------------------------------------------------------------------
+
+
+def rule_problem(fields):
+    """
+    Why a rule (a list of ``(key, value)`` pairs) would not reach Qubes as one
+    argument per element, or None: every key known and given once, in Qubes'
+    order, every value matching the strict grammar of its key.
+    """
+    seen = []
+    for pair in fields:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return "not a key/value pair: %s" % (pair,)
+        key, value = pair
+        if key not in RULE_GRAMMAR:
+            return "unknown rule element %s" % key
+        if key in seen:
+            return "%s given twice" % key
+        if not isinstance(value, str) or not RULE_GRAMMAR[key].match(value):
+            return "%s=%s does not match the grammar of %s" % (key, value, key)
+        seen.append(key)
+    if not seen or seen[0] != "action":
+        return "a rule starts with action"
+    hosts = [k for k in seen if k in ("dst4", "dst6", "dsthost")]
+    if len(hosts) > 1:
+        return "more than one destination (%s)" % ", ".join(hosts)
+    return None
+
+
+def parse_line(line):
+    """
+    A rule line as Qubes prints it (``key=value`` words, everything after
+    ``comment=`` the comment) as ``[(key, value)]``. Raises ValueError.
+    """
+    head, sep, comment = line.partition("comment=")
+    fields = []
+    for token in head.split(" "):
+        if not token:
+            continue
+        key, eq, value = token.partition("=")
+        if not eq:
+            raise ValueError("not key=value: %s" % token)
+        fields.append((key, value))
+    if sep:
+        fields.append(("comment", comment))
+    return fields
+
+
+def line_of(fields):
+    """The rule line of ``[(key, value)]`` (comment last, as Qubes prints it)."""
+    return " ".join("%s=%s" % (key, value) for key, value in fields)
+
+
+# --------------------------------------------------------------------------
+# choosing the implementation, and what this run already read
 # --------------------------------------------------------------------------
 
 
@@ -73,8 +155,35 @@ def backend():
     return "cli"
 
 
+def _context():
+    try:
+        return __context__
+    except NameError:  # outside Salt's loader: nothing is shared
+        return {}
+
+
+def _cache():
+    """What this run read from Qubes, shared by every state of the run through __context__."""
+    ctx = _context()
+    name = backend()
+    cache = ctx.get(CACHE_KEY)
+    if not isinstance(cache, dict) or cache.get("backend") != name:
+        cache = {"backend": name, "impl": None, "inventory": None, "features": {}, "firewall": {}}
+        ctx[CACHE_KEY] = cache
+    return cache
+
+
 def _impl():
-    return _Admin(_qubesadmin()) if backend() == "qubesadmin" else _Cli()
+    cache = _cache()
+    if cache["impl"] is None:
+        cache["impl"] = _Admin(_qubesadmin()) if cache["backend"] == "qubesadmin" else _Cli()
+    return cache["impl"]
+
+
+def invalidate():
+    """Forget what this run read from Qubes (every write calls it)."""
+    _context().pop(CACHE_KEY, None)
+    return True
 
 
 def _entry(name, klass, netvm, provides, ip, state, template, kernel):
@@ -108,6 +217,8 @@ class _Cli:
             raise CommandExecutionError("%s: %s" % (" ".join(argv), exc)) from exc
         if proc.returncode not in ok:
             err = (proc.stderr or proc.stdout or "").strip()
+            if "Traceback" in err:  # a bad value ends in a Python traceback: keep its last line
+                err = err.splitlines()[-1]
             raise CommandExecutionError("%s failed (exit %d): %s" % (" ".join(argv), proc.returncode, err))
         return proc
 
@@ -119,7 +230,7 @@ class _Cli:
                 continue
             values = [None if v == "-" else v for v in line.split("|")]
             if len(values) != len(INVENTORY_FIELDS):
-                raise CommandExecutionError("qvm-ls printed an unexpected line: %r" % line)
+                raise CommandExecutionError("qvm-ls printed an unexpected line: %s" % line)
             row = dict(zip(INVENTORY_FIELDS, values))
             result[row["name"]] = _entry(
                 row["name"], row["klass"], row["netvm"], row["provides_network"] == "True",
@@ -139,6 +250,14 @@ class _Cli:
     def reset_pref(self, vm, prop):
         self.run(["qvm-prefs", "-D", vm, prop])
 
+    def is_default(self, vm, prop):
+        # `qvm-prefs VM` lists every property as "name  D|-  value"
+        for line in self.run(["qvm-prefs", vm]).stdout.splitlines():
+            parts = line.split(None, 2)
+            if len(parts) >= 2 and parts[0] == prop:
+                return parts[1] == "D"
+        raise CommandExecutionError("qvm-prefs %s lists no property %s" % (vm, prop))
+
     def features(self, vm):
         out = self.run(["qvm-features", vm]).stdout
         result = {}
@@ -146,32 +265,41 @@ class _Cli:
             if not line.strip():
                 continue
             parts = line.split(None, 1)
-            result[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+            if parts[0] in FEATURES:
+                result[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
         return result
 
     def get_firewall(self, vm):
         out = self.run(["qvm-firewall", "--raw", vm, "list"]).stdout
         return [line for line in out.splitlines() if line.strip()]
 
-    def set_firewall(self, vm, lines):
-        # The CLI has no "replace the list": delete from the end (each state a
-        # prefix of the old list: never more open than before), reach the empty
-        # list (everything blocked), then add in order (each state a prefix of
-        # the new list: never more open than the goal). Fail-closed throughout.
-        current = self.get_firewall(vm)
-        for index in range(len(current) - 1, -1, -1):
-            self.run(["qvm-firewall", vm, "del", "--rule-no", str(index)])
-        for line in lines:
-            self.run(["qvm-firewall", vm, "add"] + _cli_rule_args(line))
+    def set_firewall(self, vm, rules, old):
+        # The tools have no "replace the list": delete from the end (each state
+        # a prefix of the old list: never more open than before), reach the
+        # empty list (everything blocked), then add in order (each state a
+        # prefix of the new list: never more open than the goal). Each rule
+        # element is one argument. If a step fails, the old list is put back.
+        def add(fields):
+            self.run(["qvm-firewall", vm, "add"] + ["%s=%s" % pair for pair in fields])
 
+        def delete_all(count):
+            for index in range(count - 1, -1, -1):
+                self.run(["qvm-firewall", vm, "del", "--rule-no", str(index)])
 
-def _cli_rule_args(line):
-    """A canonical rule line as qvm-firewall add arguments (comment kept whole)."""
-    head, sep, comment = line.partition("comment=")
-    args = head.split()
-    if sep:
-        args.append("comment=" + comment)
-    return args
+        try:
+            delete_all(len(old))
+            for fields in rules:
+                add(fields)
+        except CommandExecutionError as exc:
+            try:
+                delete_all(len(self.get_firewall(vm)))
+                for line in old:
+                    add(parse_line(line))
+            except CommandExecutionError as again:
+                raise CommandExecutionError(
+                    "%s; putting the old list back failed too (%s): check qvm-firewall %s list"
+                    % (exc, again, vm)) from exc
+            raise CommandExecutionError("%s; the old list of %s was put back" % (exc, vm)) from exc
 
 
 # --------------------------------------------------------------------------
@@ -180,6 +308,8 @@ def _cli_rule_args(line):
 
 
 class _Admin:
+    """One ``qubesadmin.Qubes()`` per run: its qube list is fetched once."""
+
     def __init__(self, qubesadmin):
         self.qa = qubesadmin
         self.app = qubesadmin.Qubes()
@@ -188,7 +318,7 @@ class _Admin:
         try:
             return self.app.domains[name]
         except KeyError as exc:
-            raise CommandExecutionError("no such qube: %r" % name) from exc
+            raise CommandExecutionError("no such qube: %s" % name) from exc
 
     def _call(self, what, func, *args):
         try:
@@ -198,9 +328,9 @@ class _Admin:
 
     def inventory(self):
         def read():
-            if hasattr(self.app, "cache_enabled"):
-                # 4.2: one admin.vm.List (plus property GetAll) for all qubes
-                self.app.cache_enabled = True
+            # admin.vm.List (with power states) once, then one
+            # admin.vm.property.GetAll per qube
+            self.app.cache_enabled = True
             result = {}
             for vm in self.app.domains:
                 name = str(vm.name)
@@ -221,22 +351,33 @@ class _Admin:
             return result
 
         try:
-            return self._call("reading the qubes", read)
+            return self._call("listing the qubes (admin.vm.List)", read)
         finally:
-            if hasattr(self.app, "cache_enabled"):
-                self.app.cache_enabled = False
+            self.app.cache_enabled = False
 
     def set_pref(self, vm, prop, value):
         obj = self._vm(vm)
-        self._call("qvm-prefs %s %s %s" % (vm, prop, value), setattr, obj, prop, value)
+        self._call("setting %s of %s to %s (admin.vm.property.Set)" % (prop, vm, "none" if value is None else value),
+                   setattr, obj, prop, value)
 
     def reset_pref(self, vm, prop):
         obj = self._vm(vm)
-        self._call("qvm-prefs -D %s %s" % (vm, prop), delattr, obj, prop)
+        self._call("resetting %s of %s to its default (admin.vm.property.Reset)" % (prop, vm),
+                   delattr, obj, prop)
+
+    def is_default(self, vm, prop):
+        obj = self._vm(vm)
+        return bool(self._call("reading %s of %s (admin.vm.property.Get)" % (prop, vm), obj.property_is_default, prop))
 
     def features(self, vm):
         obj = self._vm(vm)
-        return self._call("qvm-features %s" % vm, lambda: {str(k): str(v) for k, v in obj.features.items()})
+
+        def read():
+            # admin.vm.feature.List, then one Get per wanted feature present
+            present = [str(k) for k in obj.features.keys()]
+            return {key: str(obj.features[key]) for key in FEATURES if key in present}
+
+        return self._call("reading the features of %s (admin.vm.feature.List)" % vm, read)
 
     def get_firewall(self, vm):
         obj = self._vm(vm)
@@ -245,17 +386,18 @@ class _Admin:
             obj.firewall.load_rules()
             return [str(rule.rule) for rule in obj.firewall.rules]
 
-        return self._call("qvm-firewall %s list" % vm, read)
+        return self._call("reading the qvm-firewall rules of %s (admin.vm.firewall.Get)" % vm, read)
 
-    def set_firewall(self, vm, lines):
+    def set_firewall(self, vm, rules, old):
         obj = self._vm(vm)
 
         def write():
-            # admin.vm.firewall.Set: one call replaces the whole list
-            rules = [self.qa.firewall.Rule(line) for line in lines]
-            obj.firewall.rules = rules
+            built = [self.qa.firewall.Rule(None, **dict(fields)) for fields in rules]
+            # admin.vm.firewall.Set: one call replaces the whole list; Qubes
+            # refuses a bad line without changing anything
+            obj.firewall.rules = built
 
-        self._call("setting the qvm-firewall rules of %s" % vm, write)
+        self._call("replacing the qvm-firewall rules of %s (admin.vm.firewall.Set)" % vm, write)
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +407,7 @@ class _Admin:
 
 def inventory():
     """
-    Every qube Qubes knows (dom0 included) in one call:
+    Every qube Qubes knows (dom0 included), read once per run:
     ``{name: {name, klass, netvm, provides_network, ip, state, running,
     template, kernel, disposable}}``. ``netvm``, ``ip``, ``template`` and
     ``kernel`` are None when Qubes has none.
@@ -276,7 +418,10 @@ def inventory():
 
         salt-call qubes_firewall_qubes.inventory
     """
-    return _impl().inventory()
+    cache = _cache()
+    if cache["inventory"] is None:
+        cache["inventory"] = _impl().inventory()
+    return copy.deepcopy(cache["inventory"])
 
 
 def set_pref(vm, prop, value):
@@ -284,38 +429,87 @@ def set_pref(vm, prop, value):
     Set a qube property (``netvm``: a name or None to disconnect;
     ``provides_network``: a bool). Qubes' refusal raises CommandExecutionError.
     """
-    _impl().set_pref(vm, prop, value)
+    try:
+        _impl().set_pref(vm, prop, value)
+    finally:
+        invalidate()
     return True
 
 
 def reset_pref(vm, prop):
     """Reset a qube property to Qubes' default (``qvm-prefs -D VM PROP``)."""
-    _impl().reset_pref(vm, prop)
+    try:
+        _impl().reset_pref(vm, prop)
+    finally:
+        invalidate()
     return True
 
 
 def features(vm):
-    """The qube's own features as ``{name: value}`` (services are ``service.NAME``)."""
-    return _impl().features(vm)
+    """
+    The features of the qube this formula looks at (``FEATURES``: ``os``,
+    ``service.qubes-firewall``, ``service.custom-persist``) as
+    ``{name: value}``, read once per run.
+    """
+    cache = _cache()
+    if vm not in cache["features"]:
+        cache["features"][vm] = _impl().features(vm)
+    return dict(cache["features"][vm])
 
 
 def get_firewall(vm):
-    """The qube's qvm-firewall list as canonical rule lines, in order."""
-    return _impl().get_firewall(vm)
+    """The qube's qvm-firewall list as Qubes' rule lines, in order (read once per run)."""
+    cache = _cache()
+    if vm not in cache["firewall"]:
+        cache["firewall"][vm] = _impl().get_firewall(vm)
+    return list(cache["firewall"][vm])
 
 
 def set_firewall(vm, rules):
-    """Replace the qube's whole qvm-firewall list with these canonical rule lines."""
-    _impl().set_firewall(vm, list(rules))
+    """
+    Replace the qube's whole qvm-firewall list with ``rules``, each a list of
+    ``(key, value)`` pairs (one argument per element on a command line, never
+    a string split on spaces). Every rule is checked against the strict
+    grammar before the first write; with qubesadmin the list is replaced in
+    one ``admin.vm.firewall.Set``, with the tools a failure puts the old list
+    back.
+    """
+    for index, fields in enumerate(rules):
+        if isinstance(fields, str) or not isinstance(fields, (list, tuple)):
+            raise CommandExecutionError(
+                "qvm-firewall %s: rule %d must be a list of (key, value) elements, not a line to "
+                "split; nothing changed" % (vm, index))
+    rules = [[tuple(pair) if isinstance(pair, (list, tuple)) else (pair,) for pair in fields]
+             for fields in rules]
+    for index, fields in enumerate(rules):
+        problem = rule_problem(fields)
+        if problem:
+            raise CommandExecutionError(
+                "qvm-firewall %s: rule %d (%s): %s; nothing changed" % (vm, index, line_of(
+                    [p for p in fields if isinstance(p, tuple) and len(p) == 2]), problem))
+    impl = _impl()
+    old = get_firewall(vm)
+    try:
+        impl.set_firewall(vm, rules, old)
+    finally:
+        # a qvm-firewall list changes nothing else: only that list is read again
+        _cache()["firewall"].pop(vm, None)
     return True
+
+
+def is_default(vm, prop):
+    """Does ``vm`` follow Qubes' default for ``prop`` (``qvm-prefs VM`` shows ``D``)?"""
+    return _impl().is_default(vm, prop)
 
 
 def reconnect(netvm, test=False):
     """
     Re-attach the running clients of ``netvm`` (the seed's "Reconnecting qubes
     after a NetVM reboot": ``qvm-prefs CLIENT netvm NETVM``), network
-    providers (sys-firewall) first. Returns the clients, in order. With
-    ``test=True`` nothing is written.
+    providers (sys-firewall) first. A client that follows Qubes' default netvm
+    keeps following it: after the set that re-attaches it, its netvm is reset
+    to the default (the same qube, so Qubes does not re-attach again). Returns
+    the clients, in order. With ``test=True`` nothing is written.
 
     CLI Example:
 
@@ -323,10 +517,9 @@ def reconnect(netvm, test=False):
 
         salt-call qubes_firewall_qubes.reconnect sys-net
     """
-    impl = _impl()
-    inv = impl.inventory()
+    inv = inventory()
     if netvm not in inv:
-        raise CommandExecutionError("no such qube: %r" % netvm)
+        raise CommandExecutionError("no such qube: %s" % netvm)
     clients = sorted(
         (q for q in inv.values() if q["netvm"] == netvm and q["running"]),
         key=lambda q: (not q["provides_network"], q["name"]),
@@ -338,7 +531,48 @@ def reconnect(netvm, test=False):
         )
     names = [q["name"] for q in clients]
     if not test:
-        for name in names:
-            impl.set_pref(name, "netvm", netvm)
+        impl = _impl()
+        defaults = {name: impl.is_default(name, "netvm") for name in names}
+        try:
+            for name in names:
+                impl.set_pref(name, "netvm", netvm)
+                if defaults[name]:
+                    impl.reset_pref(name, "netvm")
+        finally:
+            invalidate()
     return names
 
+
+def qubes_release(path=None):
+    """
+    The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, from
+    ``/etc/qubes-release`` (``Qubes release 4.3.0 (R4.3)``; the minion option
+    ``qubes_firewall_release_file`` names another file, for tests). Raises
+    CommandExecutionError when it cannot be read or names another release.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qubes_firewall_qubes.qubes_release
+    """
+    path = path or (__opts__ or {}).get("qubes_firewall_release_file") or RELEASE_FILE
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(4096)
+    except OSError as exc:
+        raise CommandExecutionError(
+            "cannot read %s (%s): is this dom0? Give qubes_firewall:lookup:qubes_release "
+            "in the pillar instead" % (path, exc.strerror or exc)) from exc
+    match = re.search(r"\bR?([0-9]+)\.([0-9]+)", text)
+    release = "%s.%s" % match.groups() if match else None
+    if release not in ("4.2", "4.3"):
+        raise CommandExecutionError(
+            "%s says %s: this formula knows Qubes 4.2 and 4.3" % (path, text.strip()[:80] or "nothing"))
+    return release
+
+
+def release_known():
+    """True when this machine has a release file to detect the release from."""
+    path = (__opts__ or {}).get("qubes_firewall_release_file") or RELEASE_FILE
+    return os.path.exists(path)

@@ -39,11 +39,45 @@ def _fail(ret, exc):
     return ret
 
 
+def locked(name):
+    """
+    This minion's lock (``<lookup:state_dir>/lock``, ``fcntl.flock``) is held
+    by this run, so that two runs never interleave; it is released when the
+    run's process exits (a killed run releases it too).  The formula's SLS
+    files take it first.  With the lock held, the scratch files a killed run
+    left are stale and are removed (reported under ``test=True``).
+
+    .. code-block:: yaml
+
+        qubes_firewall-locked:
+          qubes_firewall.locked: []
+    """
+    ret = _ret(name)
+    try:
+        held = __salt__["qubes_firewall.lock"]()
+        __salt__["qubes_firewall.forget_run"]()
+        stale = __salt__["qubes_firewall.stale_scratch"]()
+        if stale and not __opts__["test"]:
+            stale = __salt__["qubes_firewall.remove_stale_scratch"]()
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    ret["comment"] = "Holding %s (waited %.1f s)." % (held["path"], held["waited"])
+    if stale:
+        ret["changes"] = {"stale scratch files removed": stale}
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["changes"] = {"stale scratch files to remove": stale}
+    return ret
+
+
 def validated(name):
     """
-    The ``qubes_firewall`` pillar is valid. Every other state of the formula
-    requires this one, so a bad pillar stops the run before anything changes;
-    the comment names each bad pillar path.
+    The ``qubes_firewall`` pillar is valid and, in a qube, plans: this qube's
+    rules (and those of the qubes whose boot replay it writes) can be
+    planned.  Every other state of the formula requires this one, so a bad
+    pillar or a planner refusal stops the run before anything changes; the
+    comment names each bad pillar path.  A pillar without ``qubes_firewall``
+    is an error too.
 
     .. code-block:: yaml
 
@@ -51,7 +85,10 @@ def validated(name):
           qubes_firewall.validated: []
     """
     ret = _ret(name)
-    problems = __salt__["qubes_firewall.pillar_errors"]()
+    try:
+        problems = __salt__["qubes_firewall.preflight"]()
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
     if problems:
         ret["result"] = False
         ret["comment"] = "invalid pillar:\n" + "\n".join(problems)
@@ -67,12 +104,25 @@ def _not_named(ret, qube):
     return ret
 
 
+def _removed_stale_temps(ret, paths):
+    """Remove (or, under test=True, report) the temp files a killed run left next to ``paths``."""
+    stale = __salt__["qubes_firewall_files.stale_temps"](paths)
+    if not stale:
+        return
+    if __opts__["test"]:
+        ret["changes"]["stale temporary files to remove"] = stale
+        return
+    ret["changes"]["stale temporary files removed"] = __salt__["qubes_firewall_files.remove_stale_temps"](paths)
+
+
 def runtime_rules(name):
     """
     The live nftables ruleset of this qube holds exactly the rules the pillar
-    implies, in the chains the formula owns (``qf-*`` in ``table ip qubes``,
-    one jump each from ``custom-input`` / ``custom-forward``).  One nft read;
-    when something differs, one transaction, checked with ``nft -c`` first.
+    implies, in the objects the formula owns (in ``table ip qubes``, reached
+    by one jump each from ``custom-input`` / ``custom-forward``).  A qube the
+    pillar does not name, or names with nothing to do, holds none of them:
+    leftovers are removed.  One nft read; when something differs, one
+    transaction, checked with ``nft -c`` first.
 
     .. code-block:: yaml
 
@@ -83,29 +133,33 @@ def runtime_rules(name):
     qube = __salt__["qubes_firewall.minion_id"]()
     try:
         plan = __salt__["qubes_firewall.qube_plan"](qube)
-        if plan is None:
-            return _not_named(ret, qube)
-        document = __salt__["qubes_firewall_nft.read"]()
-        live = __salt__["qubes_firewall_nft.live_state"](document)
-        script, summary = __salt__["qubes_firewall_nft.transaction"](plan, live)
+        live = __salt__["qubes_firewall.live_state"]()
+        script, summary = __salt__["qubes_firewall.owned_transaction"](plan, live)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
+    wanted = plan is not None and plan.rule_count > 0
     if not script:
+        if plan is None:
+            return _not_named(ret, qube)
+        if not wanted:
+            ret["comment"] = "The pillar gives %s no rules; the formula holds none here." % qube
+            return ret
         ret["comment"] = "The nft rules of %s are up to date (%d rules)." % (qube, plan.rule_count)
         return ret
     ret["changes"] = {"nft": summary, "transaction": script}
+    what = "updated" if wanted else "removed (the pillar gives %s none)" % qube
     if __opts__["test"]:
         ret["result"] = None
-        ret["comment"] = "The nft rules of %s would be updated in one transaction." % qube
+        ret["comment"] = "The nft rules of %s would be %s in one transaction." % (qube, what)
         return ret
     try:
-        saved = __salt__["qubes_firewall.backup"](document)
-        __salt__["qubes_firewall_nft.load"](script)
+        saved = __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
+        __salt__["qubes_firewall.load"](script)
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
-    ret["comment"] = ("The nft rules of %s were updated in one transaction (the ruleset before: %s)."
-                      % (qube, saved["path"]))
+    ret["comment"] = ("The nft rules of %s were %s in one transaction (the ruleset before: %s)."
+                      % (qube, what, saved["path"]))
     return ret
 
 
@@ -115,7 +169,9 @@ def persisted_rules(name):
     ``<rw_config>/qubes-firewall-user-script`` (qubes that provide network) or
     ``<rw_config>/rc.local`` (the others) replays them idempotently.  The
     user's own lines stay byte for byte; the file is written atomically and is
-    executable.
+    executable.  A qube with no rules gets no block (a stale one is removed);
+    a custom-persist qube's replay lives in its template (state
+    ``custom_persist_replay``).
 
     .. code-block:: yaml
 
@@ -140,14 +196,17 @@ def persisted_rules(name):
             ret["changes"].setdefault(path + " mode", "%04o -> %04o" % (mode, mode | 0o111))
         if old != new or needs_exec:
             todo[path] = (old, new, needs_exec, mode)
-    if not todo:
-        ret["comment"] = "The boot replay of %s's rules is up to date." % qube
-        return ret
-    if __opts__["test"]:
-        ret["result"] = None
-        ret["comment"] = "Would update %s." % ", ".join(sorted(todo))
-        return ret
     try:
+        _removed_stale_temps(ret, sorted(files))
+        if not todo:
+            ret["comment"] = "The boot replay of %s's rules is up to date." % qube
+            if ret["changes"] and __opts__["test"]:
+                ret["result"] = None
+            return ret
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "Would update %s." % ", ".join(sorted(todo))
+            return ret
         for path, (old, new, needs_exec, mode) in sorted(todo.items()):
             if old != new:
                 __salt__["qubes_firewall_files.write_atomic"](path, new, mode=0o755)
@@ -156,6 +215,100 @@ def persisted_rules(name):
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Updated %s." % ", ".join(sorted(todo))
+    return ret
+
+
+def _template_changes(files):
+    out = {}
+    for path, (old, new) in sorted(files.items()):
+        if (old or "").startswith("->") or (new or "").startswith("->"):
+            out[path] = "symlink %s -> %s" % (old[2:] if old else "(none)", new[2:] if new else "(removed)")
+        else:
+            out[path] = __salt__["qubes_firewall_files.diff"](old, new, path)
+    return out
+
+
+def custom_persist_replay(name):
+    """
+    custom-persist qubes (``custom_persist: true``, ``template: T`` in the
+    pillar) run none of their /rw/config scripts, so the run on template T
+    writes their replay into T's root filesystem: for a network qube a
+    script in ``<lookup:etc_qubes>/qubes-firewall.d/`` (run by the
+    qubes-firewall service at each start), for the others a script and an
+    enabled systemd unit in ``<lookup:systemd_dir>`` (run at each boot after
+    Qubes' base nft tables).  Each acts only in its qube.  Files of qubes
+    that no longer need them are removed.
+
+    .. code-block:: yaml
+
+        qubes_firewall-custom-persist:
+          qubes_firewall.custom_persist_replay: []
+    """
+    ret = _ret(name)
+    try:
+        files = __salt__["qubes_firewall.template_files"]()
+        ret["changes"] = _template_changes(files)
+        _removed_stale_temps(ret, sorted(p for p, (_o, n) in files.items() if not (n or "").startswith("->")))
+        if not files:
+            ret["comment"] = "No custom-persist replay to change here."
+            if ret["changes"] and __opts__["test"]:
+                ret["result"] = None
+            return ret
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "Would update the custom-persist replay: %s." % ", ".join(sorted(files))
+            return ret
+        __salt__["qubes_firewall.write_template_files"](files)
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    ret["comment"] = "Updated the custom-persist replay: %s." % ", ".join(sorted(files))
+    return ret
+
+
+def cleaned(name):
+    """
+    Nothing the formula made is left in this qube: its nft objects and
+    jumps, its managed blocks in ``rc.local`` and
+    ``qubes-firewall-user-script`` (``rules``, ``rules:NAME``,
+    ``connect-tcp``), the ConnectTCP unit files and running units, the
+    custom-persist scripts and units of a template.  Found by the formula's
+    own marks, so it works with a broken or missing pillar; the user's rules
+    and bytes stay.  ``state.apply qubes_firewall.clean`` runs it.
+
+    .. code-block:: yaml
+
+        qubes_firewall-cleaned:
+          qubes_firewall.cleaned: []
+    """
+    ret = _ret(name)
+    ctcp = "qubes_firewall_connect_tcp."
+    try:
+        plan = __salt__["qubes_firewall.clean_plan"]()
+        script, summary = plan["nft"]
+        if script:
+            ret["changes"]["nft"] = summary
+            ret["changes"]["transaction"] = script
+        ret["changes"].update(_template_changes(plan["files"]))
+        actions = __salt__[ctcp + "runtime_actions"](plan["runtime"])
+        if actions:
+            ret["changes"]["runtime"] = actions
+        _removed_stale_temps(ret, sorted(plan["files"]))
+        if not ret["changes"]:
+            ret["comment"] = "Nothing of qubes_firewall is left here."
+            return ret
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "Would remove everything qubes_firewall made here."
+            return ret
+        if script:
+            __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
+            __salt__["qubes_firewall.load"](script)
+        if actions:
+            __salt__[ctcp + "runtime_apply"](plan["runtime"], {})
+        __salt__["qubes_firewall.write_template_files"](plan["files"])
+    except CommandExecutionError as exc:
+        return _fail(ret, exc)
+    ret["comment"] = "Removed everything qubes_firewall made here."
     return ret
 
 
@@ -281,13 +434,17 @@ def _shown(prop, value):
 
 def topology_valid(name):
     """
-    The pillar's topology fits this Qubes: every qube exists, a network
-    service qube (``service: true``) has a firewall qube between it and its
-    clients, every qube a port forward or connection goes through can hold
-    nft rules (no mirage unikernel, the qubes-firewall service on in network
-    qubes), no connection is dropped by its source's own qvm-firewall list,
-    and Qubes will accept every move. Reads only; the other dom0 states
-    require it, so nothing changes when it fails.
+    The dom0 preflight: the pillar fits this Qubes and the qubes can carry
+    it. Every qube exists (``connect_tcp`` clients and servers too),
+    ``lookup:qubes_release`` is the release dom0 runs, custom-persist and
+    ``template`` match Qubes, a network service qube (``service: true``) has
+    a firewall qube between it and its clients, every qube a port forward or
+    connection goes through can hold nft rules, no connection is dropped by a
+    qvm-firewall list on its way, every rule reaches Qubes intact, Qubes will
+    accept every move, and the qube-side planner plans every qube of the
+    pillar (with the addresses Qubes gives them). Reads only; every other
+    dom0 state requires it, the qubes.ConnectTCP policy included, so nothing
+    changes when it fails.
 
     .. code-block:: yaml
 
@@ -427,4 +584,41 @@ def reconnected(name):
         ret["comment"] = "Would re-attach to %s: %s" % (name, ", ".join(clients))
         return ret
     ret["comment"] = "Re-attached to %s: %s" % (name, ", ".join(clients))
+    return ret
+
+
+def policy_absent(name):
+    """
+    dom0 clean: the formula's qubes.ConnectTCP block is gone from
+    ``lookup:policy_file``; the user's lines stay byte for byte, and the file
+    is removed only when nothing but the formula's header is left (a file the
+    formula created). qvm-prefs (``netvm``, ``provides_network``) and
+    qvm-firewall lists are left as they are: they are Qubes' own settings,
+    and the comment says so.
+
+    .. code-block:: yaml
+
+        qubes_firewall-policy-absent:
+          qubes_firewall.policy_absent: []
+    """
+    ret = _ret(name)
+    kept = " qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are."
+    try:
+        plan = __salt__["qubes_firewall_connect_tcp.policy_absent_plan"]()
+        path = plan["path"]
+        if plan["old"] == plan["new"]:
+            ret["comment"] = "No qubes.ConnectTCP policy of the formula in %s." % path + kept
+            return ret
+        ret["changes"][path] = __salt__["qubes_firewall_files.diff"](plan["old"], plan["new"], path)
+        what = ("%s (the formula created it; nothing else is left in it)" % path
+                if plan["new"] is None else "the formula's qubes.ConnectTCP block from %s, your lines kept" % path)
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = "Would remove " + what + "." + kept
+            return ret
+        __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
+    except CommandExecutionError as exc:
+        ret["changes"] = {}
+        return _fail(ret, exc)
+    ret["comment"] = "Removed " + what + "." + kept
     return ret

@@ -41,6 +41,9 @@ def write_minion_config(conf, workdir, **opts):
         "log_level_logfile": "warning",
         "log_file": str(workdir / "salt-root" / "minion.log"),
         "qubes_firewall_backup_dir": str(workdir / "backups"),
+        "qubes_firewall_state_dir": str(workdir / "state"),
+        # never the host's running systemd (a missing directory: "systemd is not running")
+        "qubes_firewall_systemd_run_dir": str(workdir / "no-systemd"),
     }
     config.update(opts)
     (conf / "minion").write_text(yaml.safe_dump(config))

@@ -18,9 +18,14 @@ per test session that only daemon tests need), and the toolkit's own fixture
 requires both.  Nothing here starts a daemon: ``salt-call --local`` and the
 loaders need neither, so the manager gets a placeholder listener address and
 the minions' log forwarding is switched off (``pytest-minion: log: disabled``).
+Its CLI runs the real ``salt-call`` beside this Python (``scripts_dir``), not a
+generated wrapper script: Salt reuses the pillar it compiled at start for
+``state.apply`` only when its program is named salt-call, as qubesctl's is.
 """
 
 import logging
+import pathlib
+import sys
 import types
 
 import pytest
@@ -46,7 +51,8 @@ def salt_factories(tmp_path):
     logger.setLevel(logging.ERROR)
     try:
         return FactoriesManager(root_dir=root, log_server_port=None, log_server_level=None, log_server_host=None,
-                                event_listener=types.SimpleNamespace(host="127.0.0.1", port=None))
+                                event_listener=types.SimpleNamespace(host="127.0.0.1", port=None),
+                                scripts_dir=pathlib.Path(sys.executable).parent)
     finally:
         logger.setLevel(level)
 

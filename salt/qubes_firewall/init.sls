@@ -1,23 +1,35 @@
 {#- qubes-firewall-formula: one SLS for dom0 and for every qube; what it does
     depends on the minion id (under qubesctl: the qube's name, dom0 for dom0).
-    Every state requires qubes_firewall-validated, so a bad pillar changes
-    nothing anywhere. #}
+    The run first takes the minion's lock (two runs never interleave); every
+    state requires qubes_firewall-validated, so a bad pillar changes nothing
+    anywhere. #}
+qubes_firewall-locked:
+  qubes_firewall.locked: []
+
 qubes_firewall-validated:
-  qubes_firewall.validated: []
+  qubes_firewall.validated:
+    - require:
+      - qubes_firewall: qubes_firewall-locked
 
 {%- if grains['id'] == 'dom0' %}
 {#- dom0 part: BEGIN dom0 states #}
-qubes_firewall-connect-tcp-policy:
-  qubes_firewall.connect_tcp_policy:
-    - require:
-      - qubes_firewall: qubes_firewall-validated
-{#- dom0 topology: check it against Qubes first (reads only); then the
-    qvm-firewall lists (so a qube never reaches a new netvm with its old
-    rules); then netvm and provides_network, in an order Qubes accepts. #}
+{#- dom0 preflight first (reads only, once): the pillar checked against the
+    live Qubes and every qube of the pillar planned with the qube-side
+    planner. Every other dom0 state requires it, the qubes.ConnectTCP policy
+    included, so a pillar the qubes cannot carry changes nothing. Then the
+    policy, the qvm-firewall lists (so a qube never reaches a new netvm with
+    its old rules), then netvm and provides_network, in an order Qubes
+    accepts. #}
 qubes_firewall-dom0-topology:
   qubes_firewall.topology_valid:
     - require:
       - qubes_firewall: qubes_firewall-validated
+
+qubes_firewall-connect-tcp-policy:
+  qubes_firewall.connect_tcp_policy:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-dom0-topology
 
 qubes_firewall-dom0-firewall:
   qubes_firewall.firewall_rules:
@@ -34,6 +46,10 @@ qubes_firewall-dom0-prefs:
 {#- dom0 part: END dom0 states #}
 {%- else %}
 {#- qube part: BEGIN qube states #}
+{#- validated also plans this qube: a planner refusal stops every state.
+    Everything else waits for the live rules, so a failed nft load writes
+    no file and starts no unit. A qube the pillar does not name (or names
+    with nothing to do) gets the formula's leftovers removed. #}
 qubes_firewall-runtime-rules:
   qubes_firewall.runtime_rules:
     - require:
@@ -46,9 +62,17 @@ qubes_firewall-persisted-rules:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-runtime-rules
 
+{#- in a template: the replay of its custom-persist qubes #}
+qubes_firewall-custom-persist-replay:
+  qubes_firewall.custom_persist_replay:
+    - require:
+      - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-runtime-rules
+
 qubes_firewall-connect-tcp-bindings:
   qubes_firewall.connect_tcp_bindings:
     - require:
       - qubes_firewall: qubes_firewall-validated
+      - qubes_firewall: qubes_firewall-runtime-rules
 {#- qube part: END qube states #}
 {%- endif %}

@@ -8,6 +8,7 @@ import inspect
 import os
 import stat
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -31,8 +32,15 @@ MODULES = {
 
 
 
+# the qubes the ConnectTCP tests name (the model requires qubes:)
+QUBES = {"untrusted": {"netvm": "none"}, "mytcp-service": {"netvm": "none"},
+         "mytcp-service-bis": {"netvm": "none"}}
+
+
 def example_pillar():
-    return yaml.safe_load(PILLAR_EXAMPLE.read_text())["qubes_firewall"]
+    data = yaml.safe_load(PILLAR_EXAMPLE.read_text())["qubes_firewall"]
+    data.setdefault("qubes", dict(QUBES))
+    return data
 
 
 class Minion:
@@ -41,7 +49,10 @@ class Minion:
     def __init__(self, minion_id, pillar, **opts):
         self.salt = {}
         self.opts = {"id": minion_id, "test": False}
+        self.context = {}
         self.opts.update(opts)
+        # the lock and scratch files: never the host's /var/lib
+        self.opts.setdefault("qubes_firewall_state_dir", tempfile.mkdtemp(prefix="qf-test-state-"))
         self.pillar = {"qubes_firewall": pillar}
         self.modules = {}
         for virtual, relpath in MODULES.items():
@@ -60,6 +71,7 @@ class Minion:
         module.__salt__ = self.salt
         module.__opts__ = self.opts
         module.__pillar__ = self.pillar
+        module.__context__ = self.context
 
     def set_pillar(self, pillar):
         self.pillar["qubes_firewall"] = pillar
@@ -71,7 +83,7 @@ class Minion:
 
 def pillar_in(tmp_path, entries=None):
     """The seed example's pillar (or just ``entries``) with lookup paths inside tmp_path."""
-    data = example_pillar() if entries is None else {"connect_tcp": entries}
+    data = example_pillar() if entries is None else {"connect_tcp": entries, "qubes": dict(QUBES)}
     data["lookup"] = {"rw_config": str(tmp_path / "rw"),
                       "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
     return data

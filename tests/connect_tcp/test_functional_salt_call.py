@@ -19,6 +19,7 @@ from .conftest import (
     FAKE_POLICY_LINT,
     FAKE_SYSTEMCTL,
     GOLDEN,
+    REPO,
     example_pillar,
     pillar_in,
     systemctl_calls,
@@ -70,8 +71,24 @@ def apply(salt_env, tmp_path, minion_id, test=False):
     return states
 
 
+def fake_qubes(tmp_path, salt_env):
+    """dom0's policy requires the preflight, which reads Qubes: the fake qvm-* tools."""
+    sys.path.insert(0, str(REPO / "tests" / "dom0"))
+    import fakequbes
+
+    world = fakequbes.seed_world()
+    for qid, name in enumerate(("untrusted", "mytcp-service", "mytcp-service-bis"), 40):
+        world["qubes"][name] = fakequbes._qube("AppVM", qid)
+    state = fakequbes.write_world(tmp_path / "qubes.json", world)
+    bindir = fakequbes.install_tools(str(tmp_path / "qvm-bin"))
+    salt_env["env"].update({"PATH": "%s:%s" % (bindir, salt_env["env"]["PATH"]),
+                            fakequbes.STATE_ENV: str(state)})
+    salt_env["env"].pop("PYTHONPATH", None)  # no qubesadmin: the qvm-* tools
+
+
 def test_dom0_policy_through_salt_call_twice(tmp_path, salt_env):
     write_pillar(tmp_path, pillar_in(tmp_path))
+    fake_qubes(tmp_path, salt_env)
     policy = tmp_path / "policy.d" / "30-user-networking.policy"
 
     dry = apply(salt_env, tmp_path, "dom0", test=True)[POLICY_ID]

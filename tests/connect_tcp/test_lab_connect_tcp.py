@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Minion, example_pillar, write_tool
+from .conftest import QUBES, Minion, example_pillar, write_tool
 
 pytestmark = pytest.mark.lab
 
@@ -55,7 +55,7 @@ def _need_root():
 def lab_pillar(tmp_path):
     """The seed example, every entry persistent: variants 1+4, 2 and 3 as socket units."""
     entries = [dict(e, persistent=True) for e in example_pillar()["connect_tcp"]]
-    return {"connect_tcp": entries,
+    return {"connect_tcp": entries, "qubes": dict(QUBES),
             "lookup": {"rw_config": str(tmp_path / "rw"),
                        "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}}
 

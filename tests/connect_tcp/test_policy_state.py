@@ -1,5 +1,6 @@
 """dom0: the connect_tcp_policy state on a policy file in tmp_path."""
 
+import copy
 import os
 import stat
 
@@ -195,3 +196,62 @@ def test_no_policy_group_no_chown(tmp_path):
     minion.modules["qubes_firewall_connect_tcp"].POLICY_GROUP = "no-such-group-qf"
     assert minion.state("connect_tcp_policy")["result"] is True
     assert policy_path(tmp_path).stat().st_gid == os.getegid()
+
+
+# ---- dom0 clean: policy_absent ---------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["", "# mine\nqubes.ConnectTCP +22 work build allow\n"])
+def test_policy_absent_removes_the_block_only_test_mode_first_then_nothing(tmp_path, user):
+    path = policy_path(tmp_path)
+    if user:
+        path.parent.mkdir()
+        path.write_text(user)
+    minion = Minion("dom0", pillar_in(tmp_path))
+    assert minion.state("connect_tcp_policy")["result"] is True
+    before = snapshot(tmp_path)
+
+    dry = minion.state("policy_absent", test=True)
+    assert dry["result"] is None and str(path) in dry["changes"], dry
+    assert snapshot(tmp_path) == before
+    assert "qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are" in dry["comment"]
+
+    ret = minion.state("policy_absent")
+    assert ret["result"] is True and ret["changes"] == dry["changes"], ret
+    if user:
+        assert path.read_text() == user  # the user's bytes, nothing else
+    else:
+        assert not path.exists()  # the formula created it and nothing else is left
+    assert "qvm-firewall lists are left as they are" in ret["comment"]
+
+    after = snapshot(tmp_path)
+    again = minion.state("policy_absent")
+    assert again["result"] is True and again["changes"] == {}, again
+    assert snapshot(tmp_path) == after
+
+
+def test_policy_absent_without_a_file_changes_nothing(tmp_path):
+    ret = Minion("dom0", pillar_in(tmp_path)).state("policy_absent")
+    assert ret["result"] is True and ret["changes"] == {}
+    assert not policy_path(tmp_path).parent.exists()
+
+
+def test_policy_absent_with_broken_markers_fails_and_changes_nothing(tmp_path):
+    path = policy_path(tmp_path)
+    path.parent.mkdir()
+    old = "# mine\n" + BEGIN + "\nqubes.ConnectTCP +1 a @default allow target=b\n"
+    path.write_text(old)
+    ret = Minion("dom0", pillar_in(tmp_path)).state("policy_absent")
+    assert ret["result"] is False and "nothing changed" in ret["comment"] and ret["changes"] == {}
+    assert path.read_text() == old
+
+
+def test_policy_absent_works_with_a_broken_pillar(tmp_path):
+    minion = Minion("dom0", pillar_in(tmp_path))
+    assert minion.state("connect_tcp_policy")["result"] is True
+    broken = copy.deepcopy(pillar_in(tmp_path))  # never the shared QUBES of conftest
+    broken["qubes"]["untrusted"]["netvm"] = "no-such-qube"
+    minion.set_pillar(broken)
+    ret = minion.state("policy_absent")
+    assert ret["result"] is True and ret["changes"], ret
+    assert not policy_path(tmp_path).exists()

@@ -11,7 +11,8 @@ ct = load_file("_modules/qubes_firewall_connect_tcp.py", "qf_ct_render_ct")
 
 
 def parse(entries):
-    return model_mod.parse({"connect_tcp": entries})
+    names = {e[k] for e in entries for k in ("client", "server") if not e[k].startswith("@")}
+    return model_mod.parse({"connect_tcp": entries, "qubes": {n: {"netvm": "none"} for n in sorted(names)}})
 
 
 def check_golden(name, text):

@@ -27,12 +27,13 @@ FULL = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())["qubes
 
 MODULES = {
     "qubes_firewall_model": "_modules/qubes_firewall_model.py",
+    "qubes_firewall_plan": "_modules/qubes_firewall_plan.py",
     "qubes_firewall_dom0": "_modules/qubes_firewall_dom0.py",
     "qubes_firewall_qubes": "_modules/qubes_firewall_qubes.py",
+    "qubes_firewall_files": "_modules/qubes_firewall_files.py",
+    "qubes_firewall_connect_tcp": "_modules/qubes_firewall_connect_tcp.py",
     "qubes_firewall": "_modules/qubes_firewall.py",
 }
-
-
 
 
 def full_pillar():
@@ -43,18 +44,24 @@ def full_pillar():
 
 
 class Dom0:
-    """The formula's dom0 modules and states, wired like Salt's loader does."""
+    """
+    The formula's dom0 modules and states, wired like Salt's loader does: one
+    ``__context__`` shared by every module and state of a run (``run`` and
+    ``new_run`` start a new one, as a new salt-call does).
+    """
 
     def __init__(self, pillar, **opts):
         self.salt = {}
         self.opts = {"id": "dom0", "test": False}
         self.opts.update(opts)
         self.pillar = {"qubes_firewall": pillar}
+        self.context = {}
         for virtual, relpath in MODULES.items():
             module = load_file(relpath, "qf_dom0_test_" + virtual)
             module.__salt__ = self.salt
             module.__opts__ = self.opts
             module.__pillar__ = self.pillar
+            module.__context__ = self.context
             for name in dir(module):
                 func = getattr(module, name)
                 if not name.startswith("_") and callable(func) and getattr(func, "__module__", "") == module.__name__:
@@ -64,17 +71,26 @@ class Dom0:
         self.states.__salt__ = self.salt
         self.states.__opts__ = self.opts
         self.states.__pillar__ = self.pillar
+        self.states.__context__ = self.context
 
     def set_pillar(self, pillar):
+        if isinstance(pillar, dict) and "lookup" not in pillar and "lookup" in (self.pillar["qubes_firewall"] or {}):
+            pillar = dict(pillar, lookup=self.pillar["qubes_firewall"]["lookup"])  # never the real /etc
         self.pillar["qubes_firewall"] = pillar
+        self.new_run()
+
+    def new_run(self):
+        self.context.clear()
 
     def run(self, test=False):
         """The dom0 states in SLS order, each only if its requisites passed."""
+        self.new_run()
         self.opts["test"] = test
         out = {"validated": self.states.validated("qubes_firewall-validated")}
         ok = out["validated"]["result"] is not False
         out["topology"] = self.states.topology_valid("qubes_firewall-dom0-topology") if ok else None
         ok = ok and out["topology"]["result"] is not False
+        out["policy"] = self.states.connect_tcp_policy("qubes_firewall-connect-tcp-policy") if ok else None
         out["firewall"] = self.states.firewall_rules("qubes_firewall-dom0-firewall") if ok else None
         ok = ok and out["firewall"]["result"] is not False
         out["prefs"] = self.states.prefs("qubes_firewall-dom0-prefs") if ok else None
@@ -136,5 +152,10 @@ def backend(request, monkeypatch):
 
 
 @pytest.fixture
-def dom0(qubes, backend):
-    return Dom0(full_pillar())
+def dom0(qubes, backend, tmp_path):
+    pillar = full_pillar()
+    pillar["lookup"] = {"policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy"),
+                        "rw_config": str(tmp_path / "rw")}
+    d = Dom0(pillar)
+    d.tmp = tmp_path
+    return d

@@ -7,7 +7,7 @@ write it, so both backends of ``qubes_firewall_qubes`` meet the same Qubes:
 
 - the command-line tools ``qvm-ls``, ``qvm-prefs``, ``qvm-firewall``,
   ``qvm-features``, ``qvm-service`` (``cli_main``; installed on PATH by
-  ``install_tools``), printing what the real ones print (QUBES_FACTS 5.2, 6):
+  ``install_tools``), printing what the real ones print (core-admin-client tools):
   values, ``-`` for none, errors on stderr as ``TOOL: error: ...``, exit 2 for
   usage errors (unknown property, unknown rule key, no such domain), a Python
   traceback and exit 1 for a bad rule value;
@@ -58,6 +58,11 @@ class QubesVMNotFoundError(QubesException, KeyError):
 
 class QubesNoSuchPropertyError(QubesException, AttributeError):
     pass
+
+
+class QubesFeatureNotFoundError(QubesException, KeyError):
+    def __str__(self):
+        return Exception.__str__(self)
 
 
 # --------------------------------------------------------------------------
@@ -161,6 +166,10 @@ class Rule:
 
     def _set_comment(self, value):
         self.comment = value
+
+    def expired(self, now=None):
+        now = datetime.datetime.now(tz=datetime.timezone.utc).timestamp() if now is None else now
+        return self.expire is not None and self.expire <= now
 
     @property
     def rule(self):
@@ -342,9 +351,13 @@ class World:
         if prop not in self.property_list(name):
             raise QubesNoSuchPropertyError("Invalid property name: {!r}".format(prop))
         q = self.qube(name)
+        old = self.get(name, prop)
         q["props"].pop(prop, None)
-        if prop == "netvm" and self.running(name) and self.get(name, "netvm"):
-            self.data["events"].append(["attach", name, self.get(name, "netvm")])
+        # core-admin re-attaches only when the reset changes the netvm
+        # (property-reset:netvm returns early when the default is the old value)
+        new = self.get(name, "netvm") if prop == "netvm" else None
+        if prop == "netvm" and self.running(name) and new and new != old:
+            self.data["events"].append(["attach", name, new])
         self.save()
 
     # ---- features
@@ -361,15 +374,24 @@ class World:
 
     # ---- firewall
     def firewall(self, name):
-        """admin.vm.firewall.Get: the rule lines (no firewall.xml: accept all)."""
+        """
+        admin.vm.firewall.Get: the rule lines (no firewall.xml: accept all);
+        a rule past its expire is left out, as qubesd does.
+        """
         self.qube(name)
         lines = self.qube(name).get("firewall")
-        return ["action=accept"] if lines is None else list(lines)
+        if lines is None:
+            return ["action=accept"]
+        return [line for line in lines if not Rule(line).expired()]
 
     def set_firewall(self, name, lines):
-        """admin.vm.firewall.Set: the whole list; an invalid line changes nothing."""
+        """
+        admin.vm.firewall.Set: the whole list; an invalid line changes
+        nothing; a rule past its expire is not saved (core-admin's save).
+        """
         self.qube(name)
         canonical = [Rule(line).rule for line in lines]
+        canonical = [line for line in canonical if not Rule(line).expired()]
         self.qube(name)["firewall"] = canonical
         self.data.setdefault("firewall_sets", []).append(name)
         self.save()
@@ -443,7 +465,7 @@ def qvm_prefs(world, argv):
     if not argv:
         return _error(tool, "the following arguments are required: VMNAME", 2)
     if any(a.startswith("-") and a not in ("-",) for a in argv[1:2]):
-        # options after the qube name are not options (QUBES_FACTS 6)
+        # options after the qube name are not options (as in qvm-prefs)
         return _error(tool, "unrecognized arguments: %s" % " ".join(argv[1:]), 2)
     name, rest = argv[0], argv[1:]
     if not world.exists(name):

@@ -26,12 +26,17 @@ def test_cli_backend_can_be_forced(qubes, monkeypatch):
     assert qubes.calls() == [INVENTORY_CALL]
 
 
-def test_inventory_is_one_call_with_defaults_resolved(dom0, qubes, backend):
+def test_inventory_is_read_once_per_run_with_defaults_resolved(dom0, qubes, backend):
     inv = dom0.qubes_firewall_qubes.inventory()
+    assert dom0.qubes_firewall_qubes.inventory() == inv  # the same run: from __context__
     if backend == "cli":
         assert qubes.calls() == [INVENTORY_CALL]
     else:
-        assert qubes.calls() == [] and fake_qubesadmin.calls["Qubes"] == 1
+        # one admin.vm.List (power states included), one GetAll per qube but dom0
+        assert fake_qubesadmin.calls == {"Qubes": 1, "admin.vm.List": 1, "admin.vm.property.GetAll": 10}
+    dom0.new_run()
+    dom0.qubes_firewall_qubes.inventory()
+    assert len([c for c in qubes.calls() if c[:2] in (["qvm-ls", "--raw-data"], ["qubesd", "admin.vm.List"])]) == 2
     assert inv["dom0"]["klass"] == "AdminVM" and inv["dom0"]["ip"] is None
     assert inv["sys-net"] == {
         "name": "sys-net", "klass": "AppVM", "netvm": None, "provides_network": True,
@@ -90,6 +95,18 @@ def test_no_such_qube(dom0, backend):
         dom0.qubes_firewall_qubes.get_firewall("nope")
 
 
+def fields(*lines):
+    """Rule lines as rule elements, the way the formula passes them."""
+    out = []
+    for line in lines:
+        head, sep, comment = line.partition("comment=")
+        pairs = [tuple(t.split("=", 1)) for t in head.split()]
+        if sep:
+            pairs.append(("comment", comment))
+        out.append(pairs)
+    return out
+
+
 def test_firewall_list_round_trip_in_canonical_form(dom0, qubes, backend):
     mod = dom0.qubes_firewall_qubes
     assert mod.get_firewall("work") == ["action=accept"]  # no firewall.xml: all allowed
@@ -100,21 +117,51 @@ def test_firewall_list_round_trip_in_canonical_form(dom0, qubes, backend):
         "action=accept specialtarget=dns",
         "action=drop",
     ]
-    mod.set_firewall("work", lines)
+    mod.set_firewall("work", fields(*lines))
     assert mod.get_firewall("work") == lines
     mod.set_firewall("work", [])
     assert mod.get_firewall("work") == []  # empty list: everything blocked
-    mod.set_firewall("work", ["action=drop proto=tcp dst4=10.0.0.1/32"])
+    mod.set_firewall("work", fields("action=drop proto=tcp dst4=10.0.0.1/32"))
     assert mod.get_firewall("work") == ["action=drop proto=tcp dst4=10.0.0.1/32"]
+
+
+def test_each_rule_element_is_one_argument(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    mod.set_firewall("work", fields("action=accept proto=tcp dstports=22-22 comment=ssh from the lab, see 1"))
+    assert mod.get_firewall("work") == ["action=accept proto=tcp dstports=22-22 comment=ssh from the lab, see 1"]
+    if backend == "cli":
+        adds = [c for c in qubes.calls() if "add" in c]
+        assert adds == [["qvm-firewall", "work", "add", "action=accept", "proto=tcp", "dstports=22-22",
+                         "comment=ssh from the lab, see 1"]]
+
+
+@pytest.mark.parametrize("bad", [
+    [("action", "accept"), ("dst6", "fe80::%x y/128")],      # a scope id with a space
+    [("action", "accept"), ("proto", "tcp dstports=1-65535")],
+    [("action", "accept"), ("comment", "a\nb")],
+    [("action", "accept"), ("dsthost", "example.com"), ("dst4", "1.2.3.4/32")],
+    "action=accept proto=tcp",                                # a line to split: refused
+])
+def test_a_rule_outside_the_grammar_changes_nothing(dom0, qubes, backend, bad):
+    mod = dom0.qubes_firewall_qubes
+    mod.set_firewall("work", fields("action=drop"))
+    before = qubes.path.read_bytes()
+    qubes.clear_calls()
+    fake_qubesadmin.reset_calls()
+    with pytest.raises(CommandExecutionError, match="nothing changed"):
+        mod.set_firewall("work", fields("action=accept specialtarget=dns") + [bad])
+    assert qubes.path.read_bytes() == before
+    assert [c for c in qubes.calls() if c[0] != "qubesd" and "list" not in c] == []
+    assert fake_qubesadmin.writes() == 0
 
 
 def test_firewall_replacement_is_one_call_with_qubesadmin_and_fail_closed_with_the_cli(dom0, qubes, backend):
     mod = dom0.qubes_firewall_qubes
-    mod.set_firewall("work", ["action=accept proto=tcp dstports=22-22", "action=drop"])
+    mod.set_firewall("work", fields("action=accept proto=tcp dstports=22-22", "action=drop"))
     qubes.edit(lambda d: d.update(firewall_sets=[]))
     qubes.clear_calls()
     new = ["action=accept proto=tcp dstports=443-443", "action=accept specialtarget=dns", "action=drop"]
-    mod.set_firewall("work", new)
+    mod.set_firewall("work", fields(*new))
     assert mod.get_firewall("work") == new
     if backend == "qubesadmin":
         assert qubes.data()["firewall_sets"] == ["work"]
@@ -131,22 +178,29 @@ def test_firewall_replacement_is_one_call_with_qubesadmin_and_fail_closed_with_t
     ]
 
 
-def test_bad_rule_is_refused(dom0, qubes, backend):
+def test_a_rule_qubes_refuses_leaves_the_old_list(dom0, qubes, backend):
     mod = dom0.qubes_firewall_qubes
-    mod.set_firewall("work", ["action=drop"])
-    with pytest.raises(CommandExecutionError):
-        mod.set_firewall("work", ["action=accept proto=tcp dstports=70000"])
-    if backend == "qubesadmin":
-        assert mod.get_firewall("work") == ["action=drop"]  # Set: nothing changed
-    else:
-        assert mod.get_firewall("work") == []  # fail-closed: the old list is gone, nothing added
+    old = ["action=accept proto=tcp dstports=22-22 comment=ssh, kept", "action=drop"]
+    mod.set_firewall("work", fields(*old))
+    # the grammar passes it; Qubes refuses ports above 65536
+    with pytest.raises(CommandExecutionError) as err:
+        mod.set_firewall("work", fields("action=accept specialtarget=dns",
+                                        "action=accept proto=tcp dstports=70000-70000"))
+    assert "Traceback" not in str(err.value)
+    assert mod.get_firewall("work") == old
+    if backend == "cli":
+        assert "the old list of work was put back" in str(err.value)
 
 
 def test_features(dom0, qubes, backend):
     qubes.edit(lambda d: d["qubes"]["sys-vpn"]["features"].update(
-        {"service.qubes-firewall": "", "os": "Linux", "menu-items": "a b c"}))
+        {"service.qubes-firewall": "", "os": "Linux", "menu-items": "a b c", "service.custom-persist": "1"}))
+    # only the features the formula looks at
     assert dom0.qubes_firewall_qubes.features("sys-vpn") == {
-        "menu-items": "a b c", "os": "Linux", "service.qubes-firewall": ""}
+        "os": "Linux", "service.qubes-firewall": "", "service.custom-persist": "1"}
+    if backend == "qubesadmin":  # one List, one Get per wanted feature present
+        assert fake_qubesadmin.calls["admin.vm.feature.List"] == 1
+        assert fake_qubesadmin.calls["admin.vm.feature.Get"] == 3
 
 
 def test_reconnect_reattaches_running_clients_sys_firewall_first(dom0, qubes, backend):
@@ -177,3 +231,28 @@ def test_reconnect_refuses_a_stopped_netvm(dom0, qubes, backend):
     with pytest.raises(CommandExecutionError, match="sys-net is not running"):
         dom0.qubes_firewall.reconnect("sys-net")
     assert qubes.data()["events"] == []
+
+
+def test_a_write_drops_what_the_run_read(dom0, qubes, backend):
+    mod = dom0.qubes_firewall_qubes
+    assert mod.inventory()["work"]["netvm"] == "sys-firewall"
+    assert mod.get_firewall("work") == ["action=accept"]
+    mod.set_pref("work", "netvm", None)
+    assert mod.inventory()["work"]["netvm"] is None  # read again
+    mod.set_firewall("work", [[("action", "drop")]])
+    assert mod.get_firewall("work") == ["action=drop"]
+    # a change made behind the run's back is not seen until something is written
+    qubes.edit(lambda d: d["qubes"]["web"]["props"].update(netvm=None))
+    assert mod.inventory()["web"]["netvm"] == "sys-firewall"
+    dom0.new_run()
+    assert mod.inventory()["web"]["netvm"] is None
+
+
+def test_messages_name_what_was_asked(dom0, qubes, backend):
+    with pytest.raises(CommandExecutionError) as err:
+        dom0.qubes_firewall_qubes.set_pref("build", "netvm", "work")
+    if backend == "qubesadmin":
+        assert str(err.value) == ("setting netvm of build to work (admin.vm.property.Set): "
+                                  "The work qube does not provide network")
+    else:
+        assert str(err.value).startswith("qvm-prefs build netvm work failed (exit 1): ")

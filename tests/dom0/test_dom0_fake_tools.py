@@ -1,6 +1,7 @@
 """
-The fake qvm-* tools print and fail the way Qubes 4.2's do (QUBES_FACTS 5.2,
-6), so the CLI backend is tested against the real tools' conventions.
+The fake qvm-* tools print and fail the way Qubes 4.2's and 4.3's do
+(core-admin-client's tools), so the CLI backend is tested against the real
+tools' conventions.
 """
 
 import subprocess
@@ -73,3 +74,33 @@ def test_qvm_features_and_qvm_service(qubes):
     assert run(qubes, "qvm-service", "sys-vpn").stdout == "qubes-firewall  off\n"
     missing = run(qubes, "qvm-features", "sys-vpn", "os")
     assert missing.returncode == 1 and missing.stdout == ""
+
+
+def qubes_4_3(data):
+    """A Qubes 4.3 install: Debian 13 template, disposable sys-firewall with custom-persist."""
+    data["qubes"]["debian-13-xfce"] = {"klass": "TemplateVM", "qid": 30, "state": "Halted", "template": None,
+                                       "props": {}, "features": {"os": "Linux"}}
+    data["qubes"]["default-dvm"]["template"] = "debian-13-xfce"
+    data["qubes"]["sys-firewall"].update(klass="DispVM", dispid=6, template="default-dvm")
+
+
+def test_a_4_3_machine_with_custom_persist_through_both_backends(qubes, backend):
+    from conftest import Dom0, full_pillar
+
+    qubes.edit(qubes_4_3)
+    assert run(qubes, "qvm-service", "sys-firewall", "custom-persist", "on").returncode == 0
+    assert run(qubes, "qvm-features", "sys-firewall", "service.custom-persist").stdout == "1\n"
+    lines = run(qubes, "qvm-ls", "--raw-data", "--fields", "name,klass,template").stdout.splitlines()
+    assert "sys-firewall|DispVM|default-dvm" in lines
+    assert "default-dvm|AppVM|debian-13-xfce" in lines
+    assert "debian-13-xfce|TemplateVM|-" in lines and "dom0|AdminVM|-" in lines
+
+    d = Dom0(full_pillar())
+    inv = d.qubes_firewall_qubes.inventory()
+    assert inv["sys-firewall"]["klass"] == "DispVM" and inv["sys-firewall"]["disposable"]
+    assert inv["sys-firewall"]["ip"] == "10.138.0.6"  # a named disposable's address
+    assert d.qubes_firewall_dom0.root_template("sys-firewall", inv) == "debian-13-xfce"
+    assert d.qubes_firewall_qubes.features("sys-firewall") == {"service.custom-persist": "1"}
+    assert run(qubes, "qvm-service", "sys-firewall", "custom-persist", "off").returncode == 0
+    d.new_run()
+    assert d.qubes_firewall_qubes.features("sys-firewall") == {"service.custom-persist": ""}

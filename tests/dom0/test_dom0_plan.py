@@ -11,9 +11,12 @@ import copy
 import fakequbes
 import pytest
 from conftest import full_pillar, load_file
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 model_mod = load_file("_modules/qubes_firewall_model.py", "qf_dom0_plan_model")
 dom0 = load_file("_modules/qubes_firewall_dom0.py", "qf_dom0_plan_dom0")
+qubes_mod = load_file("_modules/qubes_firewall_qubes.py", "qf_dom0_plan_qubes")
 
 
 def parse(pillar):
@@ -160,7 +163,7 @@ def test_empty_pillar_list_means_block_everything():
     pillar = full_pillar()
     pillar["qubes"]["build"]["firewall"] = []
     changes = dom0.firewall_changes(parse(pillar), {"build": ["action=accept"]})
-    assert changes == {"build": {"old": ["action=accept"], "new": []}}
+    assert changes == {"build": {"old": ["action=accept"], "new": [], "rules": []}}
 
 
 # ---- topology validation ---------------------------------------------------
@@ -183,9 +186,26 @@ def test_qubes_that_do_not_exist(world):
     pillar["connect_tcp"] = [{"client": "work", "server": "db", "port": 5432}]
     out = problems(pillar, world)
     assert out == [
-        "qubes_firewall:qubes:sys-dns: no such qube in Qubes (qvm-ls does not list it)",
-        "qubes_firewall:connect_tcp:0:server: no such qube in Qubes (qvm-ls does not list it)",
+        "qubes_firewall:qubes:sys-dns: sys-dns does not exist in this Qubes; create the qube, or correct the name",
+        "qubes_firewall:connect_tcp:0:server: db does not exist in this Qubes; create the qube, or correct the name",
     ]
+    assert not any("qvm-ls" in line for line in out)
+
+
+def test_live_rules_past_their_expire_are_not_compared():
+    pillar = full_pillar()
+    pillar["qubes"]["build"]["firewall"] = [{"action": "accept", "specialtarget": "dns"}, {"action": "drop"}]
+    model = parse(pillar)
+    now = 1_700_000_000
+    wanted = ["action=accept specialtarget=dns", "action=drop"]
+    # an expired rule Qubes still holds is inactive: the lists match
+    live = ["action=accept proto=tcp dstports=22-22 expire=%d" % (now - 5)] + wanted
+    assert dom0.firewall_changes(model, {"build": live}, now=now) == {}
+    # a rule that has not expired yet is not in the pillar: replaced
+    live = ["action=accept proto=tcp dstports=22-22 expire=%d" % (now + 3600)] + wanted
+    changes = dom0.firewall_changes(model, {"build": live}, now=now)
+    assert changes["build"]["new"] == wanted
+    assert changes["build"]["rules"] == [[["action", "accept"], ["specialtarget", "dns"]], [["action", "drop"]]]
 
 
 def test_service_qube_with_a_client_attached_directly(world):
@@ -384,3 +404,47 @@ def test_traffic_to_a_netvm_itself_is_not_checked_there(world):
     pillar["connections"] = [{"from": "sys-firewall", "to": "web"}]
     model = parse(pillar)
     assert dom0.firewall_checkpoints(model, model.connections[0]) == []
+
+
+def test_root_template_follows_disposables_and_stops_at_own_roots():
+    inv = {
+        "debian-13-xfce": {"klass": "TemplateVM", "template": None},
+        "default-dvm": {"klass": "AppVM", "template": "debian-13-xfce"},
+        "sys-firewall": {"klass": "DispVM", "template": "default-dvm"},
+        "work": {"klass": "AppVM", "template": "debian-13-xfce"},
+        "vault": {"klass": "StandaloneVM", "template": None},
+    }
+    assert dom0.root_template("sys-firewall", inv) == "debian-13-xfce"
+    assert dom0.root_template("work", inv) == "debian-13-xfce"
+    assert dom0.root_template("vault", inv) is None
+    assert dom0.root_template("debian-13-xfce", inv) is None
+
+
+# every firewall value the pillar accepts reaches Qubes as one argument per
+# element, inside the strict grammar of its key
+_text = st.text(st.characters(min_codepoint=9, max_codepoint=0x2FF), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(["dsthost", "dst4", "dst6", "comment", "dstports", "proto", "icmptype"]),
+       value=st.one_of(_text, st.sampled_from(["fe80::%x y", "fe80::1%eth0", "1.2.3.4/24", "::1/128",
+                                               "example.com", "a b", "1-65535", "icmp"])))
+def test_no_pillar_value_escapes_its_rule_element(key, value):
+    rule = {"action": "accept", key: value}
+    if key in ("dstports",):
+        rule["proto"] = "tcp"
+    if key == "icmptype":
+        rule["proto"] = "icmp"
+    pillar = full_pillar()
+    pillar["qubes"]["work"]["firewall"] = [rule]
+    try:
+        model = parse(pillar)
+    except model_mod.PillarError as exc:
+        assert all(e.startswith("qubes_firewall:") for e in exc.errors)
+        return
+    fields = dom0.rule_fields(model.qubes["work"].firewall[0])
+    assert qubes_mod.rule_problem(fields) is None, fields
+    for k, v in fields:
+        assert "=" not in v and "\n" not in v and "%" not in v
+        if k != "comment":
+            assert " " not in v and "\t" not in v

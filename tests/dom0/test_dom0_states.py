@@ -5,7 +5,12 @@ the second run changes nothing, errors are result False with a comment and
 change nothing.
 """
 
-from conftest import full_pillar
+import re
+
+import fake_qubesadmin
+import fakequbes
+import yaml
+from conftest import REPO, full_pillar
 
 WRITES = {"qvm-prefs": lambda c: len([a for a in c[1:] if not a.startswith("-")]) >= 3 or "-D" in c,
           "qvm-firewall": lambda c: any(a in ("add", "del", "reset") for a in c),
@@ -114,3 +119,180 @@ def test_reconnected_state(dom0, qubes, backend):
     assert ret["result"] is True and ret["changes"] == {}
     ret = dom0.states.reconnected("nope")
     assert ret["result"] is False and "no such qube" in ret["comment"]
+
+
+# ---- the whole-machine preflight ---------------------------------------------
+
+
+def no_writes(qubes):
+    """Neither backend wrote anything to Qubes."""
+    return writes(qubes.calls()) == [] and fake_qubesadmin.writes() == 0 and \
+        not [c for c in qubes.calls() if c[0] == "qubesd" and c[1] in fake_qubesadmin.WRITES]
+
+
+def with_policy(dom0, pillar, entries):
+    """A policy file holding the user's line and a stale block of the formula."""
+    pillar["connect_tcp"] = entries
+    dom0.set_pillar(pillar)
+    path = dom0.tmp / "policy.d" / "30-user-networking.policy"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("# mine\nqubes.ConnectTCP +22 work build allow\n"
+                    "# BEGIN qubes_firewall:connect-tcp (managed by Salt, do not edit)\n"
+                    "qubes.ConnectTCP +1 work @default allow target=build\n"
+                    "# END qubes_firewall:connect-tcp\n")
+    return path
+
+
+def test_a_connection_the_qubes_cannot_carry_fails_in_dom0_before_any_write(dom0, qubes, backend):
+    # web is a client of sys-firewall, build of sys-firewall-2 behind the VPN
+    # qube: no qube can route web -> build. dom0 plans every qube and stops.
+    pillar = full_pillar()
+    pillar["connections"].append({"from": "web", "to": "build", "proto": "tcp", "ports": [8080]})
+    pillar["qubes"]["work"]["firewall"] = [{"action": "drop"}]
+    policy = with_policy(dom0, pillar, [{"client": "web", "server": "build", "port": 8080}])
+    world, text = qubes.path.read_bytes(), policy.read_bytes()
+    qubes.clear_calls()
+    fake_qubesadmin.reset_calls()
+    out = dom0.run()
+    assert out["topology"]["result"] is False
+    assert "qubes_firewall:connections:1: build is not attached directly to sys-firewall" in out["topology"]["comment"]
+    assert out["policy"] is None and out["firewall"] is None and out["prefs"] is None
+    assert qubes.path.read_bytes() == world and policy.read_bytes() == text
+    assert no_writes(qubes)
+
+
+def test_an_unknown_connect_tcp_server_is_named_and_nothing_is_written(dom0, qubes, backend):
+    policy = with_policy(dom0, full_pillar(), [{"client": "untrusted", "server": "ghost-service", "port": 444}])
+    qubes.edit(lambda d: d["qubes"].update(untrusted=fakequbes._qube("AppVM", 30)))
+    world, text = qubes.path.read_bytes(), policy.read_bytes()
+    qubes.clear_calls()
+    fake_qubesadmin.reset_calls()
+    out = dom0.run()
+    comment = out["topology"]["comment"]
+    assert out["topology"]["result"] is False
+    assert "qubes_firewall:connect_tcp:0:server: ghost-service does not exist in this Qubes" in comment
+    assert "qvm-ls" not in comment
+    assert out["policy"] is None
+    assert qubes.path.read_bytes() == world and policy.read_bytes() == text
+    assert no_writes(qubes)
+
+
+def test_a_failing_preflight_stops_the_policy_in_the_sls():
+    sls = (REPO / "salt" / "qubes_firewall" / "init.sls").read_text()
+    block = sls.split("{#- dom0 part: BEGIN dom0 states #}")[1].split("{#- dom0 part: END dom0 states #}")[0]
+    data = yaml.safe_load(re.sub(r"\{#.*?#\}", "", block, flags=re.S))
+    for sid, body in data.items():
+        if sid == "qubes_firewall-dom0-topology":
+            continue
+        requires = [r for item in body[next(iter(body))] if "require" in item for r in item["require"]]
+        assert {"qubes_firewall": "qubes_firewall-dom0-topology"} in requires, sid
+
+
+def test_the_preflight_plans_every_qube_with_addresses_from_qubes(dom0, qubes, backend):
+    # no addresses in the pillar: they come from the inventory; a qube Qubes
+    # has not networked yet plans with a placeholder
+    qubes.edit(lambda d: d["qubes"]["build"]["props"].update(netvm=None))
+    out = dom0.run(test=True)
+    assert out["topology"]["result"] is True, out["topology"]
+
+
+def test_a_pillar_release_other_than_the_detected_one_is_refused(dom0, qubes, backend):
+    release = dom0.tmp / "qubes-release"
+    release.write_text("Qubes release 4.3.0 (R4.3)\n")
+    dom0.opts["qubes_firewall_release_file"] = str(release)
+    assert dom0.qubes_firewall.qubes_release() == "4.3"
+    pillar = full_pillar()
+    pillar["lookup"] = dict(dom0.pillar["qubes_firewall"]["lookup"], qubes_release="4.2")
+    dom0.set_pillar(pillar)
+    before = qubes.path.read_bytes()
+    out = dom0.run()
+    assert out["topology"]["result"] is False
+    assert ("qubes_firewall:lookup:qubes_release: '4.2', but this dom0 runs Qubes 4.3" in out["topology"]["comment"]
+            or "qubes_firewall:lookup:qubes_release: 4.2, but this dom0 runs Qubes 4.3" in out["topology"]["comment"])
+    assert qubes.path.read_bytes() == before and no_writes(qubes)
+    pillar["lookup"]["qubes_release"] = "4.3"
+    dom0.set_pillar(pillar)
+    assert dom0.run(test=True)["topology"]["result"] is True
+    release.write_text("Qubes release 4.2.4 (R4.2)\n")
+    assert dom0.qubes_firewall.qubes_release() == "4.2"
+
+
+def test_custom_persist_and_template_are_checked_against_qubes(dom0, qubes, backend):
+    # sys-firewall holds the https forward's rules; with custom-persist Qubes
+    # runs none of its /rw/config scripts at boot
+    qubes.edit(lambda d: d["qubes"]["sys-firewall"]["features"].update({"service.custom-persist": "1"}))
+    out = dom0.run(test=True)
+    assert out["topology"]["result"] is False
+    assert ("qubes_firewall:qubes:sys-firewall: sys-firewall has the feature service.custom-persist in Qubes"
+            in out["topology"]["comment"])
+    assert "add `custom_persist: true` and `template: fedora-39-xfce`" in out["topology"]["comment"]
+
+    pillar = full_pillar()
+    pillar["qubes"]["sys-firewall"].update(custom_persist=True, template="debian-13")
+    dom0.set_pillar(pillar)
+    out = dom0.run(test=True)
+    assert ("qubes_firewall:qubes:sys-firewall:template: debian-13, but sys-firewall boots from the root "
+            "filesystem of fedora-39-xfce: set `template: fedora-39-xfce`") in out["topology"]["comment"]
+
+    pillar["qubes"]["sys-firewall"]["template"] = "fedora-39-xfce"
+    dom0.set_pillar(pillar)
+    assert dom0.run(test=True)["topology"]["result"] is True
+
+    # the pillar says custom_persist, Qubes does not have it
+    qubes.edit(lambda d: d["qubes"]["sys-firewall"]["features"].pop("service.custom-persist"))
+    out = dom0.run(test=True)
+    assert ("qubes_firewall:qubes:sys-firewall:custom_persist: true, but sys-firewall does not have the "
+            "feature service.custom-persist") in out["topology"]["comment"]
+
+
+def test_the_root_template_of_a_disposable_is_its_disposable_templates_template(dom0, qubes, backend):
+    def add(data):
+        data["qubes"]["disp-fw"] = {"klass": "DispVM", "qid": 40, "dispid": 7, "state": "Running",
+                                    "template": "default-dvm", "features": {"service.custom-persist": "1"},
+                                    "props": {"provides_network": True, "netvm": "sys-net"}}
+    qubes.edit(add)
+    pillar = full_pillar()
+    pillar["qubes"]["disp-fw"] = {"netvm": "sys-net", "provides_network": True, "custom_persist": True,
+                                  "template": "default-dvm", "dispvm_template": "default-dvm"}
+    pillar["qubes"]["web"]["netvm"] = "disp-fw"
+    dom0.set_pillar(pillar)
+    out = dom0.run(test=True)
+    assert ("qubes_firewall:qubes:disp-fw:template: default-dvm, but disp-fw boots from the root filesystem "
+            "of fedora-39-xfce") in out["topology"]["comment"]
+
+
+def test_reconnect_keeps_a_default_client_on_the_default(dom0, qubes, backend):
+    # web follows the global default (sys-firewall); personal is pinned to it
+    qubes.edit(lambda d: d["qubes"]["personal"].update(state="Running", props={"netvm": "sys-firewall"}))
+    assert dom0.qubes_firewall.reconnect("sys-firewall") == \
+        ["personal", "sys-firewall-2", "sys-vpn", "web", "work"]  # none provides network: by name
+    world = qubes.world()
+    events = qubes.data()["events"]
+    assert sorted(e[1] for e in events) == ["personal", "sys-firewall-2", "sys-vpn", "web", "work"]
+    assert all(e[2] == "sys-firewall" for e in events) and len(events) == 5  # each re-attached once
+    for name in ("web", "work", "sys-vpn", "sys-firewall-2"):
+        assert world.is_default(name, "netvm"), name
+    assert not world.is_default("personal", "netvm")
+
+
+def test_a_noop_run_reads_the_inventory_once(dom0, qubes, backend):
+    pillar = full_pillar()
+    pillar["qubes"]["work"]["firewall"] = [
+        {"action": "accept", "proto": "tcp", "dsthost": "10.137.0.10", "dstports": 22},
+        {"action": "accept", "specialtarget": "dns"}, {"action": "drop"}]
+    dom0.set_pillar(pillar)
+    dom0.run()
+    qubes.clear_calls()
+    fake_qubesadmin.reset_calls()
+    out = dom0.run()
+    assert all(v is not None and v["result"] is True and v["changes"] == {} for v in out.values()), out
+    calls = qubes.calls()
+    if backend == "cli":
+        assert [c for c in calls if c[0] == "qvm-ls"] == [["qvm-ls", "--raw-data", "--fields",
+                                                           "name,klass,netvm,provides_network,ip,state,template,kernel"]]
+        assert len([c for c in calls if c[0] == "qvm-firewall"]) == 1  # work's list, once
+    else:
+        assert fake_qubesadmin.calls["admin.vm.List"] == 1 and fake_qubesadmin.calls["Qubes"] == 1
+        assert fake_qubesadmin.calls["admin.vm.firewall.Get"] == 1
+        assert "admin.vm.property.Get" not in fake_qubesadmin.calls
+    assert no_writes(qubes)

@@ -53,10 +53,13 @@ def render(salt_factories, tmp_path, machine, minion_id="dom0", with_machine_fil
     root = pillar_root(tmp_path, machine, with_machine_file)
     bindir = fakequbes.install_tools(str(tmp_path / machine / "bin"))
     state = fakequbes.write_world(tmp_path / machine / "qubes.json", qubes_world(machine))
+    release = tmp_path / machine / "qubes-release"
+    release.write_text("Qubes release 4.3.0 (R4.3)\n")
     env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]), PYTHONWARNINGS="ignore",
                **{fakequbes.STATE_ENV: str(state), fakequbes.LOG_ENV: str(tmp_path / machine / "calls.log")})
     minion = formula_minion(salt_factories, "%s-%s" % (machine, minion_id), root,
-                            id=minion_id, pillar_roots={"user": [str(root)]})
+                            id=minion_id, pillar_roots={"user": [str(root)]},
+                            qubes_firewall_release_file=str(release))
     ret = minion.salt_call_cli(environ=env, timeout=300).run("--local", "--retcode-passthrough", "pillar.items")
     return ret.returncode, ret.data, ret
 
@@ -82,6 +85,7 @@ def test_one_tree_renders_per_machine(rendered):
     assert laptop["addresses"] == {"sys-net": "10.137.0.5", "sys-firewall": "10.137.0.6", "work": "10.137.0.9",
                                    "build": "10.137.0.10", "web": "10.137.0.11"}
     assert desk["addresses"] == dict(laptop["addresses"], media="10.137.0.13")
+    assert laptop["lookup"] == desk["lookup"] == {"qubes_release": "4.3"}
     # everything else is the shared part, identical
     strip = copy.deepcopy(desk)
     del strip["qubes"]["media"], strip["addresses"]["media"], strip["connections"][-1]

@@ -84,17 +84,17 @@ BAD = [
     (["port_forwards", 0, "interfaces", 0], "en s6", "qubes_firewall:port_forwards:0:interfaces:0: not a valid Linux"),
     (["port_forwards", 0, "interfaces", 0], "a" * 16, "qubes_firewall:port_forwards:0:interfaces:0: not a valid Linux"),
     (["port_forwards", 0, "interfaces", 0], "vif3.0", "qubes_firewall:port_forwards:0:interfaces:0: 'vif3.0' is not"),
-    (["port_forwards", 0, "sources", 0], "192.168.1.5/24", "qubes_firewall:port_forwards:0:sources:0: not a valid"),
+    (["port_forwards", 0, "sources", 0], "192.168.1.5/24", "qubes_firewall:port_forwards:0:sources:0: '192.168.1.5/24' has host bits set (write 192.168.1.0/24)"),
     (["port_forwards", 0, "sources", 0], "10.0.0.0/33", "qubes_firewall:port_forwards:0:sources:0:"),
     (["port_forwards", 0, "port"], 65536, "qubes_firewall:port_forwards:0:port: port must be 1-65535"),
     (["port_forwards", 0, "port"], True, "qubes_firewall:port_forwards:0:port: port must be an integer"),
     (["port_forwards", 0, "proto"], "icmp", "qubes_firewall:port_forwards:0:proto: must be one of tcp|udp"),
     (["port_forwards", 0, "name"], "web;reboot", "qubes_firewall:port_forwards:0:name: must be"),
     (["port_forwards", 0, "qube"], "-web", "qubes_firewall:port_forwards:0:qube: not a qube name"),
-    (["lookup", "rw_config"], "/rw/$(reboot)", "qubes_firewall:lookup:rw_config: must be an absolute path"),
+    (["lookup", "rw_config"], "/rw/$(reboot)", "qubes_firewall:lookup:rw_config: must be an absolute, normalised path"),
     (["lookup", "policy_file"], "/etc/qubes/policy.d/30-User.policy", "qubes_firewall:lookup:policy_file: qrexec"),
     (["connect_tcp", 0, "port"], "444; rm", "qubes_firewall:connect_tcp:0:port: port must be"),
-    (["connect_tcp", 0, "client"], "@anyvm\nx", "qubes_firewall:connect_tcp:0:client: not a qube name"),
+    (["connect_tcp", 0, "client"], "@anyvm\nx", "qubes_firewall:connect_tcp:0:client: a client is a qube name, @anyvm or @tag:TAG"),
     (["frobnicate"], 1, "qubes_firewall:frobnicate: unknown key"),
 ]
 
@@ -109,7 +109,8 @@ def test_qube_names_qubes_would_refuse():
     for bad in ["1abc", "a" * 32, "web server", "default", "none", "foo-dm", "wéb", ""]:
         pillar = {"qubes": {bad: {"netvm": None}}}
         errors = errors_of(pillar)
-        assert errors and errors[0].startswith("qubes_firewall:qubes:%s:" % bad), (bad, errors)
+        key = bad or "''"
+        assert errors and errors[0].startswith("qubes_firewall:qubes:%s: " % key), (bad, errors)
 
 
 def test_duplicate_forward_names_and_external_ports():
