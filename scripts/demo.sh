@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job on an embedded default (run as root): build the Qubes lab from
-# pillar.example/full.sls, apply the formula in every emulated qube, print what
-# it did and the connectivity matrix it verified, tear the lab down.
-#   scripts/demo.sh [pillar.sls]
+# The formula in the lab (run as root): build the Qubes lab from a pillar
+# (default pillar.example/full.sls; missing addresses filled in as Qubes would),
+# apply the formula in every emulated qube twice, probe every flow the pillar
+# implies against what qubes_firewall.check expects, tear the lab down.
+#   scripts/demo.sh [pillar.sls]     # exit 0 as expected, 1 mismatch, 2 bad pillar/machine
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"

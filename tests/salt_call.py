@@ -1,7 +1,15 @@
 """
-Run the formula with the real ``salt-call --local`` exactly as CONTRACT.md
-section 2 shows, with a private config/cache directory and pillar, optionally
-inside a lab qube's network namespace.
+Run the formula with the real ``salt-call --local`` inside an emulated qube of
+the lab: ``ip netns exec <the qube's namespace> salt-call ...``, with a private
+config/cache directory and pillar per qube.
+
+Everything else runs Salt through pytest-salt-factories
+(tests/saltfactories_support.py: its loaders, and ``salt_call_cli`` for the
+CLI).  This one stays home-made because the toolkit's CLI wrapper builds and
+starts the command line itself (its generated ``cli_salt_call.py`` script under
+the current interpreter): it has no way to start it inside a network
+namespace, where ``ip netns exec`` must be the process that executes
+salt-call, so that nft, the interfaces and the sockets are the qube's.
 """
 
 import json

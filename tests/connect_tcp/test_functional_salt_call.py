@@ -1,20 +1,19 @@
 """
 The formula through the real Salt loader: salt-call --local state.apply
-qubes_firewall, as dom0 and as the client qube, applied twice.  salt-call gets
-its own config dir (root_dir inside tmp_path), so /etc/salt and /var/cache/salt
-are never touched; a fake systemctl stands in for the qube's systemd.
+qubes_firewall, as dom0 and as the client qube, applied twice, through
+pytest-salt-factories' salt_call_cli: its minion's config, caches and logs live
+inside tmp_path, so /etc/salt and /var/cache/salt are never touched; a fake
+systemctl stands in for the qube's systemd.
 """
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.salt_call import write_minion_config
+from tests.saltfactories_support import formula_minion
 
 from .conftest import (
     FAKE_POLICY_LINT,
@@ -36,7 +35,7 @@ pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not
 
 
 @pytest.fixture
-def salt_env(tmp_path):
+def salt_env(tmp_path, salt_factories):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     write_tool(bin_dir, "qubes-policy-lint", FAKE_POLICY_LINT)
@@ -44,11 +43,10 @@ def salt_env(tmp_path):
     (tmp_path / "systemctl").mkdir()
     run_dir = tmp_path / "run-systemd-system"
     run_dir.mkdir()
-    conf = write_minion_config(tmp_path / "conf", tmp_path, qubes_firewall_systemd_run_dir=str(run_dir))
     env = dict(os.environ)
     env.update({"PATH": "%s:%s" % (bin_dir, env["PATH"]), "PYTHONWARNINGS": "ignore",
                 "FAKE_SYSTEMCTL_DIR": str(tmp_path / "systemctl")})
-    return {"conf": conf, "env": env, "run_dir": run_dir}
+    return {"factories": salt_factories, "env": env, "run_dir": run_dir}
 
 
 def write_pillar(tmp_path, data):
@@ -62,18 +60,13 @@ def write_pillar(tmp_path, data):
 
 
 def apply(salt_env, tmp_path, minion_id, test=False):
-    argv = [str(SALT_CALL), "--config-dir", str(salt_env["conf"]), "--local", "--id", minion_id,
-            "--module-dirs", str(REPO), "--file-root", str(REPO / "salt"),
-            "--pillar-root", str(tmp_path / "pillar"), "--out", "json", "--retcode-passthrough",
-            "state.apply", "qubes_firewall"]
-    if test:
-        argv.append("test=True")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=salt_env["env"], timeout=300,
-                          stdin=subprocess.DEVNULL)
-    try:
-        states = json.loads(proc.stdout)["local"]
-    except (ValueError, KeyError, TypeError):
-        pytest.fail("salt-call gave no state output (rc %d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+    minion = formula_minion(salt_env["factories"], minion_id, tmp_path / "pillar",
+                            qubes_firewall_systemd_run_dir=str(salt_env["run_dir"]))
+    args = ["--local", "--retcode-passthrough", "state.apply", "qubes_firewall"] + (["test=True"] if test else [])
+    ret = minion.salt_call_cli(environ=salt_env["env"], timeout=300).run(*args)
+    states = ret.data
+    if states is None:
+        pytest.fail("salt-call gave no state output (rc %d):\n%s\n%s" % (ret.returncode, ret.stdout, ret.stderr))
     assert isinstance(states, dict), states
     return states
 

@@ -5,13 +5,13 @@ The dom0 part through the real Salt loader, as qubesctl runs it in dom0:
               --pillar-root=PILLARDIR state.apply qubes_firewall
 
 with the fake qvm-* tools first on PATH (qubesadmin is not importable here, so
-the CLI backend runs), salt-call's own config dir inside tmp_path. Also the
-pillar set-up of docs/dom0.md: the addresses pillar resolved in dom0.
+the CLI backend runs), through pytest-salt-factories' salt_call_cli (its
+minion's config, caches and logs inside tmp_path). Also the
+pillar set-up of docs/addresses.md: the addresses pillar resolved in dom0.
 """
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,14 +19,14 @@ import fake_qubesadmin
 import fakequbes
 import pytest
 import yaml
-from conftest import REPO, full_pillar
+from conftest import full_pillar
 
-from tests.salt_call import write_minion_config
+from tests.saltfactories_support import formula_minion
 
 SALT_CALL = Path(sys.executable).parent / "salt-call"
 pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
 
-# the addresses pillar file of docs/dom0.md, verbatim
+# the addresses pillar file of docs/addresses.md (with lookup:qubes_release)
 ADDRESSES_SLS = """\
 {%- import_yaml 'qubes_firewall.sls' as topology %}
 qubes_firewall:
@@ -37,12 +37,11 @@ qubes_firewall:
 
 
 @pytest.fixture(params=["cli", "qubesadmin"])
-def env(tmp_path, request):
+def env(tmp_path, request, salt_factories):
     bindir = fakequbes.install_tools(str(tmp_path / "bin"))
     state = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
     release = tmp_path / "qubes-release"
     release.write_text("Qubes release 4.3.0 (R4.3)\n")
-    conf = write_minion_config(tmp_path / "conf", tmp_path, qubes_firewall_release_file=str(release))
     pillar_dir = tmp_path / "pillar"
     pillar_dir.mkdir()
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - qubes_firewall\n    - qubes_firewall_addresses\n")
@@ -62,7 +61,8 @@ def env(tmp_path, request):
     environ.pop("PYTHONPATH", None)
     if request.param == "qubesadmin":  # the fake qubesadmin package, importable by salt-call
         environ["PYTHONPATH"] = fake_qubesadmin.write_package(tmp_path / "pylib")
-    return {"conf": conf, "pillar": pillar_dir, "env": environ, "state": state,
+    return {"factories": salt_factories, "opts": {"qubes_firewall_release_file": str(release)},
+            "pillar": pillar_dir, "env": environ, "state": state,
             "log": tmp_path / "calls.log", "backend": request.param, "tmp": tmp_path,
             "policy": Path(pillar["lookup"]["policy_file"])}
 
@@ -80,15 +80,11 @@ def write_calls(env):
 
 
 def salt_call(env, minion_id, *args):
-    argv = [str(SALT_CALL), "--config-dir", str(env["conf"]), "--local", "--id", minion_id,
-            "--module-dirs", str(REPO), "--file-root", str(REPO / "salt"),
-            "--pillar-root", str(env["pillar"]), "--out", "json", "--retcode-passthrough"] + list(args)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env["env"], timeout=300,
-                          stdin=subprocess.DEVNULL)
-    try:
-        return proc.returncode, json.loads(proc.stdout)["local"], proc
-    except (ValueError, KeyError, TypeError):
-        pytest.fail("salt-call printed no result (rc %d):\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr))
+    minion = formula_minion(env["factories"], minion_id, env["pillar"], **env["opts"])
+    ret = minion.salt_call_cli(environ=env["env"], timeout=300).run("--local", "--retcode-passthrough", *args)
+    if ret.data is None:
+        pytest.fail("salt-call printed no result (rc %d):\n%s\n%s" % (ret.returncode, ret.stdout, ret.stderr))
+    return ret.returncode, ret.data, ret
 
 
 def apply(env, test=False):

@@ -1,17 +1,21 @@
 """
-The formula under the real Salt loader (``salt-call --local``, as CONTRACT.md
-section 2 runs it): the SLS renders for dom0 and for a qube, the modules load,
-bad pillar stops the run with a path-named message, and the file states keep
-their promises (test=True writes nothing, the second run changes nothing).
+The formula under the real Salt loader, with pytest-salt-factories: the
+execution and state modules through its in-process loaders
+(``saltfactories.utils.functional.Loaders``), the CLI through the minion's
+``salt_call_cli`` (``salt-call --local``).  The SLS renders for dom0 and for a
+qube, the modules load, bad pillar stops the run with a path-named message,
+and the file states keep their promises (test=True writes nothing, the second
+run changes nothing).  Every Salt directory lives in the test's tmp_path.
 """
 
 import copy
 
 import pytest
 import yaml
+from saltfactories.utils.functional import Loaders
 
 from tests.modules import REPO
-from tests.salt_call import SaltCall
+from tests.saltfactories_support import formula_minion, states_by_id, write_pillar_tree
 
 EXAMPLE = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
 
@@ -24,71 +28,81 @@ def pillar_with(tmp_path, **changes):
     return pillar
 
 
+@pytest.fixture
+def make_loaders(salt_factories, tmp_path):
+    """make_loaders(minion_id, pillar) -> Loaders for that minion with that pillar."""
+    made = []
+
+    def make(minion_id, pillar):
+        pillar_dir = write_pillar_tree(tmp_path / "pillar" / minion_id, pillar)
+        minion = formula_minion(salt_factories, minion_id, pillar_dir)
+        made.append(Loaders(minion.config.copy(), loaded_base_name="tests.functional.loaded"))
+        return made[-1]
+
+    yield make
+    for loaders in made:
+        loaders.reset_state()
+
+
 @pytest.mark.parametrize("minion_id", ["dom0", "sys-net", "work", "not-in-pillar"])
-def test_sls_renders_for_dom0_and_qubes(tmp_path, minion_id):
-    rc, out, proc = SaltCall(tmp_path, minion_id, pillar_with(tmp_path)).run("state.show_sls", "qubes_firewall")
-    assert rc == 0, proc.stderr
+def test_sls_renders_for_dom0_and_qubes(make_loaders, tmp_path, minion_id):
+    out = make_loaders(minion_id, pillar_with(tmp_path)).modules.state.show_sls("qubes_firewall")
+    assert isinstance(out, dict), out
     assert "qubes_firewall-validated" in out
     assert ("qubes_firewall-runtime-rules" in out) == (minion_id != "dom0")
 
 
-def test_show_plan_through_the_loader(tmp_path):
-    rc, out, proc = SaltCall(tmp_path, "sys-firewall", pillar_with(tmp_path)).run("qubes_firewall.show_plan")
-    assert rc == 0, proc.stderr
+def test_show_plan_through_the_loader(make_loaders, tmp_path):
+    out = make_loaders("sys-firewall", pillar_with(tmp_path)).modules.qubes_firewall.show_plan()
     assert out["persist_file"] == "qubes-firewall-user-script"
     assert sorted(out["chains"]) == ["qf-forward", "qf-input", "qf-nat"]
     assert out["chains"]["qf-nat"]["rules"][0].startswith("iifgroup 1 ip daddr 10.137.0.6 ")
 
 
-def test_bad_pillar_fails_with_its_path_and_changes_nothing(tmp_path):
+def test_bad_pillar_fails_with_its_path_and_changes_nothing(make_loaders, tmp_path):
     pillar = pillar_with(tmp_path)
     pillar["qubes_firewall"]["port_forwards"][0]["interfaces"] = ["ens6; reboot"]
-    minion = SaltCall(tmp_path, "sys-net", pillar)
-    rc, states = minion.apply()
-    assert rc != 0
-    assert states["qubes_firewall-validated"]["result"] is False
+    ret = make_loaders("sys-net", pillar).modules.state.apply("qubes_firewall")
+    states = {r.id: r for r in ret}
+    assert states["qubes_firewall-validated"].result is False
     assert "qubes_firewall:port_forwards:0:interfaces:0: not a valid Linux interface name" in \
-        states["qubes_firewall-validated"]["comment"]
+        states["qubes_firewall-validated"].comment
     for sid in ("qubes_firewall-runtime-rules", "qubes_firewall-persisted-rules"):
-        assert states[sid]["result"] is False and not states[sid]["changes"]
+        assert states[sid].result is False and not states[sid].changes
     assert not (tmp_path / "rw").exists()
 
 
-def test_unnamed_minion_does_nothing_and_says_so(tmp_path):
-    rc, states = SaltCall(tmp_path, "personal", pillar_with(tmp_path)).apply()
-    assert rc == 0
-    assert "personal is not named in the qubes_firewall:qubes pillar" in \
-        states["qubes_firewall-runtime-rules"]["comment"]
+def test_unnamed_minion_does_nothing_and_says_so(make_loaders, tmp_path):
+    ret = make_loaders("personal", pillar_with(tmp_path)).modules.state.apply("qubes_firewall")
+    states = {r.id: r for r in ret}
+    assert not ret.failed
+    assert "personal is not named in the qubes_firewall:qubes pillar" in states["qubes_firewall-runtime-rules"].comment
     assert not (tmp_path / "rw").exists()
 
 
-def test_persisted_block_test_mode_then_apply_twice(tmp_path):
+def test_persisted_block_test_mode_then_apply_twice(make_loaders, tmp_path):
     rw = tmp_path / "rw" / "config"
     rw.mkdir(parents=True)
     script = rw / "rc.local"
     script.write_text("#!/bin/sh\n# my own line\necho hello >/dev/null\n")
     script.chmod(0o644)
     before = script.read_bytes()
-    minion = SaltCall(tmp_path, "build", pillar_with(tmp_path))
+    states = make_loaders("build", pillar_with(tmp_path)).states
     # the state alone (in the SLS it also requires the live nft apply, tested in the lab)
-    sls_id = ("state.single", "qubes_firewall.persisted_rules", "name=qubes_firewall-persisted-rules")
-    rc, out, proc = minion.run(*sls_id, "test=True")
-    (result,) = out.values()
-    assert result["result"] is None and str(script) in result["changes"]
+    ret = states.qubes_firewall.persisted_rules(name="qubes_firewall-persisted-rules", test=True)
+    assert ret.result is None and str(script) in ret.changes
     assert script.read_bytes() == before and (script.stat().st_mode & 0o777) == 0o644
-    rc, out, proc = minion.run(*sls_id)
-    (result,) = out.values()
-    assert rc == 0 and result["result"] is True and result["changes"], proc.stderr
+    ret = states.qubes_firewall.persisted_rules(name="qubes_firewall-persisted-rules")
+    assert ret.result is True and ret.changes, ret
     text = script.read_text()
     assert text.startswith(before.decode()) and "BEGIN qubes_firewall:rules" in text
     assert script.stat().st_mode & 0o111
     assert not (rw / "qubes-firewall-user-script").exists()
-    rc, out, proc = minion.run(*sls_id)
-    (result,) = out.values()
-    assert result["result"] is True and result["changes"] == {}
+    ret = states.qubes_firewall.persisted_rules(name="qubes_firewall-persisted-rules")
+    assert ret.result is True and ret.changes == {}
 
 
-def test_disposable_netvm_block_is_written_by_its_disposable_template(tmp_path):
+def test_disposable_netvm_block_is_written_by_its_disposable_template(make_loaders, tmp_path):
     """
     sys-firewall as a named disposable of default-dvm (the Qubes 4.2 default):
     the run on default-dvm writes sys-firewall's boot block (guarded by its
@@ -97,23 +111,35 @@ def test_disposable_netvm_block_is_written_by_its_disposable_template(tmp_path):
     """
     pillar = pillar_with(tmp_path)
     pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"] = "default-dvm"
-    template = SaltCall(tmp_path, "default-dvm", pillar)
-    single = ("state.single", "qubes_firewall.persisted_rules", "name=persisted")
-    rc, out, proc = template.run(*single)
-    (result,) = out.values()
-    assert rc == 0 and result["result"] is True, proc.stderr
+    template = make_loaders("default-dvm", pillar).states
+    ret = template.qubes_firewall.persisted_rules(name="persisted")
+    assert ret.result is True, ret
     script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
     assert "# BEGIN qubes_firewall:rules:sys-firewall " in script
     assert '[ "$(qubesdb-read /name 2>/dev/null)" = "sys-firewall" ]' in script
     assert "add chain ip qubes qf-nat " in script
-    rc, out, proc = template.run(*single)
-    assert list(out.values())[0]["changes"] == {}
+    assert template.qubes_firewall.persisted_rules(name="persisted").changes == {}
     # the disposable's own run keeps its hands off its throw-away /rw
-    rc, out, proc = SaltCall(tmp_path / "fw", "sys-firewall", pillar).run(*single)
-    (result,) = out.values()
-    assert result["result"] is True and result["changes"] == {}
+    ret = make_loaders("sys-firewall", pillar).states.qubes_firewall.persisted_rules(name="persisted")
+    assert ret.result is True and ret.changes == {}
     # no longer a disposable: the template's block goes away
     del pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"]
-    template.set_pillar(pillar)
-    rc, out, proc = template.run(*single)
+    ret = make_loaders("default-dvm", pillar).states.qubes_firewall.persisted_rules(name="persisted")
+    assert ret.result is True and ret.changes
     assert "rules:sys-firewall" not in (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
+
+
+def test_cli_state_apply_exit_codes(salt_factories, tmp_path):
+    """salt-call --local, as users run it: a bad pillar exits non-zero, an unnamed minion zero."""
+    pillar = pillar_with(tmp_path)
+    good = formula_minion(salt_factories, "personal", write_pillar_tree(tmp_path / "good", pillar))
+    ret = good.salt_call_cli().run("--local", "--retcode-passthrough", "state.apply", "qubes_firewall")
+    assert ret.returncode == 0, ret
+    assert "qubes_firewall-runtime-rules" in states_by_id(ret.data)
+    pillar["qubes_firewall"]["qubes"]["sys-net"]["netvm"] = "sys-nope"
+    bad = formula_minion(salt_factories, "sys-net", write_pillar_tree(tmp_path / "bad", pillar))
+    ret = bad.salt_call_cli().run("--local", "--retcode-passthrough", "state.apply", "qubes_firewall")
+    assert ret.returncode != 0
+    comment = states_by_id(ret.data)["qubes_firewall-validated"]["comment"]
+    assert "qubes_firewall:qubes:sys-net:netvm" in comment, comment
+    assert not (tmp_path / "rw").exists()

@@ -1,0 +1,93 @@
+"""
+pytest-salt-factories for this formula: a minion configured for ``salt-call
+--local`` (the formula's modules, its state tree, a pillar tree of the test)
+whose every directory lives in the test's tmp_path, its ``salt_call_cli``, and
+the in-process loaders (``saltfactories.utils.functional.Loaders``) over the
+same configuration.
+
+Registered for every test by tests/conftest.py (pytest_plugins); in a test::
+
+    def test_x(salt_factories, tmp_path):
+        minion = formula_minion(salt_factories, "sys-net", pillar_dir)
+        ret = minion.salt_call_cli().run("--local", "qubes_firewall.show_plan")
+        loaders = Loaders(minion.config.copy())
+
+Why our own ``salt_factories`` fixture: pyproject's addopts disable the
+toolkit's event-listener and log-server plugins (they start a ZeroMQ server
+per test session that only daemon tests need), and the toolkit's own fixture
+requires both.  Nothing here starts a daemon: ``salt-call --local`` and the
+loaders need neither, so the manager gets a placeholder listener address and
+the minions' log forwarding is switched off (``pytest-minion: log: disabled``).
+Its CLI runs the real ``salt-call`` beside this Python (``scripts_dir``), not a
+generated wrapper script: Salt reuses the pillar it compiled at start for
+``state.apply`` only when its program is named salt-call, as qubesctl's is.
+"""
+
+import logging
+import pathlib
+import sys
+import types
+
+import pytest
+import salt._logging
+import yaml
+from saltfactories.manager import FactoriesManager
+
+from tests.modules import REPO
+
+
+@pytest.fixture
+def salt_factories(tmp_path):
+    """The factories manager, rooted in this test's tmp_path (configs, caches, logs, scripts)."""
+    # Salt buffers log records in a deferred stderr handler until it configures
+    # logging, and flushes them at exit, when pytest has closed stderr: hand
+    # them to pytest's log capture instead (shown with a failing test).
+    salt._logging.shutdown_temp_handler()
+    root = tmp_path / "salt-factories"
+    root.mkdir()
+    # the manager logs its own repr as a warning when created: not a warning here
+    logger = logging.getLogger("saltfactories.manager")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return FactoriesManager(root_dir=root, log_server_port=None, log_server_level=None, log_server_host=None,
+                                event_listener=types.SimpleNamespace(host="127.0.0.1", port=None),
+                                scripts_dir=pathlib.Path(sys.executable).parent)
+    finally:
+        logger.setLevel(level)
+
+
+def write_pillar_tree(pillar_dir, pillar, name="qubes_firewall"):
+    """``pillar_dir`` with a top file and one SLS: ``pillar`` as a dict (the whole pillar) or SLS text."""
+    pillar_dir.mkdir(parents=True, exist_ok=True)
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - %s\n" % name)
+    text = pillar if isinstance(pillar, str) else yaml.safe_dump(pillar, sort_keys=False)
+    (pillar_dir / ("%s.sls" % name)).write_text(text)
+    return pillar_dir
+
+
+def formula_minion(salt_factories, minion_id, pillar_dir, **opts):
+    """
+    A minion (not started) for ``salt-call --local``: the formula's modules
+    and states (module_dirs = the checkout), its SLS tree, ``pillar_dir`` as
+    the pillar root, backups in its root dir; ``opts`` are more minion options.
+    """
+    root = salt_factories.root_dir / minion_id
+    overrides = {
+        "file_client": "local",
+        "module_dirs": [str(REPO)],
+        "file_roots": {"base": [str(REPO / "salt")]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "qubes_firewall_backup_dir": str(root / "backups"),
+        "log_level_logfile": "warning",
+        "pillar_mask_output": False,
+        "pytest-minion": {"log": {"disabled": True}},
+    }
+    overrides.update(opts)
+    return salt_factories.salt_minion_daemon(minion_id, overrides=overrides)
+
+
+def states_by_id(data):
+    """``state.apply`` output (a dict keyed by state tag) -> {state id: result}."""
+    assert isinstance(data, dict), data
+    return {v["__id__"]: v for v in data.values()}
