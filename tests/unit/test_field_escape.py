@@ -308,10 +308,10 @@ def outputs(mdl):
     for name, qube in sorted(mdl.qubes.items()):
         cli.set_pref(name, "netvm", qube.netvm)
         cli.set_pref(name, "provides_network", qube.provides_network)
-        lines = dom0.wanted_firewall(qube)
-        if lines is not None:
-            cli.set_firewall(name, lines)
-            for line in lines:
+        rules = dom0.wanted_rules(qube)
+        if rules is not None:
+            cli.set_firewall(name, rules, old=[])
+            for line in dom0.wanted_firewall(qube):
                 out.append(("Admin API rule of %s" % name, line, api_line_spans(line)))
     for argv in cli.argvs:
         text, spans = argv_spans(argv)
