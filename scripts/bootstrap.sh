@@ -49,7 +49,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     python3 -m venv "$venv" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check \
         -r "$req" -r "$here/requirements/test.txt" >&2 2> >(grep -v "^WARNING: Location" >&2)
-    got="$("$venv/bin/python" -c 'import salt.version; print(salt.version.__version__)')"
+    got="$("$venv/bin/python" -c 'import salt.config, salt.version; print(salt.version.__version__)')" || got="a broken install"
     if [ "$got" != "$pin" ]; then
         echo "bootstrap: $venv has Salt $got, requirements/salt-$version.txt pins $pin" >&2
         exit 1

@@ -30,6 +30,7 @@ def applied(tmp_path_factory):
         flab.close()
 
 
+@pytest.mark.smoke
 def test_first_apply_succeeds_everywhere_and_the_second_changes_nothing(applied):
     flab, first = applied
     for qube, result in first.items():
@@ -42,6 +43,7 @@ def test_first_apply_succeeds_everywhere_and_the_second_changes_nothing(applied)
     assert flab.snapshot_all() == before
 
 
+@pytest.mark.smoke
 def test_connectivity_matrix_of_the_full_example(applied):
     """Port forward from the LAN through every hop; work -> build one way; nothing else."""
     flab, _ = applied

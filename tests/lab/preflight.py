@@ -1,11 +1,14 @@
 """Can the lab run here?  Root, `ip` and `nft`, and network namespaces.
 
 Lab tests SKIP when it cannot, except under CI (CI=true), where they FAIL: a CI run that
-silently skipped every lab test would prove nothing.
+silently skipped every lab test would prove nothing.  QF_EXPECT_NFT=1.1.3 (set by the
+test matrix) makes the lab refuse another nft version.
 """
 
 import os
+import re
 import shutil
+import subprocess
 from typing import Optional
 
 import pytest
@@ -24,7 +27,22 @@ def missing_requirement() -> Optional[str]:
             return "lab tests need the {!r} command".format(tool)
     if not os.path.exists("/proc/self/ns/net"):
         return "lab tests need network namespaces"
+    expected = os.environ.get("QF_EXPECT_NFT", "").strip()
+    if expected:
+        version = nft_version()
+        if version != expected:
+            return "this run expects nft {} (QF_EXPECT_NFT) but `nft` is {}".format(expected, version or "unknown")
     return None
+
+
+def nft_version() -> Optional[str]:
+    """The version `nft --version` reports, e.g. "1.0.6"."""
+    try:
+        out = subprocess.run(["nft", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"v(\d+(?:\.\d+)+)", out)
+    return match.group(1) if match else None
 
 
 def require_lab() -> None:
