@@ -18,6 +18,7 @@ pin="$(sed -n 's/^salt==\([0-9.]*\)$/\1/p' "$req")"
 need_apt=()
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+[ -f /etc/protocols ] || need_apt+=(netbase)   # nft resolves protocol names there
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if command -v python3 >/dev/null 2>&1; then
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

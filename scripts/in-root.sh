@@ -23,6 +23,7 @@ mount -t tmpfs tmpfs "$root/tmp"
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 # The host hostname resolves locally: Salt grains look it up, and a DNS query from a lab
 # qube namespace would only time out.
+[ -e "$root/etc/hosts" ] || : > "$root/etc/hosts"
 mount --bind -o ro /etc/hosts "$root/etc/hosts"
 # Trust what the host trusts (a CI proxy CA for pip, for example).
 if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$root/etc/ssl/certs/ca-certificates.crt" ]; then

@@ -13,8 +13,9 @@ cache="${QF_STACK_CACHE:-/var/cache/qubes-firewall-formula}"
 root="$cache/$suite"
 mirror="${QF_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # What the root must hold: nft and ip for the lab, a Python with venv and a compiler
-# (Salt on Python 3.13 builds a dependency from source), ca-certificates for pip.
-packages="nftables,iproute2,python3,python3-venv,python3-dev,gcc,ca-certificates,procps"
+# (Salt on Python 3.13 builds a dependency from source), ca-certificates for pip, netbase
+# (/etc/protocols: nft resolves protocol names such as ipv6-icmp there).
+packages="nftables,iproute2,netbase,python3,python3-venv,python3-dev,gcc,ca-certificates,procps"
 recipe="suite=$suite packages=$packages version=1"
 
 if [ -f "$root/.qf-recipe" ] && [ "$(cat "$root/.qf-recipe")" = "$recipe" ]; then

@@ -27,13 +27,16 @@ failed=()
 
 # python_for STACK VERSION: print "host PY" or "ROOT PY" for Salt VERSION on STACK.
 python_for() {
-    local stack="$1" version="$2" root
+    local stack="$1" version="$2" root=- py
     if [ "$stack" = "$host_stack" ]; then
-        echo "- $(scripts/bootstrap.sh "$version")" || return 1
+        py="$(scripts/bootstrap.sh "$version")" || return 1
     else
         root="$(scripts/stack-root.sh "$stack")" || return 1
-        echo "$root $(scripts/in-root.sh "$root" env QF_VENV_DIR=/opt/qf-venv "$here/scripts/bootstrap.sh" "$version" | tail -1)"
+        py="$(scripts/in-root.sh "$root" env QF_VENV_DIR=/opt/qf-venv "$here/scripts/bootstrap.sh" "$version")" \
+            || return 1
     fi
+    [ -n "$py" ] || return 1
+    echo "$root $py"
 }
 
 # run_in WHERE CMD...: run on the host (WHERE = -) or in the stack root WHERE.
