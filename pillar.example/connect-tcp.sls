@@ -1,6 +1,6 @@
 # qubes.ConnectTCP: reach one TCP port of another qube without any networking
-# between the two (seed: "Opening a single TCP port to other network-isolated
-# qube").  Neither qube needs a netvm; no nft rule is involved.
+# between the two (manual page: "Opening a single TCP port to other
+# network-isolated qube").  Neither qube needs a netvm; no nft rule is involved.
 #
 # dom0 (state.apply qubes_firewall with minion id dom0) writes one qrexec policy
 # line per entry into a managed block of lookup:policy_file (default
@@ -10,7 +10,7 @@
 # lines that start them at every boot.  See docs/connect_tcp.md.
 qubes_firewall:
   connect_tcp:
-    # Seed variants 1 and 4: mytcp-service runs a service on port 444 and
+    # Manual page variants 1 and 4: mytcp-service runs a service on port 444 and
     # untrusted reaches it as localhost:444.  call: default (the default) means
     # the client asks for @default and the policy picks the server:
     #   qubes.ConnectTCP +444 untrusted @default allow target=mytcp-service
@@ -22,7 +22,7 @@ qubes_firewall:
       port: 444
       persistent: true
 
-    # Seed variant 2: the client names the server and uses another local port:
+    # Manual page variant 2: the client names the server and uses another local port:
     #   qubes.ConnectTCP +444 untrusted mytcp-service allow
     # In untrusted:  qvm-connect-tcp 10444:mytcp-service:444
     - client: untrusted
@@ -31,7 +31,7 @@ qubes_firewall:
       local_port: 10444
       call: named
 
-    # Seed variant 3: port 445 goes to a different server qube:
+    # Manual page variant 3: port 445 goes to a different server qube:
     #   qubes.ConnectTCP +445 untrusted @default allow target=mytcp-service-bis
     # In untrusted:  qvm-connect-tcp ::445
     - client: untrusted

@@ -1,9 +1,9 @@
-# The whole machine of CONTRACT.md in one pillar: the VPN sandwich, a port
+# A whole machine in one pillar: the VPN sandwich of the manual page, a port
 # forward from the LAN to `web`, `work` talking to `build`.  `scripts/demo.sh`
 # builds this topology in network namespaces and applies the formula in every
 # emulated qube.
 qubes_firewall:
-  addresses:                   # filled in by dom0 on Qubes (see README)
+  addresses:                   # on Qubes leave them out: dom0 fills them in (docs/addresses.md)
     sys-net: 10.137.0.5
     sys-firewall: 10.137.0.6
     sys-vpn: 10.137.0.7

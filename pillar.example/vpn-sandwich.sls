@@ -1,4 +1,4 @@
-# Seed: "Network service qubes".
+# Manual page: "Network service qubes".
 #
 #   sys-net <--> sys-firewall <--> sys-vpn <--> sys-firewall-2 <--> work, build
 #
@@ -7,8 +7,8 @@
 # client attached straight to a service qube).  Everything upstream of
 # sys-firewall-2 sees its address only: Qubes masquerades at every hop.
 qubes_firewall:
-  # On Qubes, dom0 resolves these for each qube's pillar (see README,
-  # "Addresses"); they are written out here so the example runs in the lab.
+  # On Qubes, leave them out: dom0 resolves them for each qube's pillar
+  # (docs/addresses.md); they are written out here so the example runs in the lab.
   addresses:
     sys-net: 10.137.0.5
     sys-firewall: 10.137.0.6
