@@ -83,7 +83,7 @@ class Minion:
 
 
 def pillar_in(tmp_path, entries=None):
-    """The seed example's pillar (or just ``entries``) with lookup paths inside tmp_path."""
+    """The manual page's example's pillar (or just ``entries``) with lookup paths inside tmp_path."""
     data = example_pillar() if entries is None else {"connect_tcp": entries, "qubes": copy.deepcopy(QUBES)}
     data["lookup"] = {"rw_config": str(tmp_path / "rw"),
                       "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}

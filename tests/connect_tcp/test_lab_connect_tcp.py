@@ -6,7 +6,7 @@ applies the rendered dom0 policy and relays to 127.0.0.1:PORT in the server's
 namespace; systemd's Accept=true socket activation is emulated
 (lab/socket_units.py) from the unit files the bindings state wrote.
 
-Needs root (namespaces, ports below 1024 as in the seed): skipped otherwise,
+Needs root (namespaces, ports below 1024 as in the manual page): skipped otherwise,
 but failed when CI=true.
 """
 
@@ -53,7 +53,7 @@ def _need_root():
 
 
 def lab_pillar(tmp_path):
-    """The seed example, every entry persistent: variants 1+4, 2 and 3 as socket units."""
+    """The manual page's example, every entry persistent: variants 1+4, 2 and 3 as socket units."""
     entries = [dict(e, persistent=True) for e in example_pillar()["connect_tcp"]]
     return {"connect_tcp": entries, "qubes": dict(QUBES),
             "lookup": {"rw_config": str(tmp_path / "rw"),

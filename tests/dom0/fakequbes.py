@@ -677,7 +677,7 @@ def _qube(klass, qid, state="Running", template="fedora-39-xfce", props=None, fe
 
 
 def seed_world():
-    """A fresh Qubes 4.2 install plus the qubes the seed document names, not yet wired."""
+    """A fresh Qubes 4.2 install plus the qubes the manual page names, not yet wired."""
     return {
         "global": {"default_netvm": "sys-firewall"},
         "events": [],

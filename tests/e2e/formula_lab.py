@@ -1,7 +1,7 @@
 """
 The formula in the lab: a network-namespace Qubes (tests.lab) built from a
 pillar's topology and addresses, with ``salt-call`` run inside each emulated
-qube exactly as CONTRACT.md section 2 shows.  Each qube gets the pillar dom0
+qube exactly as the README shows.  Each qube gets the pillar dom0
 would render for it: the same pillar, with ``lookup:rw_config`` pointing at
 that qube's emulated /rw/config and, when the model knows them, ``lookup:etc_qubes``
 and ``lookup:systemd_dir`` at its root's (its template's) /etc/qubes and

@@ -1,6 +1,6 @@
 """
 The formula end to end (issue 3): real salt-call in every emulated qube, real
-nftables, real packets.  Each test reads like the seed scenario it replaces.
+nftables, real packets.  Each test reads like the manual page scenario it replaces.
 """
 
 import copy

@@ -29,7 +29,7 @@ UPLINK = {"laptop": "wlp0s20f3", "desk": "enp3s0"}
 
 
 def qubes_world(machine):
-    """The machine's Qubes: the seed install, plus media on the desk."""
+    """The machine's Qubes: the manual page's install, plus media on the desk."""
     world = fakequbes.seed_world()
     if machine == "desk":
         world["qubes"]["media"] = fakequbes._qube("AppVM", 13, kernel="6.6.48-1.fc37")

@@ -3,7 +3,7 @@ in Linux network namespaces (one namespace per qube or outside host, a veth pair
 vif).  Needs root, `ip` (iproute2) and `nft`; tests call preflight.require_lab() first.
 
     from tests.lab import Lab, QubeSpec, OutsideHost
-    from tests.lab.seed import seed_qubes, seed_outside      # the seed document's topology
+    from tests.lab.seed import seed_qubes, seed_outside      # the manual page's topology
 
     with Lab(seed_qubes(), seed_outside(), workdir=tmp_path, release="4.3") as lab:
         lab.serve_tcp("web", 443)                       # banner "web:443" (report_peer=True adds ":peer")

@@ -7,7 +7,7 @@ build a Lab should call tests.lab.preflight.require_lab() first, to the same eff
 Fixtures:
     release       "4.2" then "4.3": every test using it (or the fixtures below) runs for
                   both Qubes releases.
-    seed_lab      the seed topology (tests.lab.seed), built once per module and release.
+    seed_lab      the manual page's topology (tests.lab.seed), built once per module and release.
     fresh_seed_lab  that module lab, reset after the test (servers stopped, rw_config
                   emptied, every qube rebooted): for tests that change rules.
     make_lab      factory: make_lab(qubes, outside=(), **kw) -> Lab of that release, closed

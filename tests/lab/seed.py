@@ -1,4 +1,4 @@
-"""The topology of the seed document and QUBES_FACTS 1.5, shared by lab tests.
+"""The topology of the Qubes firewall manual page, shared by lab tests.
 
     lan 192.168.1.50 (+.51) --ens6-- sys-net 10.137.0.5 --ens7-- wan 172.30.0.50
     sys-net <- sys-firewall .6 <- sys-vpn .7 <- sys-firewall-2 .8 <- work .9, build .10

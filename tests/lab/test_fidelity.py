@@ -1,7 +1,7 @@
 """Fidelity of the lab: packets in it pass or die exactly where they would on Qubes OS 4.2
 and 4.3 (every test using seed_lab or make_lab runs once per release).
 
-Each test names the fact it proves (QUBES_FACTS sections, the seed document's sections
+Each test names the fact it proves (Qubes' own behaviour, the manual page's sections
 "Enabling networking between two qubes" and "Port forwarding to a qube from the outside
 world").  Topology: tests.lab.seed (sys-net, sys-firewall, sys-vpn, sys-firewall-2,
 work, build, web; hosts lan on ens6 and wan on ens7).
@@ -82,10 +82,10 @@ def _counter_packets(lab, qube, table, chain, needle):
 
 
 # ---------------------------------------------------------------------------------------
-# The base ruleset and plumbing, as listed by QUBES_FACTS 1.2, 1.3, 2.1-2.3
+# The base ruleset and plumbing, as Qubes' network/*.nft files and vif scripts set them up
 
 
-def test_base_ruleset_matches_qubes_facts(seed_lab):
+def test_base_ruleset_matches_qubes(seed_lab):
     """Every qube has ip/ip6 qubes with the 4.2 chains (type, hook, priority, policy, order
     and rules); only providers have dnat-dns and the qubes-firewall tables; each client has a
     qbs- chain in its netvm holding Qubes' default [accept] then the admin-prohibited reject;
@@ -170,7 +170,7 @@ def test_base_ruleset_matches_qubes_facts(seed_lab):
     assert lab.vif("work").startswith("vif")
 
 
-def test_plumbing_matches_qubes_facts(seed_lab):
+def test_plumbing_matches_qubes(seed_lab):
     """Client eth0 is group 1 with IP/32, a scope-link route to the gateway and an onlink
     default; the netvm's vif is group 2 with the netvm's own IP/32, proxy_arp and a /32 route
     to the client; physical NICs stay in group 0; QubesDB keys are those of core-admin."""
@@ -233,7 +233,7 @@ def test_base_ruleset_blocks_port_forward_and_inter_qube(fresh_seed_lab):
 
 def test_clients_reach_upstream_masqueraded(fresh_seed_lab):
     """work reaches a LAN server through four providers; the server sees only sys-net's LAN
-    address (masquerade at each hop, QUBES_FACTS 1.4); a network service qube sees the
+    address (masquerade at each hop); a network service qube sees the
     address of the firewall qube below it, not the client's."""
     lab = fresh_seed_lab
     lab.serve_tcp("lan", 8080, report_peer=True)
@@ -267,7 +267,7 @@ def test_client_unreachable_from_lan_even_with_routes(fresh_seed_lab):
 
 
 # ---------------------------------------------------------------------------------------
-# 3. Seed document: "Port forwarding to a qube from the outside world", typed per hop
+# 3. Manual page: "Port forwarding to a qube from the outside world", typed per hop
 
 SEED_PORT_FORWARD = {
     "sys-net": [
@@ -292,7 +292,7 @@ SEED_PORT_FORWARD = {
 
 
 def test_seed_port_forward(fresh_seed_lab):
-    """The seed's hand-typed port forward (DNAT + forward accept in sys-net and sys-firewall,
+    """The manual page's hand-typed port forward (DNAT + forward accept in sys-net and sys-firewall,
     input accept in web) opens lan -> 192.168.1.10:443 -> web:443; the LAN source address
     reaches web (no NAT going down); the wan host (other interface and network) is refused;
     another port stays closed."""
@@ -314,7 +314,7 @@ def test_seed_port_forward(fresh_seed_lab):
 
 
 # ---------------------------------------------------------------------------------------
-# 4. Seed document: "Enabling networking between two qubes"
+# 4. Manual page: "Enabling networking between two qubes"
 
 SEED_TWO_QUBES = {
     "sys-firewall-2": ["sudo nft add rule ip qubes custom-forward ip saddr 10.137.0.9 ip daddr 10.137.0.10 "
@@ -325,14 +325,14 @@ SEED_TWO_QUBES = {
 
 
 def _typed(command):
-    # The seed types `sudo nft ...`; the lab runs as root already.
+    # The manual page types `sudo nft ...`; the lab runs as root already.
     return command[len("sudo "):] if command.startswith("sudo ") else command
 
 
 def test_seed_networking_between_two_qubes(fresh_seed_lab):
-    """The seed's two rules (custom-forward in the shared firewall qube, custom-input in the
+    """The manual page's two rules (custom-forward in the shared firewall qube, custom-input in the
     server) let work reach build:22, unNATed; not build -> work, not web -> build.  The
-    source's qvm-firewall list still applies to vif -> vif traffic (QUBES_FACTS 2.5)."""
+    source's qvm-firewall list still applies to vif -> vif traffic."""
     lab = fresh_seed_lab
     for qube, commands in SEED_TWO_QUBES.items():
         for command in commands:
@@ -576,14 +576,14 @@ then
   # allow forwarded traffic
   nft add rule qubes custom-forward iif == "ens6" ip saddr 192.168.1.0/24 ip daddr 10.137.0.6 tcp dport 443 ct state new,established,related counter accept
 fi
-"""  # noqa: E501  (the seed's sys-net qubes-firewall-user-script, addresses filled in)
+"""  # noqa: E501  (the manual page's sys-net qubes-firewall-user-script, addresses filled in)
 
 
 def test_seed_persisted_script_replays_with_its_flaws(fresh_seed_lab):
-    """The seed's sys-net qubes-firewall-user-script, replayed at boot as Qubes does: its
+    """The manual page's sys-net qubes-firewall-user-script, replayed at boot as Qubes does: its
     dnat line (`saddr` without `ip`) fails and the failure is only logged, so the DNAT chain
     stays empty; its `if nft add chain` guard is always true, so a qubes-firewall restart
-    appends the forward rule again (QUBES_FACTS 3.2, 4, 9)."""
+    appends the forward rule again."""
     lab = fresh_seed_lab
     _write(lab.rw_config("sys-net") / "qubes-firewall-user-script", SEED_SYS_NET_USER_SCRIPT, 0o755)
     lab.reboot("sys-net")

@@ -1,6 +1,6 @@
 """The Lab: a Qubes 4.2 or 4.3 network of qubes and outside hosts in network namespaces.
 
-Plumbing per QUBES_FACTS 1.2/1.3/1.5: for each client C of netvm N, one veth pair
+Plumbing as Qubes' setup-ip and vif-route-qubes do it: for each client C of netvm N, one veth pair
 ``eth0`` (in C: group 1, IP_C/32, gateway IP_N as permanent neighbour fe:ff:ff:ff:ff:ff,
 route IP_N scope link, default via IP_N onlink) <-> ``vif<K>.0`` (in N: MAC
 fe:ff:ff:ff:ff:ff, group 2, IP_N/32, permanent neighbour for C, proxy_arp=1, route

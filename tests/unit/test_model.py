@@ -1,4 +1,4 @@
-"""The pillar model: CONTRACT.md section 3 parsed strictly, every error path-named."""
+"""The pillar model: the README's pillar reference parsed strictly, every error path-named."""
 
 import copy
 import re
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tests.modules import model, plan
 
-CONTRACT_EXAMPLE = {
+README_EXAMPLE = {
     "lookup": {"rw_config": "/rw/config", "policy_file": "/etc/qubes/policy.d/30-user-networking.policy"},
     "addresses": {"sys-net": "10.137.0.5"},
     "qubes": {
@@ -39,8 +39,8 @@ def errors_of(pillar):
     return err.value.errors
 
 
-def test_contract_example_parses():
-    m = model.parse(CONTRACT_EXAMPLE)
+def test_readme_example_parses():
+    m = model.parse(README_EXAMPLE)
     assert m.chain("work") == ["work", "sys-firewall-2", "sys-vpn", "sys-firewall", "sys-net"]
     assert m.qubes["sys-net"].netvm is None
     assert m.qubes["work"].firewall[0].dstports == (443, 443)
@@ -57,7 +57,7 @@ def test_provides_network_defaults_to_true_for_a_netvm_only():
 
 
 def with_change(path, value):
-    pillar = copy.deepcopy(CONTRACT_EXAMPLE)
+    pillar = copy.deepcopy(README_EXAMPLE)
     node = pillar
     for key in path[:-1]:
         node = node[key]
@@ -114,7 +114,7 @@ def test_qube_names_qubes_would_refuse():
 
 
 def test_duplicate_forward_names_and_external_ports():
-    pillar = copy.deepcopy(CONTRACT_EXAMPLE)
+    pillar = copy.deepcopy(README_EXAMPLE)
     pillar["port_forwards"].append(dict(pillar["port_forwards"][0]))
     errors = errors_of(pillar)
     assert errors == ["qubes_firewall:port_forwards:1:name: duplicate port forward name 'https' "
@@ -163,7 +163,7 @@ hostile = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(STRING_FIELDS), value=hostile)
 def test_hostile_strings_are_rejected_with_a_path_or_rendered_safely(field, value):
-    pillar = CONTRACT_EXAMPLE
+    pillar = README_EXAMPLE
     pillar = with_change(field, value)
     pillar["addresses"] = dict(pillar["addresses"], **{
         "sys-firewall": "10.137.0.6", "web": pillar["addresses"].get("web", "10.137.0.11"),
