@@ -58,11 +58,12 @@ def test_test_mode_reports_without_writing(tmp_path):
         net = results["sys-net"]
         assert net.retcode == 0
         assert net.states["qubes_firewall-runtime-rules"]["result"] is None
-        txn = net.states["qubes_firewall-runtime-rules"]["changes"]["transaction"]
-        assert "add chain ip qubes qf-nat { type nat hook prerouting" in txn
-        # the reported transaction is exactly what the real run then loads
+        nft = net.states["qubes_firewall-runtime-rules"]["changes"]["nft"]
+        assert "port_forwards:https" in nft["entries added"] and "chains added" in nft["objects"], nft
+        assert nft["added"] > 0 and nft["removed"] == 0 and nft["kept"] == 0, nft
+        # the reported change is exactly what the real run then makes
         real = flab.apply("sys-net")
-        assert real.states["qubes_firewall-runtime-rules"]["changes"]["transaction"] == txn
+        assert real.states["qubes_firewall-runtime-rules"]["changes"]["nft"] == nft
 
 
 def test_four_hop_forward_through_the_vpn_sandwich(tmp_path):
