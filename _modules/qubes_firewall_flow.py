@@ -476,6 +476,8 @@ def check_text(answer):
         for rule in answer["rules"]:
             lines.append("  %s %s: %s" % (rule["qube"], rule["chain"], rule["comment"]))
             lines.append("      %s" % rule["rule"])
+            if rule.get("element"):
+                lines.append("      element %s" % rule["element"])
     if answer["notes"]:
         lines += ["", "notes:"] + ["  - " + n for n in answer["notes"]]
     return "\n".join(lines)
