@@ -154,7 +154,11 @@ def runtime_rules(name):
     by one jump each from ``custom-input`` / ``custom-forward``).  A qube the
     pillar does not name, or names with nothing to do, holds none of them:
     leftovers are removed.  One nft read; when something differs, one
-    transaction, checked with ``nft -c`` first.
+    transaction, checked with ``nft -c`` first.  ``changes["nft"]`` says it
+    once, by pillar entry: rules and elements ``added``, ``removed`` and
+    ``kept``, the ``entries added`` / ``removed`` / ``changed``, and the
+    chains, sets and jumps made or dropped (``objects``); the transaction
+    itself is what ``qubes_firewall.drift`` prints as its fix.
 
     .. code-block:: yaml
 
