@@ -862,7 +862,32 @@ def _not_named_here(qube):
     return {"qube": qube, "comment": "%s is not named in the qubes_firewall:qubes pillar" % qube}
 
 
-def status(origin=None):
+# outputters that print data for a program, not for a person
+_MACHINE_OUTPUTTERS = ("json", "yaml", "pprint", "raw", "txt", "newline_values_only", "profile")
+
+
+def _wants_data(fmt):
+    """
+    True when the caller asked for machine output: ``fmt=data``, or no ``fmt``
+    and a machine outputter (``--out=json``, ``--out=yaml``, ...).  Under
+    salt-ssh (``qubesctl --skip-dom0 --targets``) the target's salt-call always
+    runs with ``--out json``: there, text needs ``fmt=text``.
+    """
+    if fmt not in (None, "", "text", "data"):
+        raise CommandExecutionError("fmt must be text or data, got %r" % (fmt,))
+    if fmt:
+        return fmt == "data"
+    return (__opts__.get("output") or "") in _MACHINE_OUTPUTTERS
+
+
+def _readable(data, fmt, render):
+    """``data`` as it is when the caller wants data, else rendered to text by ``render``."""
+    if _wants_data(fmt):
+        return data
+    return render(data)
+
+
+def status(origin=None, fmt=None):
     """
     Every rule the formula owns in this qube, with its pillar origin and its
     packet/byte counters (the seed document's "look at the counters"), summed
@@ -870,20 +895,28 @@ def status(origin=None):
     are not loaded. ``origin`` keeps only rules of one pillar entry, e.g.
     ``port_forwards:https``: the same name in every hop of a port forward.
 
+    Output: text for a person by default; the data (a dict) with ``fmt=data``
+    or a machine outputter (``--out=json``, ``--out=yaml``). Under
+    ``qubesctl --skip-dom0 --targets=...`` (salt-ssh) the qube's salt-call
+    always returns JSON data: give ``fmt=text`` there for the text.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-call qubes_firewall.status
-        qubesctl --skip-dom0 --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https
+        qubesctl --skip-dom0 --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https fmt=text
+        salt-call --out=json qubes_firewall.status
     """
+    text = __salt__["qubes_firewall_report.status_text"]
     plan = qube_plan()
     if plan is None:
-        return _not_named_here(minion_id())
-    return __salt__["qubes_firewall_report.status"](plan, _live(), origin)
+        return _readable(_not_named_here(minion_id()), fmt, text)
+    report = __salt__["qubes_firewall_report.status"](plan, _live(), origin)
+    return _readable(report, fmt, text)
 
 
-def drift():
+def drift(fmt=None):
     """
     What differs between the pillar, the live ruleset and the boot block:
     rules missing (a restart, a hand ``flush``), rules the pillar does not
@@ -894,11 +927,17 @@ def drift():
     Salt's exit code is 1 when anything drifted; ``fix`` holds the
     transaction ``state.apply qubes_firewall`` would load.
 
+    Output: text for a person by default; the data (a dict) with ``fmt=data``
+    or a machine outputter (``--out=json``, ``--out=yaml``). Under
+    ``qubesctl --skip-dom0 --targets=...`` (salt-ssh) the qube's salt-call
+    always returns JSON data: give ``fmt=text`` there for the text.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-call qubes_firewall.drift
+        salt-call qubes_firewall.drift fmt=data
     """
     qube = minion_id()
     plan = qube_plan()
@@ -934,7 +973,7 @@ def drift():
     out["drifted"] = bool(out["live"] or out["persisted"] or out["connect_tcp"] or out["template"])
     if out["drifted"]:
         __context__["retcode"] = 1
-    return out
+    return _readable(out, fmt, __salt__["qubes_firewall_report.drift_text"])
 
 
 def _backup_args():
@@ -998,8 +1037,11 @@ def diagram(fmt="mermaid", path=None):
     The pillar's topology as Mermaid (``fmt=mermaid``) or Graphviz DOT
     (``fmt=dot``) text: the netvm chain with roles, each port forward's path,
     connections and qubes.ConnectTCP bindings. With ``path``, the text is
-    written to that file (Salt's outputters cannot print bare text) and the
-    path returned.
+    written to that file and the path returned. Salt's default outputter
+    prints the text under a ``local:`` heading; ``--out=newline_values_only``
+    prints it bare (``salt-call --out=newline_values_only
+    qubes_firewall.diagram > topology.mmd``), and ``path=`` works under
+    qubesctl too.
 
     CLI Example:
 
@@ -1007,6 +1049,7 @@ def diagram(fmt="mermaid", path=None):
 
         sudo qubesctl qubes_firewall.diagram
         sudo qubesctl qubes_firewall.diagram fmt=dot path=/tmp/topology.dot
+        sudo qubesctl --out=newline_values_only qubes_firewall.diagram
         dot -Tpng /tmp/topology.dot -o topology.png
     """
     try:
@@ -1019,7 +1062,7 @@ def diagram(fmt="mermaid", path=None):
     return {"path": path}
 
 
-def check(source, target, port, proto="tcp", interface=None, source_ip=None):
+def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt=None):
     """
     May a new connection from ``source`` to ``target`` on ``port`` pass, and
     through which rules? Answered from the pillar alone (nothing is read from
@@ -1030,15 +1073,22 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None):
     the packet comes from (else rules that depend on them are listed as
     ``conditions``).
 
+    Output: the verdict and the walk hop by hop first, then the rules on the
+    way; the data (``allowed``, ``reason``, ``steps``, ``rules``, ...) with
+    ``fmt=data`` or a machine outputter (``--out=json``).
+
     CLI Example:
 
     .. code-block:: bash
 
         salt-call qubes_firewall.check work build 22
         salt-call qubes_firewall.check outside web 443 interface=ens6 source_ip=192.168.1.50
+        salt-call --out=json qubes_firewall.check work build 22
     """
+    _wants_data(fmt)
     try:
-        return __salt__["qubes_firewall_flow.check"](model(), source, target, port, proto,
-                                                     interface=interface, source_ip=source_ip)
+        answer = __salt__["qubes_firewall_flow.check"](model(), source, target, port, proto,
+                                                       interface=interface, source_ip=source_ip)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
+    return _readable(answer, fmt, __salt__["qubes_firewall_flow.check_text"])

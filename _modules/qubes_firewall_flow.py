@@ -453,3 +453,31 @@ def matrix(model, nodes, ports, proto="tcp", **kwargs):
             for port in ports:
                 out[(source, target, port)] = check(model, source, target, port, proto, **kwargs)
     return out
+
+
+def check_text(answer):
+    """
+    ``check``'s answer as text, narrative first: the verdict, the walk hop by
+    hop, then the formula's rules on the way, the conditions and the notes.
+    """
+    verdict = "ALLOWED" if answer["allowed"] else "BLOCKED"
+    reason = answer["reason"]
+    if reason.startswith("allowed: "):
+        reason = reason[len("allowed: "):]
+    lines = ["%s: %s -> %s %s/%s: %s" % (verdict, answer["source"], answer["target"], answer["proto"],
+                                       answer["port"], reason)]
+    if answer["steps"]:
+        lines += ["", "path, hop by hop:"]
+        lines += ["  %d. %s" % (i, step) for i, step in enumerate(answer["steps"], 1)]
+    if answer["conditions"]:
+        lines += ["", "only if:"] + ["  - " + c for c in answer["conditions"]]
+    if answer["rules"]:
+        lines += ["", "the formula's rules on the way:"]
+        for rule in answer["rules"]:
+            lines.append("  %s %s: %s" % (rule["qube"], rule["chain"], rule["comment"]))
+            lines.append("      %s" % rule["rule"])
+            if rule.get("element"):
+                lines.append("      element %s" % rule["element"])
+    if answer["notes"]:
+        lines += ["", "notes:"] + ["  - " + n for n in answer["notes"]]
+    return "\n".join(lines)

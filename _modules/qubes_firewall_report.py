@@ -309,3 +309,150 @@ def drift(plan, live, files, block_of):
         "live": live_items,
         "persisted": persisted,
     }
+
+
+# ---- human output: what status, drift and the states print by default ----
+# Pure text renderers; the execution module returns their text unless the
+# caller asked for data (``fmt=data`` or a machine outputter such as
+# ``--out=json``).  One string, so Salt's outputter prints it as lines.
+
+_COUNTED = ("rules_added", "rules_removed", "elements_added", "elements_removed")
+
+
+def _table(rows, right=()):
+    """Aligned columns (the last one left ragged); ``right``: indexes of right-aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for row in rows:
+        cells = [row[i].rjust(widths[i]) if i in right else row[i].ljust(widths[i]) for i in range(len(widths))]
+        out.append("  ".join(cells + [row[-1]]).rstrip())
+    return out
+
+
+def status_text(report):
+    """
+    ``status`` as text: one headline (qube, rules, packets, bytes), the
+    counters per pillar entry, every rule and element with its counters and
+    origin, and the planned items that are not loaded.
+    """
+    if "rules" not in report:
+        return "%s: %s." % (report.get("qube", "?"), report.get("comment", "nothing to show"))
+    total = report["total"]
+    lines = ["%s: %d rules and elements owned by the formula, %d packets, %d bytes%s"
+             % (report["qube"], total["rules"], total["packets"], total["bytes"],
+                "; %d planned but not loaded" % len(report["missing"]) if report["missing"] else "")]
+    if report["by_origin"]:
+        lines += ["", "per pillar entry:"]
+        rows = [("  entry", "rules", "packets", "bytes")]
+        rows += [("  " + key, str(v["rules"]), str(v["packets"]), str(v["bytes"]))
+                 for key, v in sorted(report["by_origin"].items())]
+        lines += _table([(r[0], r[1], r[2], r[3]) for r in rows], right=(1, 2))
+    if report["rules"]:
+        lines += ["", "rules and elements:"]
+        lines += ["  " + line for line in status_table(report).splitlines()]
+    if report["missing"]:
+        lines += ["", "planned but not loaded (run qubes_firewall.drift, then state.apply qubes_firewall):"]
+        lines += ["  " + item for item in report["missing"]]
+    return "\n".join(lines)
+
+
+def drift_text(out):
+    """
+    ``drift`` as text: the verdict first (drifted or not, how many items
+    where), then each item, then the transaction ``state.apply`` would load.
+    """
+    qube = out.get("qube", "?")
+    parts = []
+    for key, label in (("live", "in the live ruleset"), ("persisted", "in the boot replay"),
+                       ("connect_tcp", "in the ConnectTCP bindings"), ("template", "in the custom-persist replay")):
+        if out.get(key):
+            parts.append("%d %s" % (len(out[key]), label))
+    if not out.get("drifted"):
+        head = "%s: no drift: the live ruleset and the boot replay match the pillar." % qube
+    else:
+        head = "%s: drifted: %s." % (qube, ", ".join(parts))
+    lines = [head]
+    if out.get("comment"):
+        lines.append(out["comment"] + ".")
+    if out.get("live"):
+        lines += ["", "live ruleset:"]
+        lines += _table([("  " + i["kind"], i.get("chain", ""), i["detail"]) for i in out["live"]])
+    if out.get("persisted"):
+        lines += ["", "boot replay:"]
+        lines += _table([("  " + i["kind"], i["path"], i["detail"]) for i in out["persisted"]])
+    for key, label in (("connect_tcp", "ConnectTCP files that differ from the pillar:"),
+                       ("template", "custom-persist files that differ from the pillar:")):
+        if out.get(key):
+            lines += ["", label] + ["  " + path for path in out[key]]
+    if out.get("fix"):
+        lines += ["", "state.apply qubes_firewall would load:"]
+        lines += ["  " + line for line in out["fix"].rstrip("\n").splitlines()]
+    return "\n".join(lines)
+
+
+def _item_origin(item, planned):
+    """
+    The pillar entry of a transaction summary item: "chain: qf origin ...",
+    or "set: origin" for a planned element (``planned``).
+    """
+    text = item.split(": ", 1)[1] if ": " in item else item
+    found = origin_of(text) if text.startswith("qf ") else (text if planned else None)
+    if not found or found.startswith("a rule without comment"):
+        return "(not from the pillar)"
+    return _entry_key(found)
+
+
+def nft_change(summary, rule_count):
+    """
+    The nft part of a state's ``changes``, compact and by pillar entry: which
+    entries get rules or elements added, removed or changed (both), with the
+    counts of rules and elements added, removed and kept (planned and already
+    loaded).  ``summary``: ``qubes_firewall_nft.transaction``'s; ``rule_count``:
+    the plan's (0 when the formula removes everything).
+    """
+    counts = summary.get("counts", {})
+    added = counts.get("rules_added", 0) + counts.get("elements_added", 0)
+    removed = counts.get("rules_removed", 0) + counts.get("elements_removed", 0)
+    plus = {_item_origin(i, True) for k in ("rules_added", "elements_added") for i in summary.get(k, [])
+            if not i.startswith("... and ")}
+    minus = {_item_origin(i, False) for k in ("rules_removed", "elements_removed") for i in summary.get(k, [])
+             if not i.startswith("... and ")}
+    out = {"added": added, "removed": removed, "kept": max(rule_count - added, 0)}
+    for key, entries in (("entries added", plus - minus), ("entries removed", minus - plus),
+                         ("entries changed", plus & minus)):
+        if entries:
+            out[key] = sorted(entries)
+    objects = ["%s %s" % (counts[k], k.replace("_", " ")) for k in _Summary_KEYS if counts.get(k)]
+    if objects:
+        out["objects"] = ", ".join(objects)
+    return out
+
+
+_Summary_KEYS = ("chains_added", "chains_replaced", "chains_removed", "sets_added", "sets_replaced",
+                 "sets_removed", "jumps_added", "jumps_removed")
+
+
+def qube_summary_line(qube, record, test=False):
+    """
+    The one line a run ends with for ``qube``: ``record`` is what the states
+    of the run noted (``{"nft": nft_change(...) or {"kept": n}, "boot": ...,
+    "other": [...]}``).  E.g. ``web: 3 added, 1 removed, 12 kept (nft); boot
+    replay updated``.
+    """
+    nft = record.get("nft")
+    parts = []
+    if nft is not None:
+        if nft.get("added") or nft.get("removed"):
+            verb = ("would add %d, remove %d, keep %d" if test else "%d added, %d removed, %d kept")
+            parts.append(verb % (nft["added"], nft["removed"], nft["kept"]) + " (nft)")
+        elif nft.get("kept"):
+            parts.append("%d kept, nothing to change (nft)" % nft["kept"])
+        else:
+            parts.append("no rules of the formula (nft)")
+    for what in record.get("changed", []):
+        parts.append(("%s would be updated" if test else "%s updated") % what)
+    for what in record.get("failed", []):
+        parts.append("%s FAILED" % what)
+    if not parts:
+        parts.append("nothing to change")
+    return "%s: %s" % (qube, "; ".join(parts))

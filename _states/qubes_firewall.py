@@ -39,6 +39,37 @@ def _fail(ret, exc):
     return ret
 
 
+# ---- the run's summary: each state notes what it changed, the last state says it in one line ----
+
+_CTX_SUMMARY = "qubes_firewall.summary"
+
+
+def _run_record(qube):
+    """This run's record for ``qube`` (``{"nft", "changed", "failed"}``), kept in ``__context__``."""
+    try:
+        context = __context__
+    except NameError:  # a state module loaded without Salt's dunders (a test double)
+        return {}
+    return context.setdefault(_CTX_SUMMARY, {}).setdefault(qube, {"changed": [], "failed": []})
+
+
+def _forget_summary():
+    try:
+        __context__.pop(_CTX_SUMMARY, None)
+    except NameError:
+        pass
+
+
+def _note(qube, ret, what):
+    """Note in the run's record that ``what`` (e.g. "boot replay") changed, or failed, in ``qube``."""
+    record = _run_record(qube)
+    if ret["result"] is False:
+        record.setdefault("failed", []).append(what)
+    elif ret["changes"]:
+        record.setdefault("changed", []).append(what)
+    return ret
+
+
 def locked(name):
     """
     This minion's lock (``<lookup:state_dir>/lock``, ``fcntl.flock``) is held
@@ -54,6 +85,7 @@ def locked(name):
     """
     ret = _ret(name)
     try:
+        _forget_summary()
         held = __salt__["qubes_firewall.lock"]()
         __salt__["qubes_firewall.forget_run"]()
         stale = __salt__["qubes_firewall.stale_scratch"]()
@@ -92,7 +124,7 @@ def validated(name):
     if problems:
         ret["result"] = False
         ret["comment"] = "invalid pillar:\n" + "\n".join(problems)
-        return ret
+        return _note(__salt__["qubes_firewall.minion_id"](), ret, "pillar check (nothing was changed)")
     ret["comment"] = "The qubes_firewall pillar is valid."
     return ret
 
@@ -122,7 +154,11 @@ def runtime_rules(name):
     by one jump each from ``custom-input`` / ``custom-forward``).  A qube the
     pillar does not name, or names with nothing to do, holds none of them:
     leftovers are removed.  One nft read; when something differs, one
-    transaction, checked with ``nft -c`` first.
+    transaction, checked with ``nft -c`` first.  ``changes["nft"]`` says it
+    once, by pillar entry: rules and elements ``added``, ``removed`` and
+    ``kept``, the ``entries added`` / ``removed`` / ``changed``, and the
+    chains, sets and jumps made or dropped (``objects``); the transaction
+    itself is what ``qubes_firewall.drift`` prints as its fix.
 
     .. code-block:: yaml
 
@@ -136,8 +172,10 @@ def runtime_rules(name):
         live = __salt__["qubes_firewall.live_state"]()
         script, summary = __salt__["qubes_firewall.owned_transaction"](plan, live)
     except CommandExecutionError as exc:
-        return _fail(ret, exc)
+        return _note(qube, _fail(ret, exc), "nft")
     wanted = plan is not None and plan.rule_count > 0
+    record = _run_record(qube)
+    record["nft"] = {"added": 0, "removed": 0, "kept": plan.rule_count if wanted else 0}
     if not script:
         if plan is None:
             return _not_named(ret, qube)
@@ -146,23 +184,26 @@ def runtime_rules(name):
             return ret
         ret["comment"] = "The nft rules of %s are up to date (%d rules)." % (qube, plan.rule_count)
         return ret
-    ret["changes"] = {"nft": summary, "transaction": script}
+    # each change once, by pillar entry; the transaction itself: qubes_firewall.drift shows it as "fix"
+    record["nft"] = ret["changes"]["nft"] = __salt__["qubes_firewall_report.nft_change"](
+        summary, plan.rule_count if wanted else 0)
     what = "updated" if wanted else "removed (the pillar gives %s none)" % qube
     if __opts__["test"]:
         try:
             __salt__["qubes_firewall_nft.check"](script)
         except CommandExecutionError as exc:
-            return _fail(ret, exc)
+            return _note(qube, _fail(ret, exc), "nft")
         ret["result"] = None
-        ret["comment"] = ("The nft rules of %s would be %s in one transaction (nft -c accepts it)."
-                          % (qube, what))
+        ret["comment"] = ("The nft rules of %s would be %s in one transaction (nft -c accepts it;"
+                          " qubes_firewall.drift shows it)." % (qube, what))
         return ret
     try:
         saved = __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
         __salt__["qubes_firewall.load"](script)
     except CommandExecutionError as exc:
         ret["changes"] = {}
-        return _fail(ret, exc)
+        record["nft"] = None
+        return _note(qube, _fail(ret, exc), "nft")
     ret["comment"] = ("The nft rules of %s were %s in one transaction (the ruleset before: %s)."
                       % (qube, what, saved["path"]))
     return ret
@@ -192,11 +233,16 @@ def persisted_rules(name):
     if not files:
         return _not_named(ret, qube)
     todo = {}
+    nft = _run_record(qube).get("nft") or {}
+    replayed = bool(nft.get("added") or nft.get("removed"))
     for path, (old, new) in files.items():
         mode = __salt__["qubes_firewall_files.mode_of"](path)
         needs_exec = new is not None and mode is not None and mode & 0o100 == 0
         if old != new:
             ret["changes"][path] = __salt__["qubes_firewall_files.diff"](old, new, path)
+            if replayed:
+                # the nft change above, shown once: here only that the boot replay follows it
+                ret["changes"][path] = _replay_note(ret["changes"][path], new)
         if needs_exec:
             ret["changes"].setdefault(path + " mode", "%04o -> %04o" % (mode, mode | 0o111))
         if old != new or needs_exec:
@@ -204,6 +250,7 @@ def persisted_rules(name):
     try:
         _removed_stale_temps(ret, sorted(files))
         if not todo:
+            _note(qube, ret, "boot replay")
             ret["comment"] = "The boot replay of %s's rules is up to date." % qube
             if ret["changes"] and __opts__["test"]:
                 ret["result"] = None
@@ -211,16 +258,26 @@ def persisted_rules(name):
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "Would update %s." % ", ".join(sorted(todo))
-            return ret
+            return _note(qube, ret, "boot replay")
         for path, (old, new, needs_exec, mode) in sorted(todo.items()):
             if old != new:
                 __salt__["qubes_firewall_files.write_atomic"](path, new, mode=0o755)
             if needs_exec:
                 __salt__["qubes_firewall_files.ensure_mode"](path, mode | 0o111)
     except CommandExecutionError as exc:
-        return _fail(ret, exc)
+        return _note(qube, _fail(ret, exc), "boot replay")
     ret["comment"] = "Updated %s." % ", ".join(sorted(todo))
-    return ret
+    return _note(qube, ret, "boot replay")
+
+
+def _replay_note(diff, new):
+    """One line for a boot-block diff that only replays the nft change shown above."""
+    added = sum(1 for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
+    removed = sum(1 for line in diff.splitlines() if line.startswith("-") and not line.startswith("---"))
+    if new is None:
+        return "removed (it replayed the nft rules removed above)"
+    return ("the managed block replays the nft rules above (+%d -%d lines; "
+            "qubes_firewall.drift compares it afterwards)" % (added, removed))
 
 
 def _template_changes(files):
@@ -250,6 +307,7 @@ def custom_persist_replay(name):
           qubes_firewall.custom_persist_replay: []
     """
     ret = _ret(name)
+    qube = __salt__["qubes_firewall.minion_id"]()
     try:
         files = __salt__["qubes_firewall.template_files"]()
         ret["changes"] = _template_changes(files)
@@ -262,12 +320,12 @@ def custom_persist_replay(name):
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "Would update the custom-persist replay: %s." % ", ".join(sorted(files))
-            return ret
+            return _note(qube, ret, "custom-persist replay (%d files)" % len(files))
         __salt__["qubes_firewall.write_template_files"](files)
     except CommandExecutionError as exc:
-        return _fail(ret, exc)
+        return _note(qube, _fail(ret, exc), "custom-persist replay")
     ret["comment"] = "Updated the custom-persist replay: %s." % ", ".join(sorted(files))
-    return ret
+    return _note(qube, ret, "custom-persist replay (%d files)" % len(files))
 
 
 def cleaned(name):
@@ -291,8 +349,7 @@ def cleaned(name):
         plan = __salt__["qubes_firewall.clean_plan"]()
         script, summary = plan["nft"]
         if script:
-            ret["changes"]["nft"] = summary
-            ret["changes"]["transaction"] = script
+            ret["changes"]["nft"] = __salt__["qubes_firewall_report.nft_change"](summary, 0)
         ret["changes"].update(_template_changes(plan["files"]))
         actions = __salt__[ctcp + "runtime_actions"](plan["runtime"])
         if actions:
@@ -306,7 +363,7 @@ def cleaned(name):
                 __salt__["qubes_firewall_nft.check"](script)
             ret["result"] = None
             ret["comment"] = "Would remove everything qubes_firewall made here."
-            return ret
+            return _note(__salt__["qubes_firewall.minion_id"](), ret, "clean")
         if script:
             __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
             __salt__["qubes_firewall.load"](script)
@@ -316,7 +373,7 @@ def cleaned(name):
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Removed everything qubes_firewall made here."
-    return ret
+    return _note(__salt__["qubes_firewall.minion_id"](), ret, "clean")
 
 
 # ---- connect_tcp states ----
@@ -363,13 +420,13 @@ def connect_tcp_policy(name):
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "The qubes.ConnectTCP policy in %s would be updated. %s" % (path, lint)
-            return ret
+            return _note("dom0", ret, "qubes.ConnectTCP policy")
         __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
     ret["comment"] = "Updated the qubes.ConnectTCP policy in %s. %s" % (path, lint)
-    return ret
+    return _note("dom0", ret, "qubes.ConnectTCP policy")
 
 
 def connect_tcp_bindings(name, qube=None):
@@ -413,7 +470,7 @@ def connect_tcp_bindings(name, qube=None):
             ret["result"] = None
             ret["comment"] = _sentences(
                 "The qubes.ConnectTCP bindings of %s would be updated." % plan["qube"], notes)
-            return ret
+            return _note(plan["qube"], ret, "ConnectTCP bindings")
         writing = True
         __salt__[mod + "write_bindings"](plan["files"])
         if not runtime["skip"]:
@@ -421,10 +478,10 @@ def connect_tcp_bindings(name, qube=None):
     except CommandExecutionError as exc:
         if not writing:
             ret["changes"] = {}
-        return _fail(ret, exc)
+        return _note(__salt__["qubes_firewall.minion_id"](), _fail(ret, exc), "ConnectTCP bindings")
     ret["comment"] = _sentences(
         "Updated the qubes.ConnectTCP bindings of %s." % plan["qube"], notes)
-    return ret
+    return _note(plan["qube"], ret, "ConnectTCP bindings")
 
 
 # ---- dom0 states ----
@@ -510,7 +567,7 @@ def prefs(name):
     if __opts__.get("test"):
         ret["result"] = None
         ret["comment"] = "Would change, in this order:\n" + order
-        return ret
+        return _note("dom0", ret, "qvm-prefs of %d qubes" % len(changes))
     try:
         __salt__["qubes_firewall.dom0_apply_prefs"](steps)
     except CommandExecutionError as exc:
@@ -519,7 +576,7 @@ def prefs(name):
                                                   "new": _shown(s["prop"], s["new"])}} for s in done}
         return _fail(ret, exc)
     ret["comment"] = "Changed, in this order:\n" + order
-    return ret
+    return _note("dom0", ret, "qvm-prefs of %d qubes" % len(changes))
 
 
 def firewall_rules(name):
@@ -554,13 +611,13 @@ def firewall_rules(name):
     if __opts__.get("test"):
         ret["result"] = None
         ret["comment"] = "Would replace the qvm-firewall list of " + qubes
-        return ret
+        return _note("dom0", ret, "qvm-firewall lists of %d qubes" % len(plan))
     try:
         __salt__["qubes_firewall.dom0_apply_firewall"](plan)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Replaced the qvm-firewall list of " + qubes
-    return ret
+    return _note("dom0", ret, "qvm-firewall lists of %d qubes" % len(plan))
 
 
 def reconnected(name):
@@ -628,4 +685,34 @@ def policy_absent(name):
         ret["changes"] = {}
         return _fail(ret, exc)
     ret["comment"] = "Removed " + what + "." + kept
+    return ret
+
+
+# ---- the run's last state ----
+
+
+def summary(name):
+    """
+    The run's last word: one line per minion the run touched (a qube, or
+    dom0), from what the formula's states above noted in this run, e.g.
+    ``web: 3 added, 1 removed, 12 kept (nft); boot replay updated``: rules
+    and set/map elements added, removed and kept, then each other thing that
+    changed (or would, under ``test=True``) or failed.  Changes nothing; its
+    ``changes`` stay empty.  The formula's SLS ends with it.
+
+    .. code-block:: yaml
+
+        qubes_firewall-summary:
+          qubes_firewall.summary: []
+    """
+    ret = _ret(name)
+    try:
+        records = dict(__context__.get(_CTX_SUMMARY) or {})
+    except NameError:
+        records = {}
+    test = bool(__opts__.get("test"))
+    if not records:
+        records = {__salt__["qubes_firewall.minion_id"](): {}}
+    line = __salt__["qubes_firewall_report.qube_summary_line"]
+    ret["comment"] = "\n".join(line(qube, record, test=test) for qube, record in records.items())
     return ret

@@ -76,3 +76,8 @@ qubes_firewall-connect-tcp-bindings:
       - qubes_firewall: qubes_firewall-runtime-rules
 {#- qube part: END qube states #}
 {%- endif %}
+
+{#- last: one line per qube (or dom0) saying what this run changed, or would
+    under test=True; it runs even when a state above failed, and changes nothing #}
+qubes_firewall-summary:
+  qubes_firewall.summary: []

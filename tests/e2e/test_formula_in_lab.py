@@ -6,11 +6,13 @@ nftables, real packets.  Each test reads like the manual page scenario it replac
 import copy
 import os
 import shutil
+import subprocess
 
 import pytest
 
 from tests.e2e.formula_lab import FormulaLab, check_flows, matrix_text
 from tests.e2e.full_example import FLOWS, full_pillar, start_servers
+from tests.modules import plan
 
 
 def assert_flows(lab, flows):
@@ -58,11 +60,12 @@ def test_test_mode_reports_without_writing(tmp_path):
         net = results["sys-net"]
         assert net.retcode == 0
         assert net.states["qubes_firewall-runtime-rules"]["result"] is None
-        txn = net.states["qubes_firewall-runtime-rules"]["changes"]["transaction"]
-        assert "add chain ip qubes qf-nat { type nat hook prerouting" in txn
-        # the reported transaction is exactly what the real run then loads
+        nft = net.states["qubes_firewall-runtime-rules"]["changes"]["nft"]
+        assert "port_forwards:https" in nft["entries added"] and "chains added" in nft["objects"], nft
+        assert nft["added"] > 0 and nft["removed"] == 0 and nft["kept"] == 0, nft
+        # the reported change is exactly what the real run then makes
         real = flab.apply("sys-net")
-        assert real.states["qubes_firewall-runtime-rules"]["changes"]["transaction"] == txn
+        assert real.states["qubes_firewall-runtime-rules"]["changes"]["nft"] == nft
 
 
 def test_four_hop_forward_through_the_vpn_sandwich(tmp_path):
@@ -223,3 +226,40 @@ def test_one_nft_read_and_one_atomic_write_per_run(tmp_path):
         rc, states = minion.apply()
         assert rc == 0 and all(not s["changes"] for s in states.values())
         assert log.read_text().splitlines() == ["-j list ruleset"]
+
+
+SEED_FORWARD = {"qubes_firewall": {
+    "addresses": {"sys-net": "10.137.0.5", "sys-firewall": "10.137.0.6", "web": "10.137.0.11"},
+    "qubes": {"sys-net": {"netvm": None}, "sys-firewall": {"netvm": "sys-net"}, "web": {"netvm": "sys-firewall"}},
+    "port_forwards": [{"name": "https", "qube": "web", "proto": "tcp", "port": 443,
+                       "interfaces": ["ens6"], "sources": ["192.168.1.0/24"]}]}}
+# the seed's port forward printed 136 lines per qube under test=True before the
+# output was made compact (each rule three times); now ~82, most of it Salt's own
+# per-state lines
+MAX_LINES = 90
+
+
+def highstate_output(flab, qube, *args):
+    argv = flab.minion(qube).argv("state.apply", "qubes_firewall", *args) + ["--out=highstate"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_the_output_shows_each_change_once_and_one_summary_line_per_qube(tmp_path):
+    with FormulaLab(SEED_FORWARD, tmp_path) as flab:
+        for args, phrase in ((["test=True"], "would add"), ([], "added")):
+            for qube in ("sys-net", "sys-firewall", "web"):
+                out = highstate_output(flab, qube, *args)
+                assert len(out.splitlines()) <= MAX_LINES, out
+                p = plan.plan_qube(flab.model, qube)
+                texts = [r.body for c in p.chains for r in c.rules] + [e.text for s in p.sets for e in s.elements]
+                assert texts
+                for text in texts + ["port_forwards:https"]:
+                    assert out.count(text) <= 1, (text, out)
+                summary = [line.strip() for line in out.splitlines() if line.strip().startswith("Comment: %s:" % qube)]
+                assert len(summary) == 1 and phrase in summary[0] and "boot replay" in summary[0], out
+        # the no-op run: the summary says so, and nothing is listed as changed
+        out = highstate_output(flab, "web")
+        assert "Comment: web: 2 kept, nothing to change (nft)" in out, out
+        assert "changed=" not in out, out

@@ -16,8 +16,9 @@ from tests.e2e.full_example import full_pillar, start_servers
 from tests.ops.test_ops_lab import configure_backups
 
 
-def salt(flab, qube, *args):
-    argv = flab.minion(qube).argv(*args) + ["--out=yaml"]
+def salt(flab, qube, *args, out="nested"):
+    """salt-call in ``qube`` with Salt's default outputter for functions (``nested``), or ``out``."""
+    argv = flab.minion(qube).argv(*args) + ["--out=" + out]
     proc = subprocess.run(argv, capture_output=True, text=True)
     shown = " ".join(a for a in args)
     print("### [%s] salt-call %s   (exit %d)" % (qube, shown, proc.returncode))
@@ -58,6 +59,7 @@ def main():
             flab.lab.probe_tcp("lan", "192.168.1.10", 443, timeout=2)
         flab.lab.probe_tcp("work", "build", 22, timeout=2)
         salt(flab, "sys-firewall", "qubes_firewall.status")
+        salt(flab, "sys-firewall", "qubes_firewall.status", out="json")
         for qube in ("sys-net", "sys-firewall", "web"):
             salt(flab, qube, "qubes_firewall.status", "origin=port_forwards:https")
         shell(flab, "sys-net", "nft list chain ip qubes qf-nat; nft list maps ip")
@@ -67,17 +69,20 @@ def main():
         rc_local = flab.lab.rw_config("web") / "rc.local"
         rc_local.write_text(rc_local.read_text().split("# BEGIN qubes_firewall:rules")[0])
         salt(flab, "web", "qubes_firewall.drift")
-        salt(flab, "sys-firewall", "state.apply", "qubes_firewall")
+        salt(flab, "sys-firewall", "state.apply", "qubes_firewall", "test=True", out="highstate")
+        salt(flab, "sys-firewall", "state.apply", "qubes_firewall", out="highstate")
         salt(flab, "sys-firewall", "qubes_firewall.drift")
-        salt(flab, "sys-vpn", "qubes_firewall.backup")
+        salt(flab, "sys-firewall", "qubes_firewall.drift", "fmt=data", out="yaml")
+        salt(flab, "sys-vpn", "qubes_firewall.backup", out="yaml")
         time.sleep(0.01)
-        salt(flab, "sys-vpn", "qubes_firewall.backup")
-        salt(flab, "sys-vpn", "qubes_firewall.backups")
+        salt(flab, "sys-vpn", "qubes_firewall.backup", out="yaml")
+        salt(flab, "sys-vpn", "qubes_firewall.backups", out="yaml")
         shell(flab, "sys-vpn", "nft flush chain ip qubes custom-input")
-        salt(flab, "sys-vpn", "qubes_firewall.revert")
-        salt(flab, "web", "--out=newline_values_only", "qubes_firewall.diagram")
+        salt(flab, "sys-vpn", "qubes_firewall.revert", out="yaml")
+        salt(flab, "web", "qubes_firewall.diagram", out="newline_values_only")
         salt(flab, "work", "qubes_firewall.check", "work", "build", "22")
         salt(flab, "work", "qubes_firewall.check", "build", "work", "22")
+        salt(flab, "work", "qubes_firewall.check", "build", "work", "22", out="json")
         salt(flab, "work", "qubes_firewall.check", "outside", "web", "443")
         salt(flab, "work", "qubes_firewall.check", "lan", "sys-net", "443", "interface=ens6",
              "source_ip=192.168.1.50")

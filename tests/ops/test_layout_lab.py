@@ -147,12 +147,16 @@ def test_changing_one_forward_changes_only_its_elements(flab):
     changed["qubes_firewall"]["port_forwards"][1]["external_port"] = 2022
     flab.set_pillar(changed)
     try:
+        rc, drift = call(flab, "sys-net", "qubes_firewall.drift")
+        assert rc == 1
+        lines = drift["fix"].splitlines()  # the transaction the apply loads
+        assert lines and all(line.startswith(("delete element", "add element")) for line in lines), lines
         result = flab.apply("sys-net")
         state = result.states["qubes_firewall-runtime-rules"]
         assert result.retcode == 0
-        lines = state["changes"]["transaction"].splitlines()
-        assert lines and all(line.startswith(("delete element", "add element")) for line in lines), lines
-        assert state["changes"]["nft"]["counts"] == {"elements_added": 2, "elements_removed": 2}
+        nft = state["changes"]["nft"]
+        assert (nft["added"], nft["removed"], nft["entries changed"]) == (2, 2, ["port_forwards:ssh"]), nft
+        assert "objects" not in nft, nft
         # the external port travels down to the last hop, which changes it
         assert flab.apply("sys-firewall").retcode == 0
         assert flab.lab.probe_tcp("lan", "192.168.1.10", 2022, timeout=2) == "web:22"

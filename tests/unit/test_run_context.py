@@ -53,7 +53,7 @@ class Run:
         """The qube part of init.sls, in its order."""
         out = {}
         for state in ("locked", "validated", "runtime_rules", "persisted_rules", "custom_persist_replay",
-                      "connect_tcp_bindings"):
+                      "connect_tcp_bindings", "summary"):
             out[state] = getattr(self.states, state)("qubes_firewall-" + state)
         return out
 
@@ -70,7 +70,7 @@ def test_one_parse_one_plan_per_qube_and_one_nft_read_per_run(tmp_path, pillar):
     run = Run(tmp_path, "sys-firewall", pillar)
     results = run.apply()
     assert all(r["result"] is not False for r in results.values()), results
-    assert results["runtime_rules"]["changes"]["transaction"]
+    assert results["runtime_rules"]["changes"]["nft"]["added"] > 0
     assert run.calls == {"qubes_firewall_model.parse": 1, "qubes_firewall_plan.plan_qube": 1,
                          "qubes_firewall_nft.read": 1}
 
@@ -128,3 +128,18 @@ def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_pat
         holder.wait()
     # the holder died: the lock is free again
     assert Run(tmp_path, "web", pillar).salt["qubes_firewall.lock"](timeout=5)["path"] == str(lock)
+
+
+def test_the_run_ends_with_one_summary_line_and_shows_each_change_once(tmp_path, pillar):
+    run = Run(tmp_path, "sys-firewall", pillar)
+    results = run.apply()
+    nft = results["runtime_rules"]["changes"]["nft"]
+    assert results["summary"]["comment"] == (
+        "sys-firewall: would add %d, remove 0, keep 0 (nft); boot replay would be updated" % nft["added"])
+    assert results["summary"]["changes"] == {} and results["summary"]["result"] is True
+    # the boot block replays the nft change above: one line, not the rules again
+    (note,) = [v for k, v in results["persisted_rules"]["changes"].items() if "mode" not in k]
+    assert note.startswith("the managed block replays the nft rules above") and "\n" not in note
+    # a second run of the same process starts a fresh summary
+    again = run.apply()
+    assert again["summary"]["comment"].count("sys-firewall:") == 1
