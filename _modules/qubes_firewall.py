@@ -956,7 +956,7 @@ def backup(document=None):
         salt-call qubes_firewall.backup
     """
     return _lib("backup").backup(keep=__opts__.get("qubes_firewall_backup_keep"),
-                                                   document=document, **_backup_args())
+                                 document=document, **_backup_args())
 
 
 def backups():
@@ -1034,7 +1034,7 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None):
     """
     try:
         return _lib("flow").check(model(), source, target, port, proto,
-                                                     interface=interface, source_ip=source_ip)
+                                  interface=interface, source_ip=source_ip)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
 
