@@ -983,7 +983,7 @@ def revert(name=None):
     .. code-block:: bash
 
         salt-call qubes_firewall.revert
-        salt-call qubes_firewall.revert name=sys-net-20240101T120000.000000Z.json
+        salt-call qubes_firewall.revert name=web-20240101T120000.000000Z.json
     """
     return _lib("backup").revert(name=name, **_backup_args())
 
