@@ -1,6 +1,10 @@
 """
 qubes-firewall-formula's public execution module, ``qubes_firewall``.
 
+Salt loads only the functions in ``PUBLIC`` (``__load__``), the ones a user
+calls, and ``lib()``, the formula's internal API that its states use; every
+other module of the formula exposes only its ``lib()``.
+
 The shell around the pure core: it reads the ``qubes_firewall`` pillar (through
 ``__pillar__``: Salt 3008 masks values that ``pillar.get`` returns inside
 modules), asks ``qubes_firewall_model`` to validate it and
@@ -14,15 +18,22 @@ that a changed pillar in a long-lived process is parsed again.
 """
 
 import fcntl
+import functools
 import json
 import os
 import re
 import shutil
 import time
+import types
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall"
+# The functions a user calls (``salt-call sys.doc qubes_firewall``), and
+# ``lib`` for the formula's states; every other function is internal.
+PUBLIC = ("status", "drift", "check", "diagram", "show_plan", "backup", "backups", "revert", "reconnect",
+          "addresses", "qubes_release", "connect_tcp_commands", "pillar_errors", "dom0_problems")
+__load__ = list(PUBLIC) + ["lib"]
 
 DEFAULT_STATE_DIR = "/var/lib/qubes-firewall-formula"
 DEFAULT_ETC_QUBES = "/etc/qubes"
@@ -46,6 +57,11 @@ _OWN_CONTEXT = {}
 
 def __virtual__():
     return __virtualname__
+
+
+def _lib(name=""):
+    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
+    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
 
 
 def _context():
@@ -75,7 +91,7 @@ def _parsed():
     if entry is not None and entry["key"] == key:
         return entry
     entry = {"key": key, "model": None, "errors": [], "plans": {}}
-    parse = __salt__["qubes_firewall_model.parse"]
+    parse = _lib("model").parse
     try:
         entry["model"] = parse(raw, pillar_keys=[str(k) for k in __pillar__])
     except ValueError as exc:
@@ -134,7 +150,7 @@ def _plan(mdl, qube):
     plans = _parsed()["plans"]
     if qube not in plans:
         try:
-            plans[qube] = (__salt__["qubes_firewall_plan.plan_qube"](mdl, qube), None)
+            plans[qube] = (_lib("plan").plan_qube(mdl, qube), None)
         except ValueError as exc:
             plans[qube] = (None, str(exc))
     plan, error = plans[qube]
@@ -162,12 +178,6 @@ def preflight(qube=None):
     problems, then (in a qube) the planner's refusals for this qube and for
     the qubes whose boot replay it writes (the named disposables and the
     custom-persist qubes of this template).  Empty when the run may go on.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall.preflight
     """
     problems = pillar_errors()
     if problems:
@@ -201,7 +211,7 @@ def show_plan(qube=None):
     plan = qube_plan(qube)
     if plan is None:
         return {}
-    return __salt__["qubes_firewall_plan.plan_dict"](plan)
+    return _lib("plan").plan_dict(plan)
 
 
 # ---- the run: lock, scratch space, one nft read ----
@@ -242,12 +252,6 @@ def lock(timeout=None):
     default 600) for another run to finish.  Held until this process exits
     (a killed run releases it too).  Returns ``{"path", "waited"}``
     (seconds).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall.lock
     """
     path = os.path.join(state_dir(), LOCK_FILE)
     if path in _LOCKS:
@@ -322,26 +326,26 @@ def nft_document():
     """The live ruleset (``nft -j list ruleset``), read once per run; a load forgets it."""
     ctx = _context()
     if _CTX_NFT not in ctx:
-        ctx[_CTX_NFT] = __salt__["qubes_firewall_nft.read"]()
+        ctx[_CTX_NFT] = _lib("nft").read()
     return ctx[_CTX_NFT]
 
 
 def live_state():
     """``qubes_firewall_nft.live_state`` of the run's one nft read."""
-    return __salt__["qubes_firewall_nft.live_state"](nft_document())
+    return _lib("nft").live_state(nft_document())
 
 
 def load(script):
     """Load one nft transaction (atomic: all or nothing) and forget the run's read."""
     try:
-        return __salt__["qubes_firewall_nft.load"](script)
+        return _lib("nft").load(script)
     finally:
         forget_run()
 
 
 def _remove_owned(live):
     """The transaction that removes everything the formula owns in this qube's ruleset."""
-    return __salt__["qubes_firewall_nft.transaction"](None, live)
+    return _lib("nft").transaction(None, live)
 
 
 def owned_transaction(plan, live):
@@ -353,7 +357,7 @@ def owned_transaction(plan, live):
     """
     if not _has_rules(plan):
         return _remove_owned(live)
-    return __salt__["qubes_firewall_nft.transaction"](plan, live)
+    return _lib("nft").transaction(plan, live)
 
 
 # ---- files: boot replay in /rw, custom-persist replay in the template ----
@@ -372,7 +376,7 @@ def _stale_disposable_block(mdl, name):
 
 def _replace_blocks(path, old, blocks):
     """``old`` with each ``{name: body or None}`` block set; path-named errors."""
-    replace = __salt__["qubes_firewall_files.replace_block"]
+    replace = _lib("files").replace_block
     new = old
     try:
         for name in sorted(blocks):
@@ -398,22 +402,21 @@ def persisted_files(qube=None):
     """
     qube = qube or minion_id()
     mdl = model()
-    plan_mod = "qubes_firewall_plan"
     wanted = {}  # block name -> (file name, body)
     own = mdl.qubes.get(qube)
     if own is not None and own.dispvm_template is None and not _custom_persist(mdl, qube):
         plan = _plan(mdl, qube)
         if _has_rules(plan):
-            wanted["rules"] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
+            wanted["rules"] = (plan.persist_file, _lib("plan").persist_block(plan))
     for name in mdl.disposables_of(qube):
         plan = _plan(mdl, name)
         if _has_rules(plan):
-            wanted["rules:" + name] = (plan.persist_file, __salt__[plan_mod + ".persist_block"](plan))
+            wanted["rules:" + name] = (plan.persist_file, _lib("plan").persist_block(plan))
     out = {}
     for filename in ("qubes-firewall-user-script", "rc.local"):
         path = "%s/%s" % (mdl.lookup.rw_config, filename)
-        old = __salt__["qubes_firewall_files.read"](path)
-        present = [n for n in __salt__["qubes_firewall_files.block_names"](old)
+        old = _lib("files").read(path)
+        present = [n for n in _lib("files").block_names(old)
                    if n == "rules" or (n.startswith("rules:") and _stale_disposable_block(mdl, n[6:]))]
         blocks = {}
         for block in set(present) | set(wanted):
@@ -465,7 +468,7 @@ def _owned_persist_files(etc_qubes, systemd_dir, template):
     Every custom-persist file the run on ``template`` wrote here: ``{path:
     text}`` (``"->TARGET"`` for a symlink that enables one of its units).
     """
-    read = __salt__["qubes_firewall_files.read"]
+    read = _lib("files").read
     mark = PERSIST_MARK % template
     found, links = {}, {}
     dirs = ("%s/qubes-firewall.d" % etc_qubes, "%s/qubes-firewall-formula" % etc_qubes,
@@ -521,7 +524,7 @@ def template_files(qube=None):
         if not _has_rules(plan):
             continue
         paths = _persist_paths(etc_qubes, systemd_dir, name)
-        script = RC_HEADER + PERSIST_MARK % qube + "\n" + __salt__["qubes_firewall_plan.persist_block"](plan)
+        script = RC_HEADER + PERSIST_MARK % qube + "\n" + _lib("plan").persist_block(plan)
         if plan.provides_network:
             wanted[paths["hook"]] = script
         else:
@@ -530,7 +533,7 @@ def template_files(qube=None):
             wanted[paths["wants"]] = "->../" + os.path.basename(paths["unit"])
     have = _owned_persist_files(etc_qubes, systemd_dir, qube)
     out = {}
-    read = __salt__["qubes_firewall_files.read"]
+    read = _lib("files").read
     for path in sorted(set(wanted) | set(have)):
         old = have.get(path)
         if old is None and path in wanted and not wanted[path].startswith("->"):
@@ -546,7 +549,7 @@ def write_template_files(files):
     Carry out ``template_files`` (or clean) changes: scripts 0755, units
     0644, a symlink for ``"->TARGET"``, ``None`` removes.  Removals first.
     """
-    write = __salt__["qubes_firewall_files.write_atomic"]
+    write = _lib("files").write_atomic
     for path, (_old, new) in sorted(files.items(), key=lambda item: (item[1][1] is not None, item[0])):
         try:
             if os.path.islink(path) or (new is not None and new.startswith("->") and os.path.exists(path)):
@@ -590,26 +593,24 @@ def clean_plan():
     scripts and units of a template, and the owned nft chains and jumps.
     """
     rw_config, etc_qubes, systemd_dir = _clean_paths()
-    files_mod = "qubes_firewall_files."
     files = {}
     for filename in ("rc.local", "qubes-firewall-user-script"):
         path = "%s/%s" % (rw_config, filename)
-        old = __salt__[files_mod + "read"](path)
-        names = __salt__[files_mod + "block_names"](old)
+        old = _lib("files").read(path)
+        names = _lib("files").block_names(old)
         if not names:
             continue
         new = _replace_blocks(path, old, {n: None for n in names})
         if new is not None and new.strip() in ("", RC_HEADER.strip()):
             new = None
         files[path] = (old, new)
-    ctcp = "qubes_firewall_connect_tcp."
-    for name in __salt__[ctcp + "owned_unit_files"](rw_config):
+    for name in _lib("connect_tcp").owned_unit_files(rw_config):
         path = os.path.join(rw_config, name)
-        files[path] = (__salt__[files_mod + "read"](path), None)
+        files[path] = (_lib("files").read(path), None)
     for path, text in _owned_persist_files(etc_qubes, systemd_dir, minion_id()).items():
         files[path] = (text, None)
     script, summary = _remove_owned(live_state())
-    return {"nft": (script, summary), "files": files, "runtime": __salt__[ctcp + "clean_runtime_plan"]()}
+    return {"nft": (script, summary), "files": files, "runtime": _lib("connect_tcp").clean_runtime_plan()}
 
 
 # ---- dom0 ----
@@ -619,23 +620,17 @@ def clean_plan():
 
 
 def _dom0(func):
-    return __salt__["qubes_firewall_dom0." + func]
+    return getattr(_lib("dom0"), func)
 
 
 def _qubes(func):
-    return __salt__["qubes_firewall_qubes." + func]
+    return getattr(_lib("qubes"), func)
 
 
 def inventory():
     """
     Every qube Qubes knows, read in one call (see
     ``qubes_firewall_qubes.inventory``).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        sudo qubesctl qubes_firewall.inventory
     """
     return _qubes("inventory")()
 
@@ -739,7 +734,7 @@ def dom0_problems():
         return out
     out += _rule_problems(model_)
     planned = _dom0("planning_model")(model_, inv)
-    for problem in __salt__["qubes_firewall_plan.check_model"](planned):
+    for problem in _lib("plan").check_model(planned):
         if problem not in out:
             out.append(problem)
     return out
@@ -842,7 +837,7 @@ def connect_tcp_commands(qube=None):
     entries = model().connect_tcp
     return [
         {"origin": origin, "client": client, "command": command}
-        for origin, client, command in __salt__["qubes_firewall_connect_tcp.commands"](entries, qube)
+        for origin, client, command in _lib("connect_tcp").commands(entries, qube)
     ]
 
 
@@ -908,11 +903,11 @@ def status(origin=None, fmt=None):
         qubesctl --skip-dom0 --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https fmt=text
         salt-call --out=json qubes_firewall.status
     """
-    text = __salt__["qubes_firewall_report.status_text"]
+    text = _lib("report").status_text
     plan = qube_plan()
     if plan is None:
         return _readable(_not_named_here(minion_id()), fmt, text)
-    report = __salt__["qubes_firewall_report.status"](plan, _live(), origin)
+    report = _lib("report").status(plan, _live(), origin)
     return _readable(report, fmt, text)
 
 
@@ -945,10 +940,10 @@ def drift(fmt=None):
     files = persisted_files()
 
     def block_of(text):
-        return __salt__["qubes_firewall_files.get_block"](text, "rules")
+        return _lib("files").get_block(text, "rules")
 
     if _has_rules(plan):
-        out = __salt__["qubes_firewall_report.drift"](plan, live, files, block_of)
+        out = _lib("report").drift(plan, live, files, block_of)
         if out["live"]:
             try:
                 out["fix"] = owned_transaction(plan, live)[0]
@@ -956,7 +951,7 @@ def drift(fmt=None):
                 out["fix"] = str(exc)
     else:
         script, summary = owned_transaction(plan, live)
-        out = {"qube": qube, "live": [], "persisted": __salt__["qubes_firewall_report.persisted_drift"](
+        out = {"qube": qube, "live": [], "persisted": _lib("report").persisted_drift(
             files, block_of)}
         if plan is None:
             out["comment"] = "%s is not named in the qubes_firewall:qubes pillar" % qube
@@ -967,13 +962,13 @@ def drift(fmt=None):
                 out["live"].append({"kind": "leftover " + kind.replace("_", " "), "detail": item})
         if script:
             out["fix"] = script
-    bindings = __salt__["qubes_firewall_connect_tcp.binding_plan"]()
+    bindings = _lib("connect_tcp").binding_plan()
     out["connect_tcp"] = sorted(bindings["files"])
     out["template"] = sorted(template_files())
     out["drifted"] = bool(out["live"] or out["persisted"] or out["connect_tcp"] or out["template"])
     if out["drifted"]:
         __context__["retcode"] = 1
-    return _readable(out, fmt, __salt__["qubes_firewall_report.drift_text"])
+    return _readable(out, fmt, _lib("report").drift_text)
 
 
 def _backup_args():
@@ -999,8 +994,8 @@ def backup(document=None):
 
         salt-call qubes_firewall.backup
     """
-    return __salt__["qubes_firewall_backup.backup"](keep=__opts__.get("qubes_firewall_backup_keep"),
-                                                   document=document, **_backup_args())
+    return _lib("backup").backup(keep=__opts__.get("qubes_firewall_backup_keep"),
+                                 document=document, **_backup_args())
 
 
 def backups():
@@ -1013,7 +1008,7 @@ def backups():
 
         salt-call qubes_firewall.backups
     """
-    return __salt__["qubes_firewall_backup.backups"](**_backup_args())
+    return _lib("backup").backups(**_backup_args())
 
 
 def revert(name=None):
@@ -1027,9 +1022,9 @@ def revert(name=None):
     .. code-block:: bash
 
         salt-call qubes_firewall.revert
-        salt-call qubes_firewall.revert name=sys-net-20240101T120000.000000Z.json
+        salt-call qubes_firewall.revert name=web-20240101T120000.000000Z.json
     """
-    return __salt__["qubes_firewall_backup.revert"](name=name, **_backup_args())
+    return _lib("backup").revert(name=name, **_backup_args())
 
 
 def diagram(fmt="mermaid", path=None):
@@ -1053,12 +1048,12 @@ def diagram(fmt="mermaid", path=None):
         dot -Tpng /tmp/topology.dot -o topology.png
     """
     try:
-        text = __salt__["qubes_firewall_diagram.render"](model(), fmt)
+        text = _lib("diagram").render(model(), fmt)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
     if path is None:
         return text
-    __salt__["qubes_firewall_files.write_atomic"](path, text, mode=0o644)
+    _lib("files").write_atomic(path, text, mode=0o644)
     return {"path": path}
 
 
@@ -1087,8 +1082,40 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt
     """
     _wants_data(fmt)
     try:
-        answer = __salt__["qubes_firewall_flow.check"](model(), source, target, port, proto,
-                                                       interface=interface, source_ip=source_ip)
+        answer = _lib("flow").check(model(), source, target, port, proto,
+                                    interface=interface, source_ip=source_ip)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
-    return _readable(answer, fmt, __salt__["qubes_firewall_flow.check_text"])
+    return _readable(answer, fmt, _lib("flow").check_text)
+
+
+# ---- internal API ----
+
+
+def lib():
+    """
+    Internal API of the formula, not for users: every function of
+    ``qubes_firewall``, the public ones and those its states use, which call
+    ``__salt__["qubes_firewall.lib"]().FUNCTION(...)``.  Each function runs
+    in the Salt loader that loaded this module, as a ``__salt__[...]`` call
+    does, so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__``
+    work inside it.
+    """
+    return _Lib(globals())
+
+
+class _Lib:
+    """A module's functions by name, each run in the Salt loader that loaded it."""
+
+    def __init__(self, scope):
+        self._scope = scope
+        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
+        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
+
+    def __getattr__(self, name):
+        func = self._scope.get(name)
+        if name.startswith("_") or not isinstance(func, types.FunctionType):
+            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
+        if self._loader is None:
+            return func
+        return functools.partial(self._loader.run, func)

@@ -18,13 +18,16 @@ Loaded by Salt as ``qubes_firewall_backup``.
 """
 
 import datetime
+import functools
 import json
 import os
 import re
+import types
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall_backup"
+__load__ = ["lib"]  # everything else is internal: see lib()
 
 DEFAULT_DIR = "/var/lib/qubes-firewall-formula/backups"
 DEFAULT_KEEP = 10
@@ -35,6 +38,11 @@ _OWNER = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 
 def __virtual__():
     return __virtualname__
+
+
+def _lib(name=""):
+    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
+    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
 
 
 # --------------------------------------------------------------------------
@@ -77,7 +85,7 @@ def _check_owner(owner):
 
 def ruleset_document():
     """``nft -j list ruleset``: the whole ruleset, counters included."""
-    return __salt__["qubes_firewall_nft.read"]()
+    return _lib("nft").read()
 
 
 def _listdir(directory):
@@ -115,7 +123,7 @@ def backup(directory=None, keep=None, owner="local", document=None):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise CommandExecutionError("cannot create %s: %s" % (directory, exc)) from exc
-    __salt__["qubes_firewall_files.write_atomic"](path, text, mode=0o600, makedirs=False)
+    _lib("files").write_atomic(path, text, mode=0o600, makedirs=False)
     removed = []
     for old in to_prune(_listdir(directory), owner, keep):
         try:
@@ -159,12 +167,44 @@ def revert(directory=None, owner="local", name=None):
         raise CommandExecutionError(
             "%r is not a backup of %s in %s (see qubes_firewall.backups)" % (name, owner, directory))
     path = os.path.join(directory, name)
-    saved = __salt__["qubes_firewall_files.read"](path)
+    saved = _lib("files").read(path)
     if saved is None:
         raise CommandExecutionError("%s vanished" % path)
     try:
         document = json.loads(saved)
     except ValueError as exc:
         raise CommandExecutionError("%s is not an nft JSON ruleset: %s" % (path, exc)) from exc
-    __salt__["qubes_firewall_nft.load_json"](revert_document(document))
+    _lib("nft").load_json(revert_document(document))
     return {"reverted_to": name, "path": path}
+
+
+# ---- internal API ----
+
+
+def lib():
+    """
+    Internal API of the formula, not for users: the functions of
+    ``qubes_firewall_backup``, for the formula's other modules and states, which call
+    ``__salt__["qubes_firewall_backup.lib"]().FUNCTION(...)``.  Each function runs in
+    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
+    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
+    inside it.
+    """
+    return _Lib(globals())
+
+
+class _Lib:
+    """A module's functions by name, each run in the Salt loader that loaded it."""
+
+    def __init__(self, scope):
+        self._scope = scope
+        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
+        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
+
+    def __getattr__(self, name):
+        func = self._scope.get(name)
+        if name.startswith("_") or not isinstance(func, types.FunctionType):
+            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
+        if self._loader is None:
+            return func
+        return functools.partial(self._loader.run, func)

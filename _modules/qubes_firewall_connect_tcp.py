@@ -24,6 +24,7 @@ reaches the other modules only through ``__salt__``.  Loaded by Salt as
 ``qubes_firewall_connect_tcp``.
 """
 
+import functools
 import grp
 import os
 import re
@@ -31,10 +32,12 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import types
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall_connect_tcp"
+__load__ = ["lib"]  # everything else is internal: see lib()
 
 BLOCK = "connect-tcp"
 SERVICE = "qubes.ConnectTCP"
@@ -58,6 +61,11 @@ _UNIT_HEADER = "# Managed by Salt (qubes_firewall:connect_tcp); edits are overwr
 
 def __virtual__():
     return __virtualname__
+
+
+def _lib(name=""):
+    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
+    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
 
 
 # --------------------------------------------------------------------------
@@ -212,12 +220,6 @@ def lint_policy(path, text):
     raises CommandExecutionError (naming ``path`` and the linter's messages)
     when the linter rejects it.  Writes only a temporary copy, outside
     policy.d.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_connect_tcp.lint_policy /etc/qubes/policy.d/30-user-networking.policy "$TEXT"
     """
     lint = shutil.which("qubes-policy-lint")
     if lint is None:
@@ -250,7 +252,7 @@ def verify_units(unit_texts):
     if analyze is None:
         return "systemd-analyze is not installed: units not verified."
     missing_qrexec = shutil.which("qrexec-client-vm") is None
-    scratch = __salt__["qubes_firewall.scratch_dir"]()
+    scratch = _lib().scratch_dir()
     try:
         os.makedirs(scratch, mode=0o700, exist_ok=True)
     except OSError as exc:
@@ -288,18 +290,12 @@ def policy_plan():
     ``{"path", "old", "new"}`` for the policy file: its text now and with the
     ``connect-tcp`` block the pillar wants (``None`` = file absent).  A file
     left holding nothing but the formula's header is removed.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_connect_tcp.policy_plan
     """
-    model = __salt__["qubes_firewall.model"]()
+    model = _lib().model()
     path = model.lookup.policy_file
-    old = __salt__["qubes_firewall_files.read"](path)
+    old = _lib("files").read(path)
     try:
-        new = __salt__["qubes_firewall_files.replace_block"](
+        new = _lib("files").replace_block(
             old, BLOCK, policy_body(model.connect_tcp), POLICY_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s" % (path, exc)) from exc
@@ -322,30 +318,24 @@ def policy_absent_plan():
     ``qubes_firewall`` pillar the default ``policy_file`` is cleaned, with an
     invalid one its ``lookup:policy_file`` when that value itself is valid
     (else the default).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_connect_tcp.policy_absent_plan
     """
     path = DEFAULT_POLICY_FILE
     raw = __pillar__.get("qubes_firewall")
     if isinstance(raw, dict):
-        errors = __salt__["qubes_firewall.pillar_errors"]()
+        errors = _lib().pillar_errors()
         if not errors:
-            path = __salt__["qubes_firewall.model"]().lookup.policy_file
+            path = _lib().model().lookup.policy_file
         else:
             lookup = raw.get("lookup")
             given = lookup.get("policy_file") if isinstance(lookup, dict) else None
             if isinstance(given, str) and not any(
                     e.startswith("qubes_firewall:lookup") for e in errors):
                 path = given
-    old = __salt__["qubes_firewall_files.read"](path)
+    old = _lib("files").read(path)
     if old is None:
         return {"path": path, "old": None, "new": None}
     try:
-        new = __salt__["qubes_firewall_files.replace_block"](old, BLOCK, None, POLICY_HEADER)
+        new = _lib("files").replace_block(old, BLOCK, None, POLICY_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s; nothing changed" % (path, exc)) from exc
     if new != old:
@@ -361,7 +351,7 @@ def write_policy(path, text):
         group = POLICY_GROUP
     except KeyError:
         pass
-    return __salt__["qubes_firewall_files.write_atomic"](path, text, mode=POLICY_MODE, group=group)
+    return _lib("files").write_atomic(path, text, mode=POLICY_MODE, group=group)
 
 
 # --------------------------------------------------------------------------
@@ -417,17 +407,11 @@ def binding_plan(qube=None):
     files in ``<rw_config>`` (stale ones with ``new`` None) and
     ``<rw_config>/rc.local``; only files that differ are listed.  ``commands`` lists the one-off commands of its
     non-persistent entries.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_connect_tcp.binding_plan
     """
-    model = __salt__["qubes_firewall.model"]()
-    qube = qube or __salt__["qubes_firewall.minion_id"]()
+    model = _lib().model()
+    qube = qube or _lib().minion_id()
     rw_config = model.lookup.rw_config
-    read = __salt__["qubes_firewall_files.read"]
+    read = _lib("files").read
     wanted = units(model.connect_tcp, qube)
     files = {}
     for name in sorted(set(wanted) | set(_owned_units(rw_config, qube))):
@@ -438,11 +422,11 @@ def binding_plan(qube=None):
     rc_local = os.path.join(rw_config, "rc.local")
     old = read(rc_local)
     try:
-        new = __salt__["qubes_firewall_files.replace_block"](
+        new = _lib("files").replace_block(
             old, BLOCK, rc_local_body(model.connect_tcp, qube, rw_config), RC_LOCAL_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s" % (rc_local, exc)) from exc
-    mode = __salt__["qubes_firewall_files.mode_of"](rc_local)
+    mode = _lib("files").mode_of(rc_local)
     if new is not None and (old != new or (mode is not None and not mode & 0o100)):
         # rc.local runs only when executable
         files[rc_local] = {"old": old, "new": new, "mode": 0o755 if mode is None else mode | 0o111}
@@ -461,9 +445,9 @@ def write_bindings(files):
     """Write the files of a ``binding_plan`` (``new`` None removes one) and set their modes."""
     for path, item in sorted(files.items()):
         if item["old"] != item["new"]:
-            __salt__["qubes_firewall_files.write_atomic"](path, item["new"], mode=item["mode"])
+            _lib("files").write_atomic(path, item["new"], mode=item["mode"])
         if item["new"] is not None:
-            __salt__["qubes_firewall_files.ensure_mode"](path, item["mode"])
+            _lib("files").ensure_mode(path, item["mode"])
     return True
 
 
@@ -491,14 +475,14 @@ def runtime_plan(unit_texts, qube=None):
     chroot) is a reason to skip: the rc.local block starts the units at the
     next boot.
     """
-    qube = qube or __salt__["qubes_firewall.minion_id"]()
+    qube = qube or _lib().minion_id()
     run_dir = _systemd_dir()
     plan = {"skip": None, "install": [], "remove": [], "restart": [], "start": [], "stop": []}
     if not os.path.isdir(run_dir) or shutil.which("systemctl") is None:
         plan["skip"] = ("systemd is not running here (no %s): the units start at the next boot "
                         "from rc.local" % run_dir)
         return plan
-    read = __salt__["qubes_firewall_files.read"]
+    read = _lib("files").read
     for name in _owned_units(run_dir, qube):
         if name not in unit_texts:
             plan["remove"].append(name)
@@ -533,7 +517,7 @@ def runtime_actions(plan):
 def runtime_apply(plan, unit_texts):
     """Carry out a ``runtime_plan``; raises CommandExecutionError on the first failure."""
     run_dir = _systemd_dir()
-    write = __salt__["qubes_firewall_files.write_atomic"]
+    write = _lib("files").write_atomic
 
     def check(*args):
         rc, output = _systemctl(*args)
@@ -554,3 +538,34 @@ def runtime_apply(plan, unit_texts):
         check("start", *plan["start"])
     return True
 
+
+# ---- internal API ----
+
+
+def lib():
+    """
+    Internal API of the formula, not for users: the functions of
+    ``qubes_firewall_connect_tcp``, for the formula's other modules and states, which call
+    ``__salt__["qubes_firewall_connect_tcp.lib"]().FUNCTION(...)``.  Each function runs in
+    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
+    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
+    inside it.
+    """
+    return _Lib(globals())
+
+
+class _Lib:
+    """A module's functions by name, each run in the Salt loader that loaded it."""
+
+    def __init__(self, scope):
+        self._scope = scope
+        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
+        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
+
+    def __getattr__(self, name):
+        func = self._scope.get(name)
+        if name.startswith("_") or not isinstance(func, types.FunctionType):
+            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
+        if self._loader is None:
+            return func
+        return functools.partial(self._loader.run, func)

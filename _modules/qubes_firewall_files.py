@@ -13,15 +13,18 @@ touch the file system.  Loaded by Salt as ``qubes_firewall_files``.
 """
 
 import difflib
+import functools
 import grp
 import os
 import re
 import stat
 import tempfile
+import types
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall_files"
+__load__ = ["lib"]  # everything else is internal: see lib()
 
 _NAME = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 _BEGIN = re.compile(r"\A# BEGIN qubes_firewall:([A-Za-z0-9_.:-]{1,64}) \(managed by Salt, do not edit\)\Z")
@@ -140,12 +143,6 @@ def diff(old, new, path):
 def read(path):
     """
     The file's text, or None when it does not exist.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_files.read /rw/config/rc.local
     """
     try:
         with open(path, encoding="utf-8", newline="") as handle:
@@ -214,12 +211,6 @@ def write_atomic(path, text, mode=0o755, group=None, makedirs=True):
     left are removed first), flushed to disk, then renamed over the old one.  An existing
     file keeps its mode and ownership; a new one gets ``mode`` (and ``group``
     when given).  ``text`` None removes the file.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_files.write_atomic /rw/config/rc.local "#!/bin/sh"
     """
     directory = os.path.dirname(path) or "."
     remove_stale_temps([path])
@@ -275,3 +266,35 @@ def ensure_mode(path, mode):
     except OSError as exc:
         raise CommandExecutionError("cannot chmod %s: %s" % (path, exc)) from exc
     return True
+
+
+# ---- internal API ----
+
+
+def lib():
+    """
+    Internal API of the formula, not for users: the functions of
+    ``qubes_firewall_files``, for the formula's other modules and states, which call
+    ``__salt__["qubes_firewall_files.lib"]().FUNCTION(...)``.  Each function runs in
+    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
+    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
+    inside it.
+    """
+    return _Lib(globals())
+
+
+class _Lib:
+    """A module's functions by name, each run in the Salt loader that loaded it."""
+
+    def __init__(self, scope):
+        self._scope = scope
+        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
+        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
+
+    def __getattr__(self, name):
+        func = self._scope.get(name)
+        if name.startswith("_") or not isinstance(func, types.FunctionType):
+            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
+        if self._loader is None:
+            return func
+        return functools.partial(self._loader.run, func)

@@ -22,13 +22,16 @@ Loaded by Salt as ``qubes_firewall_qubes``.
 """
 
 import copy
+import functools
 import os
 import re
 import subprocess
+import types
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall_qubes"
+__load__ = ["lib"]  # everything else is internal: see lib()
 
 # One qvm-ls call reads all of these for every qube.
 INVENTORY_FIELDS = ("name", "klass", "netvm", "provides_network", "ip", "state", "template", "kernel")
@@ -138,12 +141,6 @@ def _qubesadmin():
 def backend():
     """
     The implementation in use: ``qubesadmin`` or ``cli``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_qubes.backend
     """
     wanted = (__opts__ or {}).get("qubes_firewall_backend", "auto")
     if wanted == "cli":
@@ -411,12 +408,6 @@ def inventory():
     ``{name: {name, klass, netvm, provides_network, ip, state, running,
     template, kernel, disposable}}``. ``netvm``, ``ip``, ``template`` and
     ``kernel`` are None when Qubes has none.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_qubes.inventory
     """
     cache = _cache()
     if cache["inventory"] is None:
@@ -510,12 +501,6 @@ def reconnect(netvm, test=False):
     keeps following it: after the set that re-attaches it, its netvm is reset
     to the default (the same qube, so Qubes does not re-attach again). Returns
     the clients, in order. With ``test=True`` nothing is written.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_qubes.reconnect sys-net
     """
     inv = inventory()
     if netvm not in inv:
@@ -549,12 +534,6 @@ def qubes_release(path=None):
     ``/etc/qubes-release`` (``Qubes release 4.3.0 (R4.3)``; the minion option
     ``qubes_firewall_release_file`` names another file, for tests). Raises
     CommandExecutionError when it cannot be read or names another release.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call qubes_firewall_qubes.qubes_release
     """
     path = path or (__opts__ or {}).get("qubes_firewall_release_file") or RELEASE_FILE
     try:
@@ -576,3 +555,35 @@ def release_known():
     """True when this machine has a release file to detect the release from."""
     path = (__opts__ or {}).get("qubes_firewall_release_file") or RELEASE_FILE
     return os.path.exists(path)
+
+
+# ---- internal API ----
+
+
+def lib():
+    """
+    Internal API of the formula, not for users: the functions of
+    ``qubes_firewall_qubes``, for the formula's other modules and states, which call
+    ``__salt__["qubes_firewall_qubes.lib"]().FUNCTION(...)``.  Each function runs in
+    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
+    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
+    inside it.
+    """
+    return _Lib(globals())
+
+
+class _Lib:
+    """A module's functions by name, each run in the Salt loader that loaded it."""
+
+    def __init__(self, scope):
+        self._scope = scope
+        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
+        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
+
+    def __getattr__(self, name):
+        func = self._scope.get(name)
+        if name.startswith("_") or not isinstance(func, types.FunctionType):
+            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
+        if self._loader is None:
+            return func
+        return functools.partial(self._loader.run, func)

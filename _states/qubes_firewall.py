@@ -29,6 +29,11 @@ def __virtual__():
     return __virtualname__
 
 
+def _lib(name=""):
+    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
+    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
+
+
 def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
@@ -86,11 +91,11 @@ def locked(name):
     ret = _ret(name)
     try:
         _forget_summary()
-        held = __salt__["qubes_firewall.lock"]()
-        __salt__["qubes_firewall.forget_run"]()
-        stale = __salt__["qubes_firewall.stale_scratch"]()
+        held = _lib().lock()
+        _lib().forget_run()
+        stale = _lib().stale_scratch()
         if stale and not __opts__["test"]:
-            stale = __salt__["qubes_firewall.remove_stale_scratch"]()
+            stale = _lib().remove_stale_scratch()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Holding %s (waited %.1f s)." % (held["path"], held["waited"])
@@ -118,13 +123,13 @@ def validated(name):
     """
     ret = _ret(name)
     try:
-        problems = __salt__["qubes_firewall.preflight"]()
+        problems = _lib().preflight()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if problems:
         ret["result"] = False
         ret["comment"] = "invalid pillar:\n" + "\n".join(problems)
-        return _note(__salt__["qubes_firewall.minion_id"](), ret, "pillar check (nothing was changed)")
+        return _note(_lib().minion_id(), ret, "pillar check (nothing was changed)")
     ret["comment"] = "The qubes_firewall pillar is valid."
     return ret
 
@@ -138,13 +143,13 @@ def _not_named(ret, qube):
 
 def _removed_stale_temps(ret, paths):
     """Remove (or, under test=True, report) the temp files a killed run left next to ``paths``."""
-    stale = __salt__["qubes_firewall_files.stale_temps"](paths)
+    stale = _lib("files").stale_temps(paths)
     if not stale:
         return
     if __opts__["test"]:
         ret["changes"]["stale temporary files to remove"] = stale
         return
-    ret["changes"]["stale temporary files removed"] = __salt__["qubes_firewall_files.remove_stale_temps"](paths)
+    ret["changes"]["stale temporary files removed"] = _lib("files").remove_stale_temps(paths)
 
 
 def runtime_rules(name):
@@ -166,11 +171,11 @@ def runtime_rules(name):
           qubes_firewall.runtime_rules: []
     """
     ret = _ret(name)
-    qube = __salt__["qubes_firewall.minion_id"]()
+    qube = _lib().minion_id()
     try:
-        plan = __salt__["qubes_firewall.qube_plan"](qube)
-        live = __salt__["qubes_firewall.live_state"]()
-        script, summary = __salt__["qubes_firewall.owned_transaction"](plan, live)
+        plan = _lib().qube_plan(qube)
+        live = _lib().live_state()
+        script, summary = _lib().owned_transaction(plan, live)
     except CommandExecutionError as exc:
         return _note(qube, _fail(ret, exc), "nft")
     wanted = plan is not None and plan.rule_count > 0
@@ -185,12 +190,12 @@ def runtime_rules(name):
         ret["comment"] = "The nft rules of %s are up to date (%d rules)." % (qube, plan.rule_count)
         return ret
     # each change once, by pillar entry; the transaction itself: qubes_firewall.drift shows it as "fix"
-    record["nft"] = ret["changes"]["nft"] = __salt__["qubes_firewall_report.nft_change"](
+    record["nft"] = ret["changes"]["nft"] = _lib("report").nft_change(
         summary, plan.rule_count if wanted else 0)
     what = "updated" if wanted else "removed (the pillar gives %s none)" % qube
     if __opts__["test"]:
         try:
-            __salt__["qubes_firewall_nft.check"](script)
+            _lib("nft").check(script)
         except CommandExecutionError as exc:
             return _note(qube, _fail(ret, exc), "nft")
         ret["result"] = None
@@ -198,8 +203,8 @@ def runtime_rules(name):
                           " qubes_firewall.drift shows it)." % (qube, what))
         return ret
     try:
-        saved = __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
-        __salt__["qubes_firewall.load"](script)
+        saved = _lib().backup(_lib().nft_document())
+        _lib().load(script)
     except CommandExecutionError as exc:
         ret["changes"] = {}
         record["nft"] = None
@@ -225,9 +230,9 @@ def persisted_rules(name):
           qubes_firewall.persisted_rules: []
     """
     ret = _ret(name)
-    qube = __salt__["qubes_firewall.minion_id"]()
+    qube = _lib().minion_id()
     try:
-        files = __salt__["qubes_firewall.persisted_files"](qube)
+        files = _lib().persisted_files(qube)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not files:
@@ -236,10 +241,10 @@ def persisted_rules(name):
     nft = _run_record(qube).get("nft") or {}
     replayed = bool(nft.get("added") or nft.get("removed"))
     for path, (old, new) in files.items():
-        mode = __salt__["qubes_firewall_files.mode_of"](path)
+        mode = _lib("files").mode_of(path)
         needs_exec = new is not None and mode is not None and mode & 0o100 == 0
         if old != new:
-            ret["changes"][path] = __salt__["qubes_firewall_files.diff"](old, new, path)
+            ret["changes"][path] = _lib("files").diff(old, new, path)
             if replayed:
                 # the nft change above, shown once: here only that the boot replay follows it
                 ret["changes"][path] = _replay_note(ret["changes"][path], new)
@@ -261,9 +266,9 @@ def persisted_rules(name):
             return _note(qube, ret, "boot replay")
         for path, (old, new, needs_exec, mode) in sorted(todo.items()):
             if old != new:
-                __salt__["qubes_firewall_files.write_atomic"](path, new, mode=0o755)
+                _lib("files").write_atomic(path, new, mode=0o755)
             if needs_exec:
-                __salt__["qubes_firewall_files.ensure_mode"](path, mode | 0o111)
+                _lib("files").ensure_mode(path, mode | 0o111)
     except CommandExecutionError as exc:
         return _note(qube, _fail(ret, exc), "boot replay")
     ret["comment"] = "Updated %s." % ", ".join(sorted(todo))
@@ -286,7 +291,7 @@ def _template_changes(files):
         if (old or "").startswith("->") or (new or "").startswith("->"):
             out[path] = "symlink %s -> %s" % (old[2:] if old else "(none)", new[2:] if new else "(removed)")
         else:
-            out[path] = __salt__["qubes_firewall_files.diff"](old, new, path)
+            out[path] = _lib("files").diff(old, new, path)
     return out
 
 
@@ -307,9 +312,9 @@ def custom_persist_replay(name):
           qubes_firewall.custom_persist_replay: []
     """
     ret = _ret(name)
-    qube = __salt__["qubes_firewall.minion_id"]()
+    qube = _lib().minion_id()
     try:
-        files = __salt__["qubes_firewall.template_files"]()
+        files = _lib().template_files()
         ret["changes"] = _template_changes(files)
         _removed_stale_temps(ret, sorted(p for p, (_o, n) in files.items() if not (n or "").startswith("->")))
         if not files:
@@ -321,7 +326,7 @@ def custom_persist_replay(name):
             ret["result"] = None
             ret["comment"] = "Would update the custom-persist replay: %s." % ", ".join(sorted(files))
             return _note(qube, ret, "custom-persist replay (%d files)" % len(files))
-        __salt__["qubes_firewall.write_template_files"](files)
+        _lib().write_template_files(files)
     except CommandExecutionError as exc:
         return _note(qube, _fail(ret, exc), "custom-persist replay")
     ret["comment"] = "Updated the custom-persist replay: %s." % ", ".join(sorted(files))
@@ -344,14 +349,13 @@ def cleaned(name):
           qubes_firewall.cleaned: []
     """
     ret = _ret(name)
-    ctcp = "qubes_firewall_connect_tcp."
     try:
-        plan = __salt__["qubes_firewall.clean_plan"]()
+        plan = _lib().clean_plan()
         script, summary = plan["nft"]
         if script:
-            ret["changes"]["nft"] = __salt__["qubes_firewall_report.nft_change"](summary, 0)
+            ret["changes"]["nft"] = _lib("report").nft_change(summary, 0)
         ret["changes"].update(_template_changes(plan["files"]))
-        actions = __salt__[ctcp + "runtime_actions"](plan["runtime"])
+        actions = _lib("connect_tcp").runtime_actions(plan["runtime"])
         if actions:
             ret["changes"]["runtime"] = actions
         _removed_stale_temps(ret, sorted(plan["files"]))
@@ -360,20 +364,20 @@ def cleaned(name):
             return ret
         if __opts__["test"]:
             if script:
-                __salt__["qubes_firewall_nft.check"](script)
+                _lib("nft").check(script)
             ret["result"] = None
             ret["comment"] = "Would remove everything qubes_firewall made here."
-            return _note(__salt__["qubes_firewall.minion_id"](), ret, "clean")
+            return _note(_lib().minion_id(), ret, "clean")
         if script:
-            __salt__["qubes_firewall.backup"](__salt__["qubes_firewall.nft_document"]())
-            __salt__["qubes_firewall.load"](script)
+            _lib().backup(_lib().nft_document())
+            _lib().load(script)
         if actions:
-            __salt__[ctcp + "runtime_apply"](plan["runtime"], {})
-        __salt__["qubes_firewall.write_template_files"](plan["files"])
+            _lib("connect_tcp").runtime_apply(plan["runtime"], {})
+        _lib().write_template_files(plan["files"])
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Removed everything qubes_firewall made here."
-    return _note(__salt__["qubes_firewall.minion_id"](), ret, "clean")
+    return _note(_lib().minion_id(), ret, "clean")
 
 
 # ---- connect_tcp states ----
@@ -383,7 +387,7 @@ def _file_changes(files):
     """``{path: unified diff}`` (or a mode note) for a ``{path: {"old", "new"}}`` plan."""
     out = {}
     for path, item in sorted(files.items()):
-        text = __salt__["qubes_firewall_files.diff"](item["old"], item["new"], path)
+        text = _lib("files").diff(item["old"], item["new"], path)
         out[path] = text or "mode %04o (rc.local must be executable)" % item["mode"]
     return out
 
@@ -410,13 +414,13 @@ def connect_tcp_policy(name):
     """
     ret = _ret(name)
     try:
-        plan = __salt__["qubes_firewall_connect_tcp.policy_plan"]()
+        plan = _lib("connect_tcp").policy_plan()
         path = plan["path"]
         if plan["old"] == plan["new"]:
             ret["comment"] = "The qubes.ConnectTCP policy in %s is up to date." % path
             return ret
-        lint = __salt__["qubes_firewall_connect_tcp.lint_policy"](path, plan["new"])
-        ret["changes"][path] = __salt__["qubes_firewall_files.diff"](plan["old"], plan["new"], path)
+        lint = _lib("connect_tcp").lint_policy(path, plan["new"])
+        ret["changes"][path] = _lib("files").diff(plan["old"], plan["new"], path)
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "The qubes.ConnectTCP policy in %s would be updated. %s" % (path, lint)
@@ -447,13 +451,12 @@ def connect_tcp_bindings(name, qube=None):
               - qubes_firewall: qubes_firewall-validated
     """
     ret = _ret(name)
-    mod = "qubes_firewall_connect_tcp."
     writing = False
     try:
-        plan = __salt__[mod + "binding_plan"](qube)
-        notes = [__salt__[mod + "verify_units"](plan["changed_units"])]
-        runtime = __salt__[mod + "runtime_plan"](plan["units"], plan["qube"])
-        actions = __salt__[mod + "runtime_actions"](runtime)
+        plan = _lib("connect_tcp").binding_plan(qube)
+        notes = [_lib("connect_tcp").verify_units(plan["changed_units"])]
+        runtime = _lib("connect_tcp").runtime_plan(plan["units"], plan["qube"])
+        actions = _lib("connect_tcp").runtime_actions(runtime)
         ret["changes"] = _file_changes(plan["files"])
         if actions:
             ret["changes"]["runtime"] = actions
@@ -472,13 +475,13 @@ def connect_tcp_bindings(name, qube=None):
                 "The qubes.ConnectTCP bindings of %s would be updated." % plan["qube"], notes)
             return _note(plan["qube"], ret, "ConnectTCP bindings")
         writing = True
-        __salt__[mod + "write_bindings"](plan["files"])
+        _lib("connect_tcp").write_bindings(plan["files"])
         if not runtime["skip"]:
-            __salt__[mod + "runtime_apply"](runtime, plan["units"])
+            _lib("connect_tcp").runtime_apply(runtime, plan["units"])
     except CommandExecutionError as exc:
         if not writing:
             ret["changes"] = {}
-        return _note(__salt__["qubes_firewall.minion_id"](), _fail(ret, exc), "ConnectTCP bindings")
+        return _note(_lib().minion_id(), _fail(ret, exc), "ConnectTCP bindings")
     ret["comment"] = _sentences(
         "Updated the qubes.ConnectTCP bindings of %s." % plan["qube"], notes)
     return _note(plan["qube"], ret, "ConnectTCP bindings")
@@ -519,7 +522,7 @@ def topology_valid(name):
     """
     ret = _ret(name)
     try:
-        problems = __salt__["qubes_firewall.dom0_problems"]()
+        problems = _lib().dom0_problems()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if problems:
@@ -547,7 +550,7 @@ def prefs(name):
     """
     ret = _ret(name)
     try:
-        steps = __salt__["qubes_firewall.dom0_prefs_plan"]()
+        steps = _lib().dom0_prefs_plan()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not steps:
@@ -569,7 +572,7 @@ def prefs(name):
         ret["comment"] = "Would change, in this order:\n" + order
         return _note("dom0", ret, "qvm-prefs of %d qubes" % len(changes))
     try:
-        __salt__["qubes_firewall.dom0_apply_prefs"](steps)
+        _lib().dom0_apply_prefs(steps)
     except CommandExecutionError as exc:
         done = (getattr(exc, "info", None) or {}).get("done", [])
         ret["changes"] = {s["qube"]: {s["prop"]: {"old": _shown(s["prop"], s["old"]),
@@ -595,7 +598,7 @@ def firewall_rules(name):
     """
     ret = _ret(name)
     try:
-        plan = __salt__["qubes_firewall.dom0_firewall_plan"]()
+        plan = _lib().dom0_firewall_plan()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not plan:
@@ -613,7 +616,7 @@ def firewall_rules(name):
         ret["comment"] = "Would replace the qvm-firewall list of " + qubes
         return _note("dom0", ret, "qvm-firewall lists of %d qubes" % len(plan))
     try:
-        __salt__["qubes_firewall.dom0_apply_firewall"](plan)
+        _lib().dom0_apply_firewall(plan)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Replaced the qvm-firewall list of " + qubes
@@ -636,7 +639,7 @@ def reconnected(name):
     ret = _ret(name)
     test = bool(__opts__.get("test"))
     try:
-        clients = __salt__["qubes_firewall.reconnect"](name, test=test)
+        clients = _lib().reconnect(name, test=test)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not clients:
@@ -668,19 +671,19 @@ def policy_absent(name):
     ret = _ret(name)
     kept = " qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are."
     try:
-        plan = __salt__["qubes_firewall_connect_tcp.policy_absent_plan"]()
+        plan = _lib("connect_tcp").policy_absent_plan()
         path = plan["path"]
         if plan["old"] == plan["new"]:
             ret["comment"] = "No qubes.ConnectTCP policy of the formula in %s." % path + kept
             return ret
-        ret["changes"][path] = __salt__["qubes_firewall_files.diff"](plan["old"], plan["new"], path)
+        ret["changes"][path] = _lib("files").diff(plan["old"], plan["new"], path)
         what = ("%s (the formula created it; nothing else is left in it)" % path
                 if plan["new"] is None else "the formula's qubes.ConnectTCP block from %s, your lines kept" % path)
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "Would remove " + what + "." + kept
             return ret
-        __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
+        _lib("connect_tcp").write_policy(path, plan["new"])
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
@@ -712,7 +715,7 @@ def summary(name):
         records = {}
     test = bool(__opts__.get("test"))
     if not records:
-        records = {__salt__["qubes_firewall.minion_id"](): {}}
-    line = __salt__["qubes_firewall_report.qube_summary_line"]
+        records = {_lib().minion_id(): {}}
+    line = _lib("report").qube_summary_line
     ret["comment"] = "\n".join(line(qube, record, test=test) for qube, record in records.items())
     return ret

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.modules import load_file  # noqa: F401  (used here and by the tests)
+from tests.modules import SaltDict, load_file  # noqa: F401  (used here and by the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 PILLAR_EXAMPLE = REPO / "pillar.example" / "connect-tcp.sls"
@@ -48,7 +48,7 @@ class Minion:
     """The formula's modules as Salt's loader would wire them, for one minion id."""
 
     def __init__(self, minion_id, pillar, **opts):
-        self.salt = {}
+        self.salt = SaltDict()
         self.opts = {"id": minion_id, "test": False}
         self.context = {}
         self.opts.update(opts)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from tests.modules import load_file  # noqa: F401  (used here and by the tests)
+from tests.modules import SaltDict, load_file  # noqa: F401  (used here and by the tests)
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -51,7 +51,7 @@ class Dom0:
     """
 
     def __init__(self, pillar, **opts):
-        self.salt = {}
+        self.salt = SaltDict()
         self.opts = {"id": "dom0", "test": False}
         self.opts.update(opts)
         self.pillar = {"qubes_firewall": pillar}

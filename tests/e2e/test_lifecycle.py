@@ -210,7 +210,8 @@ def test_a_run_killed_mid_way_leaves_nothing_after_the_next_run(tmp_path):
         minion = flab.minion("sys-net")
         rw = flab.rw_config("sys-net")
         rw.mkdir(parents=True, exist_ok=True)
-        scratch = pathlib.Path(minion.run("qubes_firewall.scratch_dir", check=True)[1])
+        # <lookup:state_dir>/scratch: the run's temporary files
+        scratch = pathlib.Path(flab.qube_pillar("sys-net")["qubes_firewall"]["lookup"]["state_dir"]) / "scratch"
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         for delay in (0.8, 1.6, 2.4, 3.2):
             remove_owned(flab, "sys-net")

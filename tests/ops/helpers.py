@@ -4,19 +4,19 @@ import pathlib
 
 import yaml
 
-from tests.modules import REPO, files, load, model, nft, plan
+from tests.modules import REPO, SaltDict, files, load, model, nft, plan
 
 dom0 = load("qubes_firewall_dom0")
 report = load("qubes_firewall_report")
 diagram = load("qubes_firewall_diagram")
-SALT = {
+SALT = SaltDict({
     "qubes_firewall_plan.plan_qube": plan.plan_qube,
     "qubes_firewall_dom0.wanted_firewall": dom0.wanted_firewall,
     "qubes_firewall_dom0.firewall_verdict": dom0.firewall_verdict,
     "qubes_firewall_files.get_block": files.get_block,
     "qubes_firewall_files.read": files.read,
     "qubes_firewall_files.write_atomic": files.write_atomic,
-}
+})
 flow = load("qubes_firewall_flow", salt=SALT)
 backup = load("qubes_firewall_backup", salt=SALT)
 HERE = pathlib.Path(__file__).parent

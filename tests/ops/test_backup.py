@@ -6,6 +6,7 @@ import json
 import pytest
 from salt.exceptions import CommandExecutionError
 
+from tests.modules import SaltDict
 from tests.ops.helpers import SALT, backup
 
 
@@ -18,7 +19,7 @@ def doc(*tables):
 @pytest.fixture
 def fake_nft(monkeypatch):
     state = {"ruleset": doc("qubes"), "loaded": []}
-    salt = dict(SALT)
+    salt = SaltDict(SALT)
     salt["qubes_firewall_nft.read"] = lambda: state["ruleset"]
     salt["qubes_firewall_nft.load_json"] = lambda document: state["loaded"].append(document) or True
     monkeypatch.setattr(backup, "__salt__", salt, raising=False)

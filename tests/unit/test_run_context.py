@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from tests.modules import REPO, load_file
+from tests.modules import REPO, SaltDict, load_file
 
 MODULES = ("qubes_firewall_model", "qubes_firewall_plan", "qubes_firewall_nft", "qubes_firewall_files",
            "qubes_firewall", "qubes_firewall_connect_tcp", "qubes_firewall_report")
@@ -19,7 +19,7 @@ MODULES = ("qubes_firewall_model", "qubes_firewall_plan", "qubes_firewall_nft", 
 
 class Run:
     def __init__(self, tmp_path, minion_id, pillar):
-        self.salt, self.context, self.calls = {}, {}, {}
+        self.salt, self.context, self.calls = SaltDict(), {}, {}
         self.opts = {"id": minion_id, "test": True, "qubes_firewall_state_dir": str(tmp_path / "state"),
                      "qubes_firewall_systemd_run_dir": str(tmp_path / "no-systemd")}
         self.pillar = pillar

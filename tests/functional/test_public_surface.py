@@ -1,0 +1,238 @@
+"""
+The formula's public surface, through the real Salt loader: the functions
+``salt-call sys.list_functions`` shows are exactly the public ones of
+``qubes_firewall`` plus one ``lib`` per module (the formula's internal API),
+functions reached through ``lib()`` still see Salt's dunders, and every CLI
+example in the public docstrings runs and succeeds: the dom0 ones against a
+fake Qubes (the fake qvm-* tools of tests/dom0), the qube ones in the lab
+(real nftables in a network namespace) after the pillar has been applied.
+"""
+
+import ast
+import inspect
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import sys
+
+import pytest
+import yaml
+from saltfactories.utils.functional import Loaders
+
+from tests.dom0 import fakequbes
+from tests.modules import REPO, load
+from tests.saltfactories_support import formula_minion, write_pillar_tree
+
+# the functions a user calls: growing this list is a decision, not an accident
+PUBLIC = ("addresses", "backup", "backups", "check", "connect_tcp_commands", "diagram", "dom0_problems", "drift",
+          "pillar_errors", "qubes_release", "reconnect", "revert", "show_plan", "status")
+INTERNAL = ("backup", "connect_tcp", "diagram", "dom0", "files", "flow", "model", "nft", "plan", "qubes", "report")
+SURFACE = sorted(["qubes_firewall.%s" % f for f in PUBLIC + ("lib",)]
+                 + ["qubes_firewall_%s.lib" % m for m in INTERNAL])
+# run in dom0 (against the fake Qubes) when an example does not say where
+DOM0 = ("addresses", "diagram", "dom0_problems", "qubes_release", "reconnect")
+# where a qube example without --targets runs.  Not sys-net: its ruleset holds a map of a
+# concatenated type (the port forwards' DNAT), which nft 1.0.6 cannot load back from JSON,
+# so revert fails there with that nft (a known bug of revert, not of this surface).
+QUBE = "web"
+SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
+FULL = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+
+
+def examples():
+    """[(function, example line)] of every ``.. code-block:: bash`` of the public docstrings, in file order."""
+    out = []
+    for node in ast.parse((REPO / "_modules" / "qubes_firewall.py").read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name in PUBLIC:
+            doc = ast.get_docstring(node) or ""
+            for block in re.findall(r"^\.\. code-block:: bash\n\n((?:    .*\n?|\n)+)", doc, re.M):
+                out += [(node.name, line.strip()) for line in block.splitlines() if line.strip()]
+    return out
+
+
+def parse(line):
+    """
+    An example line -> (function, args, where): ``where`` is the minion ids it
+    runs on (qubesctl's targets, dom0 unless --skip-dom0), None for a plain
+    salt-call; None for a line that runs no Salt (``dot -Tpng ...``).
+    """
+    words = shlex.split(line)
+    if words[0] == "sudo":
+        words = words[1:]
+    if words[0] not in ("salt-call", "qubesctl"):
+        return None
+    options = [w for w in words[1:] if w.startswith("--")]
+    rest = [w for w in words[1:] if not w.startswith("--")]
+    where = None
+    if words[0] == "qubesctl":
+        targets = [o.split("=", 1)[1].split(",") for o in options if o.startswith("--targets=")]
+        where = ([] if "--skip-dom0" in options else ["dom0"]) + (targets[0] if targets else [])
+    return rest[0], rest[1:], where
+
+
+def bind(function, args):
+    """Bind the example's arguments to the public function's signature (TypeError when they do not fit)."""
+    module = load("qubes_firewall")
+    positional = [a for a in args if "=" not in a]
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    return inspect.signature(getattr(module, function)).bind(*positional, **named)
+
+
+def test_the_loader_shows_exactly_the_public_functions(salt_factories, tmp_path):
+    minion = formula_minion(salt_factories, "sys-net", write_pillar_tree(tmp_path / "pillar", FULL))
+    loaders = Loaders(minion.config.copy(), loaded_base_name="tests.functional.loaded_surface")
+    try:
+        assert sorted(loaders.modules.sys.list_functions("qubes_firewall*")) == SURFACE
+        docs = loaders.modules.sys.doc("qubes_firewall*")
+        for name in SURFACE:
+            if name.endswith(".lib"):
+                assert docs[name].lstrip().startswith("Internal API of the formula, not for users"), name
+            else:
+                assert "CLI Example:" in docs[name], name
+        # the CLI shows the same list
+        ret = minion.salt_call_cli().run("--local", "sys.list_functions", "qubes_firewall*")
+        assert ret.returncode == 0 and sorted(ret.data) == SURFACE, ret
+    finally:
+        loaders.reset_state()
+
+
+def test_functions_reached_through_lib_see_salts_dunders(salt_factories, tmp_path):
+    """__opts__, __pillar__, __salt__ and __context__ inside functions reached through lib()."""
+    minion = formula_minion(salt_factories, "sys-firewall", write_pillar_tree(tmp_path / "pillar", FULL),
+                            qubes_firewall_state_dir=str(tmp_path / "state"))
+    loaders = Loaders(minion.config.copy(), loaded_base_name="tests.functional.loaded_dunders")
+    try:
+        fw = loaders.modules.qubes_firewall.lib()
+        assert fw.minion_id() == "sys-firewall"  # __opts__
+        assert fw.pillar_errors() == []  # __pillar__, and qubes_firewall_model through __salt__
+        assert fw.state_dir() == str(tmp_path / "state")
+        plan = fw.qube_plan()  # qubes_firewall_plan.lib() through __salt__
+        assert plan.qube == "sys-firewall" and plan.rule_count > 0
+        assert fw.qube_plan() is plan  # __context__: one plan per run
+        assert fw.model() is loaders.modules.qubes_firewall.lib().model()
+        block = loaders.modules.qubes_firewall_plan.lib().persist_block(plan)
+        assert "qf-nat" in block
+        files = loaders.modules.qubes_firewall_files.lib()
+        assert files.read(str(tmp_path / "absent")) is None
+        with pytest.raises(AttributeError):
+            files.no_such_function  # noqa: B018
+        # the states reach the modules through lib() too
+        ret = loaders.states.qubes_firewall.persisted_rules(name="persisted", test=True)
+        assert ret.result in (True, None), ret
+    finally:
+        loaders.reset_state()
+
+
+def test_every_public_function_has_examples_that_name_it_with_valid_arguments():
+    found = examples()
+    assert sorted({f for f, _ in found}) == sorted(PUBLIC)
+    for function, line in found:
+        parsed = parse(line)
+        if parsed is None:
+            continue
+        name, args, _ = parsed
+        assert name == "qubes_firewall." + function, line
+        bind(function, args)
+
+
+def run_line(minion_for, line, tmp_path):
+    """Run one example line on every minion it names; [(minion, line, why)] for each failure."""
+    name, args, where = parse(line)
+    function = name.split(".", 1)[1]
+    args = [a.replace("/tmp/", str(tmp_path) + "/") for a in args]  # nothing outside the test's tmp
+    if where is None:
+        where = ["dom0"] if function in DOM0 else [QUBE]
+    failures = []
+    for minion_id in where:
+        rc, out, text = minion_for(minion_id, name, args)
+        if rc != 0 or out is None:
+            failures.append((minion_id, line, "rc %s: %s" % (rc, text)))
+    return failures
+
+
+@pytest.fixture
+def fake_dom0(tmp_path, salt_factories):
+    """run(minion_id, function, args) -> (rc, data, text): salt-call --local against a fake Qubes."""
+    bindir = fakequbes.install_tools(str(tmp_path / "bin"))
+    state = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
+    release = tmp_path / "qubes-release"
+    release.write_text("Qubes release 4.3.0 (R4.3)\n")
+    pillar = yaml.safe_load(yaml.safe_dump(FULL))
+    pillar["qubes_firewall"].pop("addresses", None)
+    pillar["qubes_firewall"]["lookup"] = {"rw_config": str(tmp_path / "rw"),
+                                          "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
+    pillar_dir = write_pillar_tree(tmp_path / "pillar", pillar)
+    environ = dict(os.environ)
+    environ.update({"PATH": "%s:%s" % (bindir, environ.get("PATH", "")), "PYTHONWARNINGS": "ignore",
+                    fakequbes.STATE_ENV: str(state), fakequbes.LOG_ENV: str(tmp_path / "calls.log")})
+    environ.pop("PYTHONPATH", None)
+
+    def run(minion_id, name, args):
+        minion = formula_minion(salt_factories, minion_id, pillar_dir, qubes_firewall_release_file=str(release),
+                                qubes_firewall_state_dir=str(tmp_path / "state"))
+        ret = minion.salt_call_cli(environ=environ, timeout=300).run("--local", "--retcode-passthrough", name, *args)
+        return ret.returncode, ret.data, ret.stdout + ret.stderr
+
+    return run
+
+
+@pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
+def test_the_dom0_examples_succeed_against_a_fake_qubes(fake_dom0, tmp_path):
+    lines = [line for function, line in examples() if parse(line) is not None
+             and (parse(line)[2] == ["dom0"] or (parse(line)[2] is None and function in DOM0))]
+    assert len(lines) >= 6, lines
+    failures = []
+    for line in lines:
+        failures += run_line(fake_dom0, line, tmp_path)
+    assert not failures, "\n".join("%s: %s\n    %s" % f for f in failures)
+    assert (tmp_path / "topology.dot").read_text().startswith("digraph")
+
+
+@pytest.mark.lab
+def test_the_qube_examples_succeed_in_the_lab(tmp_path):
+    """After the full example is applied in the lab, every qube-side example succeeds where it says it runs."""
+    from tests.e2e.formula_lab import FormulaLab
+    from tests.e2e.full_example import full_pillar
+    from tests.lab.preflight import require_lab
+    from tests.ops.test_ops_lab import configure_backups
+
+    require_lab()
+    flab = FormulaLab(full_pillar(), tmp_path)
+    try:
+        configure_backups(flab, tmp_path)
+        for qube, result in flab.apply_all().items():
+            assert result.retcode == 0 and not result.failed, (qube, result.failed)
+
+        def run(minion_id, name, args):
+            rc, out, proc = flab.minion(minion_id).run(name, *args)
+            return rc, out, proc.stdout + proc.stderr
+
+        lines = [line for function, line in examples() if parse(line) is not None
+                 and parse(line)[2] != ["dom0"] and not (parse(line)[2] is None and function in DOM0)]
+        assert len(lines) >= 8, lines
+        failures = []
+        for line in lines:
+            name, args, _ = parse(line)
+            named = [a.split("=", 1)[1] for a in args if a.startswith("name=")]
+            if name == "qubes_firewall.revert" and named:  # the example's backup: the newest, under its name
+                saved = sorted((tmp_path / "backups").glob(QUBE + "-2*.json"))
+                assert saved, "no backup of %s to revert to" % QUBE
+                shutil.copy(saved[-1], tmp_path / "backups" / named[0])
+            failures += run_line(run, line, tmp_path)
+        assert not failures, "\n".join("%s: %s\n    %s" % f for f in failures)
+    finally:
+        flab.close()
+
+
+def test_examples_parse_as_documented():
+    assert parse("sudo qubesctl --skip-dom0 --targets=sys-net,web qubes_firewall.status origin=x") == \
+        ("qubes_firewall.status", ["origin=x"], ["sys-net", "web"])
+    assert parse("sudo qubesctl qubes_firewall.addresses work,web") == \
+        ("qubes_firewall.addresses", ["work,web"], ["dom0"])
+    assert parse("salt-call qubes_firewall.check work build 22") == \
+        ("qubes_firewall.check", ["work", "build", "22"], None)
+    assert parse("dot -Tpng /tmp/topology.dot -o topology.png") is None
+    with pytest.raises(TypeError):
+        bind("check", ["work"])
