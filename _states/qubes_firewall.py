@@ -425,7 +425,7 @@ def connect_tcp_policy(name):
             ret["result"] = None
             ret["comment"] = "The qubes.ConnectTCP policy in %s would be updated. %s" % (path, lint)
             return _note("dom0", ret, "qubes.ConnectTCP policy")
-        __salt__["qubes_firewall_connect_tcp.write_policy"](path, plan["new"])
+        _lib("connect_tcp").write_policy(path, plan["new"])
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
