@@ -641,7 +641,7 @@ def addresses(names=None):
     a comma-separated string); by default for the qubes of the
     ``qubes_firewall:qubes`` pillar, or, when there is none (while a pillar
     is being rendered), for every qube that has an address. A pillar file
-    should therefore always pass the names, as docs/dom0.md shows:
+    should therefore always pass the names, as docs/addresses.md shows:
 
     .. code-block:: jinja
 
@@ -670,7 +670,7 @@ def qubes_release():
     """
     The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, detected from
     Qubes (``/etc/qubes-release``). The addresses pillar hands it to the
-    qubes as ``lookup:qubes_release`` (docs/dom0.md).
+    qubes as ``lookup:qubes_release`` (docs/addresses.md).
 
     CLI Example:
 
@@ -803,8 +803,7 @@ def dom0_apply_firewall(plan):
 
 def reconnect(netvm, test=False):
     """
-    Re-attach the running clients of ``netvm`` after it restarted (the seed
-    document's "Reconnecting qubes after a NetVM reboot"): ``qvm-prefs CLIENT
+    Re-attach the running clients of ``netvm`` after it restarted (the Qubes firewall manual page's "Reconnecting qubes after a NetVM reboot"): ``qvm-prefs CLIENT
     netvm NETVM`` for each, network qubes such as sys-firewall first. Returns
     the clients in the order used; ``test=True`` writes nothing.
 
@@ -885,7 +884,7 @@ def _readable(data, fmt, render):
 def status(origin=None, fmt=None):
     """
     Every rule the formula owns in this qube, with its pillar origin and its
-    packet/byte counters (the seed document's "look at the counters"), summed
+    packet/byte counters (the Qubes firewall manual page's "look at the counters"), summed
     per pillar entry under ``by_origin``; ``missing`` lists planned rules that
     are not loaded. ``origin`` keeps only rules of one pillar entry, e.g.
     ``port_forwards:https``: the same name in every hop of a port forward.
@@ -973,18 +972,18 @@ def drift(fmt=None):
 
 def _backup_args():
     return {
-        "directory": __opts__.get("qubes_firewall_backup_dir"),
+        "directory": __opts__.get("qubes_firewall_backup_dir") or os.path.join(state_dir(), "backups"),
         "owner": minion_id(),
     }
 
 
 def backup(document=None):
     """
-    Save the live ruleset (the seed document's backup, as nft's JSON:
+    Save the live ruleset (the Qubes firewall manual page's backup, as nft's JSON:
     ``nft -j list ruleset``, counters included) as
     ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N. The
     directory is the minion option ``qubes_firewall_backup_dir`` (default
-    ``/var/lib/qubes-firewall-formula/backups``), N the option
+    ``<lookup:state_dir>/backups``, i.e. ``/var/lib/qubes-firewall-formula/backups``), N the option
     ``qubes_firewall_backup_keep`` (default 10). The formula's state takes one
     before each change of the live rules, from the document it read already.
 

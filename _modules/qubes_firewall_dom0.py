@@ -507,7 +507,7 @@ def release_problems(given, detected):
     if given is None or detected is None or str(given) == detected:
         return []
     return ["%s: %s, but this dom0 runs Qubes %s: correct it, or leave it to dom0 (the addresses "
-            "pillar hands the detected release to the qubes, see docs/dom0.md)"
+            "pillar hands the detected release to the qubes, see docs/addresses.md)"
             % (_path("lookup", "qubes_release"), given, detected)]
 
 
@@ -568,7 +568,7 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
         live = inventory.get(name, {}).get("ip")
         if name in inventory and live and live != addr:
             out.append("%s: %s, but Qubes gives %s the address %s (leave addresses to dom0: "
-                       "see docs/dom0.md)" % (_path("addresses", name), addr, name, live))
+                       "see docs/addresses.md)" % (_path("addresses", name), addr, name, live))
     if missing:
         return out  # the other checks need every qube
 

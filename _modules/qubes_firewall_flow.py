@@ -1,8 +1,7 @@
 """
 ``check``: may this flow pass, and through which rules?  Answered from the
 pillar alone, before anything is applied, by walking the first packet of a new
-connection hop by hop through the Qubes 4.2 netvm chain (QUBES_FACTS 1.3, 1.4,
-2.1, 2.3, 2.5):
+connection hop by hop through the Qubes netvm chain (the same in 4.2 and 4.3):
 
 - in each qube, the formula's own chains as the planner
   (``qubes_firewall_plan.plan_qube``) writes them: the ``qf-nat`` chain, then

@@ -97,7 +97,7 @@ class Lookup:
 
 @dataclasses.dataclass(frozen=True)
 class FirewallRule:
-    """One qvm-firewall rule (QUBES_FACTS section 6), canonical form."""
+    """One qvm-firewall rule, canonical form."""
 
     action: str
     proto: Optional[str] = None

@@ -7,7 +7,7 @@ traced to its pillar origin, and the shell block that replays them at boot.
 Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_plan``;
 imported directly by the unit tests.
 
-Where rules live (QUBES_FACTS 2.5): objects named ``qf-*`` in ``table ip
+Where rules live: objects named ``qf-*`` in ``table ip
 qubes``.  ``qf-input`` and ``qf-forward`` are reached by one jump each from
 Qubes' ``custom-input`` / ``custom-forward``; one nat base chain ``qf-nat``
 (``type nat hook prerouting priority filter + 1``, after Qubes' dnat-dns)
@@ -48,7 +48,7 @@ OWNED_PREFIX = "qf-"
 JUMP_COMMENT = "qf jump"
 # (Qubes chain, our chain) pairs: one jump rule each
 JUMPS = (("custom-input", INPUT_CHAIN), ("custom-forward", FORWARD_CHAIN))
-# nat prerouting after Qubes' dnat-dns (dstnat, -100), as the seed document does
+# nat prerouting after Qubes' dnat-dns (dstnat, -100), as the Qubes firewall manual page does
 NAT_HOOK = ("nat", "prerouting", 1, "accept")
 DNAT_HOOK = NAT_HOOK  # compatible name
 
@@ -449,7 +449,7 @@ def _index(model):
 
 
 # --------------------------------------------------------------------------
-# port forwards (CONTRACT 4; seed "Port forwarding to a qube from the outside world")
+# port forwards (manual page: "Port forwarding to a qube from the outside world")
 # --------------------------------------------------------------------------
 
 
@@ -526,7 +526,7 @@ def _forward_objects(groups, qube, uplink, ip):
 
 
 # --------------------------------------------------------------------------
-# connections (seed "Enabling networking between two qubes")
+# connections (manual page: "Enabling networking between two qubes")
 # --------------------------------------------------------------------------
 
 
@@ -624,7 +624,7 @@ def plan_qube(model, qube):
         notes += n
     for missing in ip.missing:
         errors.append("qubes_firewall:addresses:%s: the address of %s is needed by %s's rules "
-                      "(on Qubes dom0 fills it in, see README)" % (missing, missing, qube))
+                      "(on Qubes dom0 fills it in, see docs/addresses.md)" % (missing, missing, qube))
     if errors:
         raise PlanError(errors)
     chains = (Chain(INPUT_CHAIN, None, tuple(inputs)), Chain(FORWARD_CHAIN, None, tuple(forward)))

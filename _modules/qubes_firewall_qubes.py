@@ -495,7 +495,7 @@ def is_default(vm, prop):
 
 def reconnect(netvm, test=False):
     """
-    Re-attach the running clients of ``netvm`` (the seed's "Reconnecting qubes
+    Re-attach the running clients of ``netvm`` (the Qubes firewall manual page's "Reconnecting qubes
     after a NetVM reboot": ``qvm-prefs CLIENT netvm NETVM``), network
     providers (sys-firewall) first. A client that follows Qubes' default netvm
     keeps following it: after the set that re-attaches it, its netvm is reset

@@ -6,8 +6,7 @@ Status and drift of one qube's rules: pure functions over the planner's plan
 
 - ``status``: every rule of the chains the formula owns and every element of
   its sets and maps (one per port forward, hop and role), with its pillar
-  origin (read back from the comment) and its packet/byte counters, the seed
-  document's "look at the counters" as data.
+  origin (read back from the comment) and its packet/byte counters, the Qubes firewall manual page's "look at the counters" as data.
 - ``drift``: what differs between the pillar, the live ruleset and the boot
   block, by content: rules and elements missing (a restart, a hand
   ``flush``), edited (same comment, other statements), or nobody planned

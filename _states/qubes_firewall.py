@@ -625,7 +625,7 @@ def firewall_rules(name):
 
 def reconnected(name):
     """
-    Re-attach the running clients of the netvm ``name`` (the seed document's
+    Re-attach the running clients of the netvm ``name`` (the Qubes firewall manual page's
     "Reconnecting qubes after a NetVM reboot"), network qubes first. An
     action, not a lasting promise: use it on demand, e.g. ``qubesctl
     state.apply`` of an SLS holding only this state, after sys-net restarted.

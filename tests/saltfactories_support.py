@@ -79,6 +79,7 @@ def formula_minion(salt_factories, minion_id, pillar_dir, **opts):
         "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "qubes_firewall_backup_dir": str(root / "backups"),
+        "qubes_firewall_state_dir": str(root / "state"),
         "log_level_logfile": "warning",
         "pillar_mask_output": False,
         "pytest-minion": {"log": {"disabled": True}},

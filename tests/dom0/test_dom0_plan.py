@@ -330,7 +330,7 @@ def test_hand_typed_addresses_that_disagree_with_qubes(world):
     pillar["addresses"] = {"work": "10.137.0.9", "web": "10.137.0.99"}
     out = problems(pillar, world)
     assert out == ["qubes_firewall:addresses:web: 10.137.0.99, but Qubes gives web the address 10.137.0.11 "
-                   "(leave addresses to dom0: see docs/dom0.md)"]
+                   "(leave addresses to dom0: see docs/addresses.md)"]
 
 
 def test_connection_route_hops():
