@@ -16,7 +16,7 @@ document's "Nftables tips" as commands.
   refuses to load them back ("Invalid map type").  A backup holding such a map
   is turned into nft's own text first, in a scratch network namespace
   (``unshare --net``; the live ruleset is never touched there): those maps are
-  rendered as text (``concat_map_text``), everything else loaded as JSON, in
+  rendered as text (``set_text``; other sets and maps too when it can), everything else loaded as JSON, in
   the document's order, and ``nft list ruleset`` printed there.  The live
   ruleset then gets ``flush ruleset`` + that text as one transaction, checked
   with ``nft -c`` first.  Counters travel in the text.
@@ -94,7 +94,7 @@ def concat_data(item):
     return isinstance(data, list) or (isinstance(data, str) and "." in data) or isinstance(data, dict)
 
 
-# what concat_map_text renders; anything else is refused, never guessed
+# what set_text renders; anything else is refused, never guessed
 _NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_./-]{0,63}\Z")
 _TYPE = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")
 _VALUE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}\Z")
@@ -108,7 +108,8 @@ _STRING_TYPES = ("ifname", "string")
 def _refuse(where, what):
     raise CommandExecutionError(
         "cannot revert this backup: %s holds %s, which the revert cannot render as nft text "
-        "(only maps of simple concatenated values are rendered); restore it by hand with nft" % (where, what))
+        "(only sets and maps of simple or concatenated values are rendered); restore it by hand with nft"
+        % (where, what))
 
 
 def _comment(where, value):
@@ -141,10 +142,10 @@ def _value(where, value):
     return " . ".join(out)
 
 
-def _element(where, pair):
-    if not (isinstance(pair, list) and len(pair) == 2):
+def _element(where, pair, is_map):
+    if is_map and not (isinstance(pair, list) and len(pair) == 2):
         _refuse(where, "the element %s" % json.dumps(pair))
-    key, data = pair
+    key, data = pair if is_map else (pair, None)
     extra = ""
     if isinstance(key, dict) and set(key) == {"elem"}:
         body = key["elem"]
@@ -159,26 +160,30 @@ def _element(where, pair):
             extra += " counter packets %d bytes %d" % (counter["packets"], counter["bytes"])
         if "comment" in body:
             extra += _comment(where, body["comment"])
+    if not is_map:
+        return _value(where, key) + extra
     return "%s%s : %s" % (_value(where, key), extra, _value(where, data))
 
 
-def concat_map_text(item):
+def set_text(item):
     """
-    One ``{"map": ...}`` item of ``nft -j list ruleset`` as an nft text
-    script (``add table`` + ``add map`` with its elements), for the simple
-    forms only: key and data of simple values or concatenations of them,
-    flags, the counter statement, comments.  Refuses (CommandExecutionError)
-    anything else.
+    One ``{"map": ...}`` or ``{"set": ...}`` item of ``nft -j list ruleset``
+    as an nft text script (``add table`` + ``add map``/``add set`` with its
+    elements, element counters included), for the simple forms only: key and
+    data of simple values or concatenations of them, flags, the counter
+    statement, comments.  Refuses (CommandExecutionError) anything else.
     """
-    body = item["map"]
+    kind = "map" if "map" in item else "set"
+    body = item[kind]
     family, table, name = body.get("family"), body.get("table"), body.get("name")
-    where = "the map %s %s %s" % (family, table, name)
+    where = "the %s %s %s %s" % (kind, family, table, name)
     if family not in _FAMILIES or not all(isinstance(v, str) and _NAME.match(v) for v in (table, name)):
-        _refuse("a map", "the name %s" % json.dumps([family, table, name]))
-    unknown = sorted(set(body) - _MAP_KEYS)
+        _refuse("a " + kind, "the name %s" % json.dumps([family, table, name]))
+    unknown = sorted(set(body) - _MAP_KEYS - ({"map"} if kind == "set" else set()))
     if unknown:
         _refuse(where, "the attribute(s) %s" % ", ".join(unknown))
-    lines = ["type %s : %s" % (_types(where, body.get("type")), _types(where, body.get("map")))]
+    head = "type %s" % _types(where, body.get("type"))
+    lines = [head + (" : %s" % _types(where, body.get("map")) if kind == "map" else "")]
     flags = body.get("flags", [])
     flags = [flags] if isinstance(flags, str) else flags
     if not isinstance(flags, list) or not all(isinstance(f, str) and _TYPE.match(f) for f in flags):
@@ -198,9 +203,18 @@ def concat_map_text(item):
     if not isinstance(elements, list):
         _refuse(where, "the elements %s" % json.dumps(elements))
     if elements:
-        lines.append("elements = { %s }" % ",\n\t".join(_element(where, e) for e in elements))
-    return "add table %s %s\nadd map %s %s %s {\n\t%s\n}\n" % (
-        family, table, family, table, name, "\n\t".join(lines))
+        lines.append("elements = { %s }" % ",\n\t".join(_element(where, e, kind == "map") for e in elements))
+    return "add table %s %s\nadd %s %s %s %s {\n\t%s\n}\n" % (
+        family, table, kind, family, table, name, "\n\t".join(lines))
+
+
+def _text_or_none(item):
+    """A set or map (not of concatenated data) as text, None when not renderable (then JSON: nft
+    1.0.6 loads it, but zeroes its elements' counters, which the text keeps)."""
+    try:
+        return set_text(item)
+    except CommandExecutionError:
+        return None
 
 
 def scratch_steps(saved):
@@ -208,14 +222,18 @@ def scratch_steps(saved):
     ``saved`` (an ``nft -j list ruleset`` document) as the steps that rebuild
     it in an empty ruleset, in its order: ``[("json"|"text", script)]``,
     consecutive items JSON-loadable by nft grouped into one step, each map of
-    concatenated data its own text step.
+    concatenated data its own text step (refused when not renderable), and
+    so every other renderable set and map (their elements' counters survive
+    the text, not nft 1.0.6's JSON load).
     """
     steps = []
     for item in saved.get("nftables", []):
         if "metainfo" in item:
             continue
-        if concat_data(item):
-            steps.append(("text", concat_map_text(item)))
+        text = set_text(item) if concat_data(item) else (
+            _text_or_none(item) if isinstance(item, dict) and ("set" in item or "map" in item) else None)
+        if text is not None:
+            steps.append(("text", text))
         elif steps and steps[-1][0] == "json":
             steps[-1][1].append(item)
         else:
