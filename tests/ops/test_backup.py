@@ -90,3 +90,106 @@ def test_failed_load_raises_and_nothing_else_happens(tmp_path, fake_nft, monkeyp
     monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.load_json", refuse)
     with pytest.raises(CommandExecutionError, match="nothing was changed"):
         backup.revert(str(tmp_path), owner="web")
+
+
+def concat_map(**extra):
+    """A DNAT map as nft 1.0.6 lists it in JSON (the formula's qf-nat-* shape)."""
+    body = {"family": "ip", "name": "qf-nat-1", "table": "qubes", "type": ["inet_proto", "inet_service"],
+            "handle": 7, "comment": "port forwards", "map": "ipv4_addr . inet_service",
+            "elem": [[{"elem": {"val": {"concat": ["tcp", 443]}, "comment": "port_forwards:https",
+                                "counter": {"packets": 3, "bytes": 180}}},
+                      {"concat": ["10.137.0.5", 443]}],
+                     [{"elem": {"val": {"concat": ["udp", 53]}}}, {"concat": ["10.137.0.6", 5353]}]],
+            "stmt": [{"counter": None}]}
+    body.update(extra)
+    return {"map": body}
+
+
+def test_concat_data_maps_are_recognised():
+    assert backup.concat_data(concat_map())
+    assert backup.concat_data(concat_map(map=["ipv4_addr", "inet_service"]))
+    assert not backup.concat_data(concat_map(map="inet_service"))
+    assert not backup.concat_data({"set": {"name": "s", "type": ["ipv4_addr", "inet_service"]}})
+    assert not backup.concat_data({"table": {"family": "ip", "name": "qubes"}})
+
+
+def test_concat_map_renders_as_nft_text():
+    assert backup.set_text(concat_map()) == (
+        "add table ip qubes\n"
+        "add map ip qubes qf-nat-1 {\n"
+        "\ttype inet_proto . inet_service : ipv4_addr . inet_service\n"
+        "\tcounter\n"
+        '\tcomment "port forwards"\n'
+        "\telements = { tcp . 443 counter packets 3 bytes 180 comment \"port_forwards:https\" : 10.137.0.5 . 443,\n"
+        "\tudp . 53 : 10.137.0.6 . 5353 }\n"
+        "}\n")
+    plain = concat_map(flags=["timeout"], elem=[], stmt=[])
+    del plain["map"]["comment"]
+    assert backup.set_text(plain) == (
+        "add table ip qubes\nadd map ip qubes qf-nat-1 {\n"
+        "\ttype inet_proto . inet_service : ipv4_addr . inet_service\n\tflags timeout\n}\n")
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"flags": ["interval"]}, "interval flag"),
+    ({"timeout": 30}, "attribute(s) timeout"),
+    ({"stmt": [{"limit": {"rate": 1}}]}, "statement(s)"),
+    ({"comment": 'a "quoted" word'}, "comment"),
+    ({"type": ["ifname", "inet_service"]}, "type"),
+    ({"map": "ipv4_addr . inet_service; flush ruleset"}, "type"),
+    ({"elem": [[{"elem": {"val": {"prefix": {"addr": "10.0.0.0", "len": 8}}}}, {"concat": ["10.0.0.1", 1]}]]},
+     "element value"),
+    ({"elem": [[{"concat": ["tcp", "443 } ; flush ruleset"]}, {"concat": ["10.0.0.1", 1]}]]}, "element value"),
+    ({"elem": [[{"elem": {"val": "tcp", "timeout": 3}}, {"concat": ["10.0.0.1", 1]}]]}, "element"),
+    ({"table": "x y"}, "name"),
+])
+def test_concat_map_refuses_what_it_cannot_render(extra, named):
+    with pytest.raises(CommandExecutionError, match="cannot revert this backup: .*%s" % named.split("(")[0]):
+        backup.set_text(concat_map(**extra))
+
+
+def test_scratch_steps_keep_the_document_order():
+    table = {"table": {"family": "ip", "name": "qubes", "handle": 1}}
+    chain = {"chain": {"family": "ip", "table": "qubes", "name": "qf-nat", "handle": 2}}
+    document = {"nftables": [{"metainfo": {"version": "1.0.6"}}, table, concat_map(), chain]}
+    steps = backup.scratch_steps(document)
+    assert [kind for kind, _ in steps] == ["json", "text", "json"]
+    other = {"set": {"family": "ip", "table": "qubes", "name": "s", "type": "ipv4_addr",
+                     "elem": [{"elem": {"val": "10.0.0.1", "counter": {"packets": 2, "bytes": 9}}}]}}
+    odd = {"set": dict(other["set"], name="odd", type="ifname")}
+    mixed = backup.scratch_steps({"nftables": [table, other, odd, chain]})
+    assert [kind for kind, _ in mixed] == ["json", "text", "json"]  # the set it cannot render stays JSON
+    assert mixed[1][1] == ("add table ip qubes\nadd set ip qubes s {\n\ttype ipv4_addr\n"
+                           "\telements = { 10.0.0.1 counter packets 2 bytes 9 }\n}\n")
+    assert json.loads(mixed[2][1]) == {"nftables": [odd, chain]}
+    assert json.loads(steps[0][1]) == {"nftables": [table]}
+    assert json.loads(steps[2][1]) == {"nftables": [chain]}
+
+
+def test_revert_of_a_concat_map_loads_checked_text(tmp_path, fake_nft, monkeypatch):
+    fake_nft["ruleset"] = {"nftables": doc("qubes")["nftables"] + [concat_map()]}
+    backup.backup(str(tmp_path), owner="sys-net")
+    calls = []
+    monkeypatch.setattr(backup, "scratch_text", lambda saved: calls.append(("scratch", saved)) or "table ip qubes {\n}\n")
+    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.check", lambda script: calls.append(("check", script)))
+    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.load", lambda script: calls.append(("load", script)))
+    backup.revert(str(tmp_path), owner="sys-net")
+    script = "flush ruleset\ntable ip qubes {\n}\n"
+    assert calls == [("scratch", fake_nft["ruleset"]), ("check", script), ("load", script)]
+    assert fake_nft["loaded"] == []  # not the JSON load
+
+
+def test_revert_of_a_concat_map_that_fails_the_check_loads_nothing(tmp_path, fake_nft, monkeypatch):
+    fake_nft["ruleset"] = {"nftables": doc("qubes")["nftables"] + [concat_map()]}
+    backup.backup(str(tmp_path), owner="sys-net")
+    loaded = []
+    monkeypatch.setattr(backup, "scratch_text", lambda saved: "table ip qubes {\n}\n")
+
+    def refuse(script):
+        raise CommandExecutionError("nft -c rejected the transaction, nothing was changed")
+
+    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.check", refuse)
+    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.load", loaded.append)
+    with pytest.raises(CommandExecutionError, match="nothing was changed"):
+        backup.revert(str(tmp_path), owner="sys-net")
+    assert loaded == [] and fake_nft["loaded"] == []

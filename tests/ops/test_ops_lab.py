@@ -7,13 +7,14 @@ real packets say.
 import concurrent.futures
 import json
 import pathlib
+import subprocess
 
 import pytest
 import yaml
 
 from tests.e2e.formula_lab import FormulaLab
 from tests.e2e.full_example import full_pillar
-from tests.ops.helpers import example_model, flow
+from tests.ops.helpers import backup, example_model, flow
 
 PORTS = (22, 443)
 LAN = {"interface": "ens6", "source_ip": "192.168.1.50"}
@@ -142,6 +143,72 @@ def test_backup_and_revert_restore_the_ruleset_byte_for_byte(flab):
     rc, out = call(flab, qube, "qubes_firewall.revert")
     assert rc == 0 and out["path"] == saved["path"]
     assert flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout == text
+
+
+def without_handles(document):
+    """An nft JSON listing without its handles and metainfo (handles are renumbered by any reload)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "handle"}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+    return [strip(item) for item in document["nftables"] if "metainfo" not in item]
+
+
+def test_revert_restores_a_dnat_map_of_concatenated_data(flab):
+    """sys-net holds the port forwards' DNAT map (ipv4_addr . inet_service data): nft 1.0.6 cannot load
+    it back from JSON, so revert goes through nft's text, built in a scratch netns."""
+    qube = "sys-net"
+    document = json.loads(flab.lab.run(qube, ["nft", "-j", "list", "ruleset"]).stdout)
+    assert any(backup.concat_data(item) for item in document["nftables"])  # the case under test
+    rc, saved = call(flab, qube, "qubes_firewall.backup")
+    assert rc == 0
+    text = flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout
+    stripped = without_handles(json.loads(pathlib.Path(saved["path"]).read_text()))
+    assert stripped == without_handles(json.loads(flab.lab.run(qube, ["nft", "-j", "list", "ruleset"]).stdout))
+    flab.lab.run(qube, ["nft", "flush", "chain", "ip", "qubes", "qf-forward"])
+    flab.lab.run(qube, ["nft", "flush", "ruleset"])
+    flab.lab.run(qube, ["nft", "add", "table", "ip", "mistake"])
+    assert flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout != text
+    rc, out = call(flab, qube, "qubes_firewall.revert")
+    assert rc == 0 and out["path"] == saved["path"], out
+    # byte-identical as nft text (counters included), identical as nft JSON but for the handles
+    assert flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout == text
+    assert without_handles(json.loads(flab.lab.run(qube, ["nft", "-j", "list", "ruleset"]).stdout)) == stripped
+    assert flab.lab.probe_tcp("lan", "192.168.1.10", 443, timeout=2) == "web:443"  # the forward works again
+
+
+def test_a_bad_backup_with_a_dnat_map_leaves_the_ruleset_as_it_was(flab):
+    qube = "sys-net"
+    rc, saved = call(flab, qube, "qubes_firewall.backup")
+    before = flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout
+    document = json.loads(pathlib.Path(saved["path"]).read_text())
+    assert any(backup.concat_data(item) for item in document["nftables"])
+    for bad, says in (({"rule": {"family": "ip", "table": "missing", "chain": "c", "expr": [{"accept": None}]}},
+                       "scratch network namespace"),
+                      ({"map": dict(next(i["map"] for i in document["nftables"] if backup.concat_data(i)),
+                                    name="qf-extra", timeout=30)}, "cannot revert this backup")):
+        pathlib.Path(saved["path"]).write_text(json.dumps({"nftables": document["nftables"] + [bad]}))
+        rc, _, proc = flab.minion(qube).run("qubes_firewall.revert")
+        assert rc != 0 and says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert flab.lab.run(qube, ["nft", "list", "ruleset"]).stdout == before
+
+
+NAT_MAP = """table ip t {
+  set s0 { type ipv4_addr; counter; elements = { 1.2.3.4 comment "x" } }
+  map m { type inet_proto . inet_service : ipv4_addr . inet_service; counter; comment "mc";
+          elements = { tcp . 443 comment "e1" : 10.1.1.1 . 443, udp . 53 : 10.1.1.2 . 5353 } }
+  map r { type inet_proto . inet_service : inet_service; counter; elements = { tcp . 80 : 8080 } }
+  chain c { type nat hook prerouting priority 1; policy accept; dnat ip to meta l4proto . th dport map @m; }
+}
+"""
+
+
+def test_scratch_text_is_what_nft_lists_for_the_original_ruleset():
+    proc = subprocess.run(["unshare", "--net", "sh", "-c",
+                           'nft -f - && nft -j list ruleset && echo "=====" && nft list ruleset'],
+                          input=NAT_MAP, capture_output=True, text=True, check=True)
+    listed, text = proc.stdout.split("=====\n")
+    assert backup.scratch_text(json.loads(listed)) == text
 
 
 def test_a_bad_backup_leaves_the_ruleset_as_it_was(flab):
