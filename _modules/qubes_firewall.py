@@ -1014,7 +1014,10 @@ def revert(name=None):
     """
     Replace the whole live ruleset with a saved one (default: the newest) in
     one transaction, ``flush ruleset`` followed by the saved file, checked
-    with ``nft -c`` first: on any error nothing changes.
+    with ``nft -c`` first: on any error nothing changes. A backup holding a
+    map of concatenated data (a port forward's DNAT map), which nft 1.0.6
+    cannot load from JSON, is first rebuilt as nft text in a scratch network
+    namespace (``unshare --net``, from util-linux), never in the live one.
 
     CLI Example:
 

@@ -1,6 +1,6 @@
 """
-Backup and atomic revert of a qube's whole nftables ruleset: the seed
-document's "Nftables tips" as commands.
+Backup and atomic revert of a qube's whole nftables ruleset: the "Nftables
+tips" of the Qubes firewall manual page as commands.
 
 - ``backup(directory, keep, owner, document=None)``: the whole ruleset as
   nft's JSON (``nft -j list ruleset``, counters included; the state passes the
