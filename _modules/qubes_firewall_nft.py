@@ -117,6 +117,10 @@ def live_state(doc):
             if obj["name"].startswith(OWNED_PREFIX):
                 head = {k: v for k, v in obj.items()
                         if k not in ("family", "name", "table", "handle", "elem")}
+                if isinstance(head.get("map"), list):
+                    # nft 1.1 lists a concatenated map data type as a list, 1.0.6
+                    # (and the plan) as "a . b": one declaration, two spellings
+                    head["map"] = " . ".join(head["map"])
                 elements = {}
                 for elem in obj.get("elem", []):
                     key, value, comment, counters, extra = _element(elem, kind == "map")

@@ -280,3 +280,16 @@ def test_an_element_no_delete_command_can_name_makes_the_set_recreated():
                                "elements = { tcp . 10.137.0.6 . 443" % fwd["name"])
     assert lines[3].startswith("add rule ip qubes qf-forward ")
     assert summary["sets_replaced"] == [fwd["name"]]
+
+
+def test_nft_1_1_spelling_of_a_concatenated_map_type_is_the_same_declaration():
+    """nft 1.1 (Debian 13) lists a map's concatenated data type as a list, 1.0.6 as "a . b"."""
+    doc = fixture("sys-net-applied.json")
+    maps = [item["map"] for item in doc["nftables"] if "map" in item and " . " in str(item["map"].get("map"))]
+    assert maps, "the recording holds a DNAT map of concatenated data"
+    for item in maps:
+        item["map"] = item["map"].split(" . ")
+    assert nft.transaction(sys_net_plan(), nft.live_state(doc)) == ("", {})
+    for item in maps:
+        item["map"] = "ipv4_addr"  # another declaration is still drift
+    assert nft.transaction(sys_net_plan(), nft.live_state(doc))[0]
