@@ -2,15 +2,19 @@
 (core-agent-linux release4.2 / release4.3: vm-systemd/*.service and misc-post.sh,
 qubesagent/firewall.py, network/qubes-setup-dnat-to-ns, network/vif-route-qubes).
 
-    flush ruleset, ip_forward=0
+    flush ruleset, ip_forward=0, IPv6 forwarding=0
     base tables: antispoof, ipv4, ipv6                        (every qube)
+        (ipv6-disabled instead of ipv6 with Lab(fixed_qubes_iptables=True), in a qube with
+        neither /qubes-ip6 nor /qubes-netvm-gateway6: see qubes_base)
     qubes-firewall service (qubes with it):
         ip/ip6 qubes-firewall tables (4.3: + dns-addr set, qubes-forward chain)
         <root>/etc/qubes/qubes-firewall.d/* (sorted, executable regular files)
         <rw>/qubes-firewall.d/* (sorted, executable)              [not with custom-persist, 4.3]
         <rw>/qubes-firewall-user-script (if executable)          [not with custom-persist, 4.3]
-        per-client qbs- chains, connected-ips rules
+        per-client-address qbs- chains (ip, and ip6 for clients with an ip6),
+        connected-ips (and connected-ips6) rules
     dnat-dns, ip_forward=1                                    (providers: qubes-network)
+        IPv6 forwarding=1 when the provider has /qubes-netvm-gateway6 (network-proxy-setup.sh)
         4.3: dnat-dns changed, so qubes-setup-dnat-to-ns reloads qubes-firewall (SIGHUP:
         every client chain refilled)
     <rw>/rc.local.d/*.rc (glob order), <rw>/rc.local (if executable, every qube)
@@ -18,8 +22,9 @@ qubesagent/firewall.py, network/qubes-setup-dnat-to-ns, network/vif-route-qubes)
     systemd units enabled in <root>/etc/systemd/system/multi-user.target.wants/*.service:
         their ExecStart= lines, in unit name order            (every qube whose root has them)
 
-then, in its netvm, each client vif comes online (vif-route-qubes): set elements, then
-<rw>/network-hooks.d/* with "online VIF vif ADDR".  Exit status of user scripts is
+then, in its netvm, each client vif comes online (vif-route-qubes): set elements of each
+client address (ip, then ip6), then <rw>/network-hooks.d/* with "online VIF vif ADDR", once
+per address (the IPv4 one, then the IPv6 one).  Exit status of user scripts is
 ignored as on Qubes; their output goes to the qube's boot log.
 
 <root> is the qube's emulated root filesystem (Lab.root_dir: its template's, shared by the
@@ -124,19 +129,32 @@ def _custom_persist(lab, name: str) -> bool:
     return lab.spec(name).custom_persist and lab.release != "4.2"
 
 
+def _client_addrs(lab, client: str) -> List[str]:
+    """The client's addresses as its vif lists them: ip, then ip6 if it has one."""
+    ip6 = lab.ip6(client)
+    return [lab.ip(client)] + ([ip6] if ip6 else [])
+
+
 def load_client_chains(lab, name: str) -> None:
-    """qubes-firewall's initial load: one qbs- chain per client, then /connected-ips."""
+    """qubes-firewall's initial load: one qbs- chain per client address (/qubes-firewall/ADDR,
+    ip and ip6), then /connected-ips and /connected-ips6."""
     clients = lab.clients_of(name)
     for client in clients:
-        ip = lab.ip(client)
-        lab.nft_load(name, qubes_base.client_chain_create(ip, lab.release))
+        for addr in _client_addrs(lab, client):
+            lab.nft_load(name, qubes_base.client_chain_create(addr, lab.release))
         fill_client_chain(lab, name, client)
     lab.nft_load(name, qubes_base.connected_ips([lab.ip(c) for c in clients]))
+    ips6 = [lab.ip6(c) for c in clients if lab.ip6(c)]
+    if ips6:
+        lab.nft_load(name, qubes_base.connected_ips(ips6, 6))
 
 
 def fill_client_chain(lab, name: str, client: str) -> None:
-    lab.nft_load(name, qubes_base.client_chain_fill(lab.ip(client), lab._client_chain_rules(client),
-                                                    lab.release, lab.resolvers_of(name)))
+    """(Re)fill the client's qbs- chain of each of its addresses."""
+    for addr in _client_addrs(lab, client):
+        family = qubes_base.family_of(addr)
+        lab.nft_load(name, qubes_base.client_chain_fill(addr, lab._client_chain_rules(client, family),
+                                                        lab.release, lab.resolvers_of(name)))
 
 
 def start_qubes_firewall(lab, name: str) -> None:
@@ -167,8 +185,11 @@ def boot(lab, name: str) -> None:
     spec = lab.spec(name)
     lab._log(name, "--- boot\n")
     lab.sh(name, "nft flush ruleset")
-    lab._write_proc(name, {"net/ipv4/ip_forward": "0"})
-    for text in qubes_base.base_tables():
+    off = {"net/ipv4/ip_forward": "0"}
+    if os.path.isdir("/proc/sys/net/ipv6"):  # a kernel booted with ipv6.disable=1 has none
+        off["net/ipv6/conf/all/forwarding"] = "0"
+    lab._write_proc(name, off)
+    for text in qubes_base.base_tables(lab.loads_ipv6_disabled(name)):
         lab.nft_load(name, text)
     if spec.runs_qubes_firewall:
         start_qubes_firewall(lab, name)
@@ -176,16 +197,21 @@ def boot(lab, name: str) -> None:
         lab.nft_load(name, qubes_base.dnat_dns(lab.resolvers_of(name)))
         if spec.runs_qubes_firewall and lab.release != "4.2":
             reload_qubes_firewall(lab, name)
-        lab._write_proc(name, {"net/ipv4/ip_forward": "1"})
+        forwarding = {"net/ipv4/ip_forward": "1"}
+        if "/qubes-netvm-gateway6" in lab.qubesdb(name):
+            forwarding["net/ipv6/conf/all/forwarding"] = "1"
+        lab._write_proc(name, forwarding)
     run_scripts(lab, name, rc_scripts(lab.rw_config(name), _custom_persist(lab, name)))
     run_units(lab, name)
 
 
 def vif_online(lab, netvm: str, client: str) -> None:
-    """vif-route-qubes 'online' for client's vif in netvm (set elements, network hooks)."""
+    """vif-route-qubes 'online' for client's vif in netvm (set elements, network hooks), for
+    each client address."""
     vif = lab.vif(client)
-    ip = lab.ip(client)
-    lab.nft_load(netvm, qubes_base.vif_online(vif, ip))
+    addrs = _client_addrs(lab, client)
+    lab.nft_load(netvm, "".join(qubes_base.vif_online(vif, addr) for addr in addrs))
     hooks_dir = lab.rw_config(netvm) / "network-hooks.d"
     hooks = _executables(sorted(hooks_dir.iterdir())) if hooks_dir.is_dir() else []
-    run_scripts(lab, netvm, hooks, ["online", vif, "vif", ip])
+    for addr in addrs:
+        run_scripts(lab, netvm, hooks, ["online", vif, "vif", addr])

@@ -1,11 +1,20 @@
 """The nftables text Qubes OS 4.2 and 4.3 load in a qube.
 
 Pure functions returning `nft -f` input.  Sources mirrored (core-agent-linux, branches
-release4.2 and release4.3): network/qubes-antispoof.nft, qubes-ipv4.nft, qubes-ipv6.nft
-(identical in both releases; ip6 always loaded, even without IPv6), qubes-setup-dnat-to-ns
+release4.2 and release4.3): network/qubes-antispoof.nft, qubes-ipv4.nft, qubes-ipv6.nft,
+qubes-ipv6-disabled.nft (all identical in both releases), qubes-setup-dnat-to-ns
 (dnat-dns), qubesagent/firewall.py (qubes-firewall tables and qbs- chains),
 network/vif-route-qubes (set elements).  ``inet qubes-nat-accel`` is left out: it makes
 no policy decision.
+
+IPv6 base tables: qubes-antispoof.service loads qubes-antispoof.nft (``ip qubes`` and
+``ip6 qubes`` sets, prerouting, antispoof) in every qube; then network/qubes-iptables runs
+``start ipv4 && start ipv6`` and means to load qubes-ipv6-disabled.nft (``ip6 qbs-filter``:
+input and forward policy drop) instead of qubes-ipv6.nft when the qube has neither
+/qubes-ip6 nor /qubes-netvm-gateway6 in QubesDB, but tests ``"$ipt" = "ip6tables"`` while
+called with ``ipv6``: so in 4.2 and 4.3 the full ``ip6 qubes`` (postrouting masquerade,
+_icmpv6, input, forward, custom-input, custom-forward) loads in every qube, IPv6 or not.
+base_tables(ipv6_disabled=True) gives what a fixed qubes-iptables would load.
 
 What 4.3 changed in the qubes-firewall daemon (``release`` arguments below):
 - its ``forward`` base chain ends with ``jump qubes-forward``, a regular chain holding
@@ -153,6 +162,21 @@ table ip6 qubes {
 }
 """
 
+IPV6_DISABLED = """\
+table ip6 qbs-filter {
+   chain input {
+      type filter hook input priority filter; policy drop;
+      iif lo accept
+      counter
+   }
+
+   chain forward {
+      type filter hook forward priority filter; policy drop;
+      counter
+   }
+}
+"""
+
 _QUBES_FIREWALL_TABLE = """\
 table {family} qubes-firewall {{
   chain forward {{
@@ -173,9 +197,25 @@ table {family} qubes-firewall {{
 """
 
 
-def base_tables() -> List[str]:
-    """The three files every qube loads at boot, in order (antispoof, ipv4, ipv6)."""
-    return [ANTISPOOF, IPV4, IPV6]
+def base_tables(ipv6_disabled: bool = False) -> List[str]:
+    """The three files a qube loads at boot, in order: antispoof, ipv4, then ipv6 or, when
+    ipv6_disabled (only a fixed qubes-iptables does that, in a qube without IPv6),
+    ipv6-disabled."""
+    return [ANTISPOOF, IPV4, IPV6_DISABLED if ipv6_disabled else IPV6]
+
+
+def family_of(addr: str) -> int:
+    """4 or 6: the address family of an address (or network), as firewall.py's is_ip6."""
+    return 6 if ":" in addr else 4
+
+
+def nft_family(family: int) -> str:
+    return "ip6" if family == 6 else "ip"
+
+
+def resolvers_of_family(servers: Sequence[str], family: int) -> List[str]:
+    """The resolv.conf servers qubes-firewall's dns_addresses(family) yields."""
+    return [s for s in servers if family_of(s) == family]
 
 
 def dnat_dns(upstream: Optional[Sequence[str]]) -> str:
@@ -265,42 +305,60 @@ def _qvm_rule_dict(rule: Union[str, Mapping[str, str]]) -> Optional[dict]:
 
 
 def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUAL_DNS,
-                    release: str = DEFAULT_RELEASE) -> List[str]:
-    """Translate one qvm-firewall rule (IPv4) the way qubesagent/firewall.py does.
+                    release: str = DEFAULT_RELEASE, family: int = 4) -> List[str]:
+    """Translate one qvm-firewall rule the way qubesagent/firewall.py does, for the client's
+    IPv4 chain (family 4) or its IPv6 one (family 6).
 
-    drop -> ``reject with icmp type admin-prohibited``; proto -> ``ip protocol X``;
-    dst4/dsthost -> ``ip daddr``; dstports -> ``tcp|udp dport A[-B]`` (no proto: a tcp and a
-    udp rule); specialtarget=dns -> port 53 to the netvm's resolvers (4.2: the addresses,
-    rule dropped when there are none; 4.3: ``@dns-addr``); icmptype -> ``icmp type N``.
-    Hostnames are refused: resolving them would send DNS traffic out of the lab.
+    drop -> ``reject with icmp type admin-prohibited`` (icmpv6 for 6); proto -> ``ip protocol
+    X`` (6: ``ip6 nexthdr X``, icmp -> icmpv6); dst4/dst6/dsthost -> ``ip daddr`` / ``ip6
+    daddr``; dstports -> ``tcp|udp dport A[-B]`` (no proto: a tcp and a udp rule);
+    specialtarget=dns -> port 53 to the netvm's resolvers of that family (4.2: the
+    addresses, rule dropped when there are none; 4.3: ``@dns-addr``); icmptype -> ``icmp
+    type N`` (6: ``icmpv6 type N``).  A rule for the other family is left out, as core-admin's
+    Firewall.qdb_entries(addr_family) leaves it out of that chain (a dsthost written as an
+    address counts as dst4/dst6, as core-admin's DstHost types it).  Hostnames are refused:
+    resolving them would send DNS traffic out of the lab.
     """
     check_release(release)
+    if family not in (4, 6):
+        raise ValueError("qvm-firewall rule: family must be 4 or 6, not {!r}".format(family))
     rule = dict(rule)
     rule.pop("comment", None)
     rule.pop("expire", None)
     action = rule.pop("action", None)
+    icmp = "icmpv6" if family == 6 else "icmp"
     if action == "accept":
         verdict = "accept"
     elif action == "drop":
-        verdict = "reject with icmp type admin-prohibited"
+        verdict = "reject with {} type admin-prohibited".format(icmp)
     else:
         raise ValueError("qvm-firewall rule: bad action {!r}".format(action))
     unknown = set(rule) - {"proto", "dst4", "dst6", "dsthost", "dstports", "specialtarget", "icmptype"}
     if unknown:
         raise ValueError("qvm-firewall rule: unsupported option(s) {}".format(sorted(unknown)))
-    if "dst6" in rule:
-        return []  # an IPv6 rule does not appear in the IPv4 chain
+    dst = rule.get("dst4") or rule.get("dst6") or rule.get("dsthost")
+    net = None
+    if dst:
+        try:
+            net = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            raise ValueError("qvm-firewall rule: dsthost {!r}: the lab takes IP addresses only (IPv4 or IPv6), "
+                             "no host names".format(dst)) from None
+        if ("dst4" in rule and net.version != 4) or ("dst6" in rule and net.version != 6):
+            raise ValueError("qvm-firewall rule: {!r} is not an IPv{} network".format(
+                dst, 4 if "dst4" in rule else 6))
+        if net.version != family:
+            return []  # a rule of the other family does not appear in this chain
+    match = nft_family(family)
     text = ""
     proto = rule.get("proto")
     if proto:
-        text += " ip protocol {}".format(proto)
-    dst = rule.get("dst4") or rule.get("dsthost")
-    if dst:
-        try:
-            net = ipaddress.IPv4Network(dst, strict=False)
-        except ValueError:
-            raise ValueError("qvm-firewall rule: dsthost {!r}: the lab takes IPv4 addresses only".format(dst)) from None
-        text += " ip daddr {}".format(net)
+        if family == 4:
+            text += " ip protocol {}".format(proto)
+        else:
+            text += " ip6 nexthdr {}".format("icmpv6" if proto == "icmp" else proto)
+    if net is not None:
+        text += " {} daddr {}".format(match, net)
     dstports = rule.get("dstports")
     if dstports is not None:
         low, _, high = dstports.partition("-")
@@ -309,14 +367,16 @@ def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUA
         if dstports not in ("53", None):
             return []
         dstports = "53"
+        servers = resolvers_of_family(dns_servers, family)
         if release != "4.2":
-            text += " ip daddr @dns-addr"
-        elif not dns_servers:
+            text += " {} daddr @dns-addr".format(match)
+        elif not servers:
             return []
         else:
-            text += " ip daddr {{ {} }}".format(", ".join(s + "/32" for s in dns_servers))
+            mask = "/128" if family == 6 else "/32"
+            text += " {} daddr {{ {} }}".format(match, ", ".join(s + mask for s in servers))
     if "icmptype" in rule:
-        text += " icmp type {}".format(rule["icmptype"])
+        text += " {} type {}".format(icmp, rule["icmptype"])
     if dstports is not None:
         protos = [proto] if proto else ["tcp", "udp"]
         return [(text + " {} dport {} {}".format(p, dstports, verdict)).strip() for p in protos]
@@ -324,10 +384,11 @@ def qvm_rule_to_nft(rule: Mapping[str, str], dns_servers: Sequence[str] = VIRTUA
 
 
 def client_rules(firewall_rules: Optional[Iterable[Union[str, Mapping[str, str]]]],
-                 dns_servers: Sequence[str] = VIRTUAL_DNS, release: str = DEFAULT_RELEASE) -> List[str]:
-    """The rule texts of a client's qbs- chain: its list, then the policy reject.
-
-    None means Qubes' default list [action=accept].
+                 dns_servers: Sequence[str] = VIRTUAL_DNS, release: str = DEFAULT_RELEASE,
+                 family: int = 4) -> List[str]:
+    """The rule texts of a client's qbs- chain of that family: its list, then the policy
+    reject.  None means Qubes' default list [action=accept].  Literal nft rule texts go
+    into the IPv4 chain only.
     """
     if firewall_rules is None:
         firewall_rules = ["action=accept"]
@@ -335,56 +396,66 @@ def client_rules(firewall_rules: Optional[Iterable[Union[str, Mapping[str, str]]
     for rule in firewall_rules:
         as_dict = _qvm_rule_dict(rule)
         if as_dict is None:
-            out.append(str(rule).strip())
+            if family == 4:
+                out.append(str(rule).strip())
         else:
-            out.extend(qvm_rule_to_nft(as_dict, dns_servers, release))
-    out.append("reject with icmp type admin-prohibited")
+            out.extend(qvm_rule_to_nft(as_dict, dns_servers, release, family))
+    out.append("reject with {} type admin-prohibited".format("icmpv6" if family == 6 else "icmp"))
     return out
 
 
 def client_chain_create(addr: str, release: str = DEFAULT_RELEASE) -> str:
-    """First sight of a client: its chain, and the jump appended to forward (4.2) or
-    qubes-forward (4.3)."""
+    """First sight of a client address: its chain, and the jump appended to forward (4.2) or
+    qubes-forward (4.3), in ``ip`` or ``ip6 qubes-firewall`` after the address's family."""
     chain = chain_for_addr(addr)
-    return ("table ip qubes-firewall {{\n  chain {chain} {{\n  }}\n  chain {jumps} {{\n"
-            "    ip saddr {ip} jump {chain}\n  }}\n}}\n").format(
-                chain=chain, ip=addr, jumps=client_jump_chain(release))
+    return ("table {fam} qubes-firewall {{\n  chain {chain} {{\n  }}\n  chain {jumps} {{\n"
+            "    {fam} saddr {ip} jump {chain}\n  }}\n}}\n").format(
+                fam=nft_family(family_of(addr)), chain=chain, ip=addr, jumps=client_jump_chain(release))
 
 
 def client_chain_fill(addr: str, rules: Sequence[str], release: str = DEFAULT_RELEASE,
                       dns_servers: Sequence[str] = VIRTUAL_DNS) -> str:
-    """Replace a client's qbs- chain content in one transaction (flush, then the list);
-    4.3 refills the dns-addr set in the same transaction."""
+    """Replace a client address's qbs- chain content in one transaction (flush, then the
+    list); 4.3 refills that family's dns-addr set (resolvers of that family) in the same
+    transaction."""
     chain = chain_for_addr(addr)
+    family = family_of(addr)
+    fam = nft_family(family)
     body = "\n".join("    " + rule for rule in rules)
     head = ""
     if check_release(release) != "4.2":
-        head = "flush set ip qubes-firewall dns-addr\n"
-        if dns_servers:
-            head += "add element ip qubes-firewall dns-addr {{ {} }}\n".format(", ".join(dns_servers))
-    return head + ("flush chain ip qubes-firewall {chain}\ntable ip qubes-firewall {{\n"
-                   "  chain {chain} {{\n{body}\n  }}\n}}\n").format(chain=chain, body=body)
+        head = "flush set {} qubes-firewall dns-addr\n".format(fam)
+        servers = resolvers_of_family(dns_servers, family)
+        if servers:
+            head += "add element {} qubes-firewall dns-addr {{ {} }}\n".format(fam, ", ".join(servers))
+    return head + ("flush chain {fam} qubes-firewall {chain}\ntable {fam} qubes-firewall {{\n"
+                   "  chain {chain} {{\n{body}\n  }}\n}}\n").format(fam=fam, chain=chain, body=body)
 
 
-def connected_ips(ips: Sequence[str]) -> str:
-    """Refill qubes-firewall prerouting/postrouting from /connected-ips (IPv4)."""
+def connected_ips(ips: Sequence[str], family: int = 4) -> str:
+    """Refill qubes-firewall prerouting/postrouting from /connected-ips (family 4) or
+    /connected-ips6 (family 6)."""
+    fam = nft_family(family)
     if ips:
         addrs = "{ " + ", ".join(ips) + " }"
-        irule = '    iifname != "vif*" ip saddr {} drop\n'.format(addrs)
-        orule = '    oifname != "vif*" ip daddr {} drop\n'.format(addrs)
+        irule = '    iifname != "vif*" {} saddr {} drop\n'.format(fam, addrs)
+        orule = '    oifname != "vif*" {} daddr {} drop\n'.format(fam, addrs)
     else:
         irule = orule = ""
-    return ("flush chain ip qubes-firewall prerouting\nflush chain ip qubes-firewall postrouting\n"
-            "table ip qubes-firewall {{\n  chain prerouting {{\n{}  }}\n"
-            "  chain postrouting {{\n{}  }}\n}}\n").format(irule, orule)
+    return ("flush chain {fam} qubes-firewall prerouting\nflush chain {fam} qubes-firewall postrouting\n"
+            "table {fam} qubes-firewall {{\n  chain prerouting {{\n{}  }}\n"
+            "  chain postrouting {{\n{}  }}\n}}\n").format(irule, orule, fam=fam)
 
 
 def vif_online(vif: str, client_ip: str) -> str:
-    """Set elements vif-route-qubes adds when a client's vif comes online."""
-    return ('add element ip qubes allowed {{ "{vif}" . {ip} }}\n'
-            "add element ip qubes downstream {{ {ip} }}\n").format(vif=vif, ip=client_ip)
+    """Set elements vif-route-qubes adds when a client's vif comes online, for one client
+    address (``ip qubes`` or ``ip6 qubes`` after its family)."""
+    return ('add element {fam} qubes allowed {{ "{vif}" . {ip} }}\n'
+            "add element {fam} qubes downstream {{ {ip} }}\n").format(
+                fam=nft_family(family_of(client_ip)), vif=vif, ip=client_ip)
 
 
 def vif_offline(vif: str, client_ip: str) -> str:
-    return ('delete element ip qubes allowed {{ "{vif}" . {ip} }}\n'
-            "delete element ip qubes downstream {{ {ip} }}\n").format(vif=vif, ip=client_ip)
+    return ('delete element {fam} qubes allowed {{ "{vif}" . {ip} }}\n'
+            "delete element {fam} qubes downstream {{ {ip} }}\n").format(
+                fam=nft_family(family_of(client_ip)), vif=vif, ip=client_ip)

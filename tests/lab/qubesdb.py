@@ -6,6 +6,11 @@ with a netvm has /qubes-ip, /qubes-netmask, /qubes-gateway (its netvm's IP) and 
 /qubes-netvm-network, /qubes-netvm-netmask, /qubes-netvm-*-dns and /connected-ips.
 So sys-net (no netvm) has no /qubes-ip, and an app qube has no /qubes-netvm-gateway:
 the stub exits 1 for them, as qubesdb-read does on Qubes.
+
+IPv6 (tests.lab.ipv6): a qube with a netvm and an ip6 has /qubes-ip6, and /qubes-gateway6
+when its netvm gives one; a provider with a gateway6 has /qubes-netvm-gateway6 (its own
+ip6); /connected-ips6 lists the clients' ip6 (empty without IPv6).  No /qubes-netmask6:
+Qubes writes none (setup-ip defaults to 128).
 """
 
 import os
@@ -17,9 +22,13 @@ from tests.lab.qubes_base import VIRTUAL_DNS
 
 
 def entries(name: str, ip: str, netvm_ip: Optional[str], provides_network: bool,
-            connected: Sequence[str] = (), services: Sequence[str] = ()) -> Dict[str, str]:
+            connected: Sequence[str] = (), services: Sequence[str] = (), ip6: Optional[str] = None,
+            gateway6: Optional[str] = None, netvm_gateway6: Optional[str] = None,
+            connected6: Sequence[str] = ()) -> Dict[str, str]:
     """QubesDB keys and values of one qube; services: names enabled as /qubes-service/NAME = 1
-    (only those the lab emulates, e.g. custom-persist)."""
+    (only those the lab emulates, e.g. custom-persist).  ip6 / gateway6: the qube's
+    visible_ip6 / visible_gateway6; netvm_gateway6: the gateway6 it gives its clients;
+    connected6: its clients' ip6."""
     data = {"/name": name}
     for service in services:
         data["/qubes-service/" + service] = "1"
@@ -31,8 +40,10 @@ def entries(name: str, ip: str, netvm_ip: Optional[str], provides_network: bool,
             "/qubes-netvm-primary-dns": VIRTUAL_DNS[0],
             "/qubes-netvm-secondary-dns": VIRTUAL_DNS[1],
             "/connected-ips": " ".join(connected),
-            "/connected-ips6": "",
+            "/connected-ips6": " ".join(connected6),
         })
+        if netvm_gateway6:
+            data["/qubes-netvm-gateway6"] = netvm_gateway6
     if netvm_ip is not None:
         data.update({
             "/qubes-ip": ip,
@@ -41,6 +52,10 @@ def entries(name: str, ip: str, netvm_ip: Optional[str], provides_network: bool,
             "/qubes-primary-dns": VIRTUAL_DNS[0],
             "/qubes-secondary-dns": VIRTUAL_DNS[1],
         })
+        if ip6:
+            data["/qubes-ip6"] = ip6
+        if gateway6:
+            data["/qubes-gateway6"] = gateway6
     return data
 
 

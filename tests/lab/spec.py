@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
+from tests.lab import ipv6
+
 # Qubes allows letters, digits, '_', '.', '-' in qube names (31 chars max).
 _QUBE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 # Linux interface names: at most 15 characters, no '/', ':' or spaces.
@@ -39,6 +41,13 @@ class QubeSpec:
     template: the template whose root filesystem (/etc included) the qube boots from.
         Qubes naming the same template share one emulated root (Lab.root_dir); None: the
         qube gets a root of its own.
+    ipv6: the qube's own value of the ``ipv6`` feature (``qvm-features Q ipv6 1``), None when
+        it has none.  Read like Qubes' check_with_netvm (tests.lab.ipv6): set on a netvm it
+        gives IPv6 to the qubes below it; ``""`` (or False) turns it off for this qube and
+        below.  Default: no IPv6 anywhere, as on Qubes.
+    qid / dispid: the qube's qid (its ip6 is fd09:24ef:4179::a89:<qid hex>) or, for a
+        disposable, its dispid (::a8a:<dispid hex>).  None: told from its default 10.137 /
+        10.138 address (only needed when IPv6 is on for it).
     """
 
     ip: str
@@ -48,6 +57,9 @@ class QubeSpec:
     firewall_rules: Optional[Sequence[FirewallRule]] = None
     custom_persist: bool = False
     template: Optional[str] = None
+    ipv6: Optional[Union[str, bool]] = None
+    qid: Optional[int] = None
+    dispid: Optional[int] = None
 
     @property
     def runs_qubes_firewall(self) -> bool:
@@ -67,6 +79,11 @@ class OutsideHost:
     extra_ips: more CIDR addresses on the host (to probe from other sources).
     default_route: also give the uplink qube a default route via this host.
     host_ifname: the interface name on the host side.
+    host_ip6 / uplink_ip6: optional IPv6 CIDR addresses of the host and of the uplink qube on
+        that link (e.g. "2001:db8:1::50/64"; no duplicate address detection, like Qubes'
+        /128 addresses they are usable at once); the host's default route then points at
+        uplink_ip6 too, and default_route gives the uplink qube one via host_ip6.
+    extra_ips6: more IPv6 CIDR addresses on the host.
     """
 
     name: str
@@ -77,6 +94,9 @@ class OutsideHost:
     extra_ips: List[str] = field(default_factory=list)
     default_route: bool = False
     host_ifname: str = "eth0"
+    host_ip6: Optional[str] = None
+    uplink_ip6: Optional[str] = None
+    extra_ips6: List[str] = field(default_factory=list)
 
 
 def _check_ip(what: str, value: str) -> None:
@@ -93,6 +113,20 @@ def _check_cidr(what: str, value: str) -> None:
         raise ValueError("{}: not an IPv4 address/prefix: {!r}".format(what, value)) from None
     if "/" not in value:
         raise ValueError("{}: needs a prefix length (e.g. /24): {!r}".format(what, value))
+
+
+def _check_cidr6(what: str, value: str) -> None:
+    try:
+        ipaddress.IPv6Interface(value)
+    except ValueError:
+        raise ValueError("{}: not an IPv6 address/prefix: {!r}".format(what, value)) from None
+    if "/" not in value:
+        raise ValueError("{}: needs a prefix length (e.g. /64): {!r}".format(what, value))
+
+
+def _check_vmid(what: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError("{}: not a positive integer: {!r}".format(what, value))
 
 
 def validate(qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost]) -> List[str]:
@@ -112,6 +146,10 @@ def validate(qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost]) -> L
         if spec.ip in seen_ips:
             raise ValueError("qube {}: ip {} already used by {}".format(name, spec.ip, seen_ips[spec.ip]))
         seen_ips[spec.ip] = name
+        _check_vmid("qube {} qid".format(name), spec.qid)
+        _check_vmid("qube {} dispid".format(name), spec.dispid)
+        if spec.ipv6 is not None and not isinstance(spec.ipv6, (str, bool)):
+            raise ValueError("qube {}: ipv6 feature must be a string, a bool or None: {!r}".format(name, spec.ipv6))
         if spec.template is not None and (not _QUBE_NAME.match(spec.template) or spec.template in qubes):
             raise ValueError("qube {}: template {!r} must be a qube name outside the network "
                              "(templates run no network)".format(name, spec.template))
@@ -130,6 +168,13 @@ def validate(qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost]) -> L
             chain.append(cur)
             cur = qubes[cur].netvm
         order.extend(reversed(chain))
+    seen_ip6s: Dict[str, str] = {}
+    for name, net6 in ipv6.compute(qubes).items():
+        if net6.ip6 is not None:
+            if net6.ip6 in seen_ip6s:
+                raise ValueError("qube {}: ip6 {} already used by {} (same qid/dispid?)".format(
+                    name, net6.ip6, seen_ip6s[net6.ip6]))
+            seen_ip6s[net6.ip6] = name
     names = set(qubes)
     uplink_ifs = set()
     for host in outside:
@@ -150,4 +195,13 @@ def validate(qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost]) -> L
         _check_cidr("outside host {} uplink_ip".format(host.name), host.uplink_ip)
         for extra in host.extra_ips:
             _check_cidr("outside host {} extra_ips".format(host.name), extra)
+        if (host.host_ip6 is None) != (host.uplink_ip6 is None):
+            raise ValueError("outside host {}: host_ip6 and uplink_ip6 go together".format(host.name))
+        if host.host_ip6 is None and host.extra_ips6:
+            raise ValueError("outside host {}: extra_ips6 needs host_ip6".format(host.name))
+        for what, value in (("host_ip6", host.host_ip6), ("uplink_ip6", host.uplink_ip6)):
+            if value is not None:
+                _check_cidr6("outside host {} {}".format(host.name, what), value)
+        for extra in host.extra_ips6:
+            _check_cidr6("outside host {} extra_ips6".format(host.name), extra)
     return order

@@ -7,6 +7,14 @@ fe:ff:ff:ff:ff:ff, group 2, IP_N/32, permanent neighbour for C, proxy_arp=1, rou
 IP_C/32 metric 32752-K), K a stand-in domid.  Outside hosts hang off an uplink qube's
 ``ens*`` interface (group 0).  Veth pairs are created directly inside their namespaces,
 so the root namespace never holds a lab interface.
+
+IPv6, where the ``ipv6`` feature gives it (tests.lab.ipv6; core-agent-linux network/setup-ip
+and vif-route-qubes, release4.2 = release4.3): C's eth0 also gets IP6_C/128, and when N gives
+a gateway6 (GW6 = N's ip6): GW6 as permanent neighbour fe:ff:ff:ff:ff:ff, route GW6/128 scope
+link, default via GW6 onlink.  N's vif gets a permanent neighbour and a route (metric
+32752-K) for IP6_C and, when N has a gateway6, GW6/128 and proxy_ndp=1.  Addresses are added
+without duplicate address detection (``nodad``): on Qubes it succeeds (nobody else has the
+address), here it would only delay use by a second.
 """
 
 import atexit
@@ -23,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from tests.lab import boot, netns, probes, qubes_base, qubesdb
+from tests.lab import boot, ipv6, netns, probes, qubes_base, qubesdb
 from tests.lab.spec import FirewallRule, OutsideHost, QubeSpec, validate
 
 _PROBES_SCRIPT = str(Path(probes.__file__).resolve())
@@ -32,6 +40,11 @@ _PROBES_SCRIPT = str(Path(probes.__file__).resolve())
 def default_release() -> str:
     """The release a Lab emulates when not told: $QF_LAB_RELEASE, else 4.3."""
     return os.environ.get("QF_LAB_RELEASE", "").strip() or qubes_base.DEFAULT_RELEASE
+
+
+def default_fixed_qubes_iptables() -> bool:
+    """Whether a Lab emulates a fixed qubes-iptables when not told: $QF_LAB_FIXED_QUBES_IPTABLES=1."""
+    return os.environ.get("QF_LAB_FIXED_QUBES_IPTABLES", "").strip().lower() in ("1", "true", "yes")
 _VIF_MAC = "fe:ff:ff:ff:ff:ff"
 
 
@@ -79,17 +92,23 @@ class Lab:
     uplink_dns: resolvers of uplink qubes (no netvm), used for their dnat-dns chain and
     specialtarget=dns; None = none (dnat-dns drops DNS).  release: the Qubes release
     emulated, "4.2" or "4.3" (see qubes_base and boot for what differs); None: the
-    environment's QF_LAB_RELEASE, else "4.3".
+    environment's QF_LAB_RELEASE, else "4.3".  fixed_qubes_iptables: emulate a qubes-iptables
+    whose IPv6 test works, loading qubes-ipv6-disabled.nft (``ip6 qbs-filter``) instead of
+    the full ``ip6 qubes`` in qubes without IPv6; False (Qubes 4.2 and 4.3 as released: the
+    full ``ip6 qubes`` everywhere); None: $QF_LAB_FIXED_QUBES_IPTABLES=1, else False.
     """
 
     def __init__(self, qubes: Mapping[str, QubeSpec], outside: Sequence[OutsideHost] = (),
                  workdir: Union[str, Path, None] = None, uplink_dns: Optional[Sequence[str]] = None,
-                 release: Optional[str] = None):
+                 release: Optional[str] = None, fixed_qubes_iptables: Optional[bool] = None):
         self.release: str = qubes_base.check_release(release or default_release())
+        self.fixed_qubes_iptables: bool = (default_fixed_qubes_iptables() if fixed_qubes_iptables is None
+                                           else bool(fixed_qubes_iptables))
         self._qubes: Dict[str, QubeSpec] = dict(qubes)
         self._initial_qubes: Dict[str, QubeSpec] = dict(qubes)
         outside = list(outside)
         self.order: List[str] = validate(self._qubes, outside)
+        self._net6: Dict[str, ipv6.Net6] = ipv6.compute(self._qubes)
         self._outside: Dict[str, OutsideHost] = {h.name: h for h in outside}
         self.uplink_dns = list(uplink_dns or [])
         self._own_workdir = workdir is None
@@ -182,6 +201,33 @@ class Lab:
             return self._outside[node].host_ip.split("/")[0]
         raise KeyError("not a node of this lab: {!r}".format(node))
 
+    def ip6(self, node: str) -> Optional[str]:
+        """IPv6 address of a qube (its ip6, None when IPv6 is not on for it) or of an outside
+        host (host_ip6 without /len, or None)."""
+        if node in self._qubes:
+            return self._net6[node].ip6
+        if node in self._outside:
+            host_ip6 = self._outside[node].host_ip6
+            return host_ip6.split("/")[0] if host_ip6 else None
+        raise KeyError("not a node of this lab: {!r}".format(node))
+
+    def ipv6_enabled(self, qube: str) -> bool:
+        """The ``ipv6`` feature as Qubes reads it for the qube (check_with_netvm)."""
+        self.spec(qube)
+        return self._net6[qube].enabled
+
+    def gateway6(self, qube: str) -> Optional[str]:
+        """The qube's IPv6 gateway (its netvm's ip6 when IPv6 is on for both), else None."""
+        self.spec(qube)
+        return self._net6[qube].visible_gateway6
+
+    def loads_ipv6_disabled(self, qube: str) -> bool:
+        """Whether the qube's boot loads qubes-ipv6-disabled.nft instead of qubes-ipv6.nft:
+        only with fixed_qubes_iptables, in a qube with neither /qubes-ip6 nor
+        /qubes-netvm-gateway6 (network/qubes-iptables)."""
+        data = self.qubesdb(qube)
+        return self.fixed_qubes_iptables and "/qubes-ip6" not in data and "/qubes-netvm-gateway6" not in data
+
     def clients_of(self, qube: str) -> List[str]:
         """Qubes whose netvm is `qube`, in build order."""
         return [name for name in self.order if self._qubes[name].netvm == qube]
@@ -248,7 +294,12 @@ class Lab:
         netvm_ip = self._qubes[spec.netvm].ip if spec.netvm else None
         connected = [self.ip(c) for c in self.clients_of(qube)]
         services = ["custom-persist"] if self.custom_persist(qube) else []
-        return qubesdb.entries(qube, spec.ip, netvm_ip, spec.provides_network, connected, services)
+        net6 = self._net6[qube]
+        connected6 = [self._net6[c].ip6 for c in self.clients_of(qube) if self._net6[c].ip6]
+        return qubesdb.entries(qube, spec.ip, netvm_ip, spec.provides_network, connected, services,
+                               ip6=net6.ip6, gateway6=net6.visible_gateway6,
+                               netvm_gateway6=net6.gateway6 if spec.provides_network else None,
+                               connected6=connected6)
 
     def boot_log(self, qube: str) -> str:
         """Output of every user script run in the qube so far (boots, restarts, hooks)."""
@@ -355,6 +406,14 @@ class Lab:
             return self.ip(dest)
         return dest
 
+    def _dest6(self, dest: str) -> str:
+        if dest in self._qubes or dest in self._outside:
+            ip6 = self.ip6(dest)
+            if ip6 is None:
+                raise ValueError("{} has no IPv6 address in this lab".format(dest))
+            return ip6
+        return dest
+
     def probe_tcp_result(self, node: str, dest: str, port: int, source: Optional[str] = None,
                          timeout: float = 2.0) -> probes.ProbeResult:
         """TCP probe from node to dest:port (dest: an address or a node name)."""
@@ -374,6 +433,27 @@ class Lab:
     def probe_udp(self, node: str, dest: str, port: int, source: Optional[str] = None,
                   timeout: float = 2.0) -> Optional[str]:
         return self.probe_udp_result(node, dest, port, source, timeout).banner
+
+    def probe_tcp6_result(self, node: str, dest: str, port: int, source: Optional[str] = None,
+                          timeout: float = 2.0) -> probes.ProbeResult:
+        """TCP probe over IPv6 from node to dest:port (dest: an IPv6 address or a node name,
+        meaning its ip6).  probe_tcp_result takes IPv6 literals too."""
+        ip = self._dest6(dest)
+        return netns.call_in(self.netns(node), lambda: probes.probe_tcp(ip, port, source, timeout))
+
+    def probe_udp6_result(self, node: str, dest: str, port: int, source: Optional[str] = None,
+                          timeout: float = 2.0) -> probes.ProbeResult:
+        ip = self._dest6(dest)
+        return netns.call_in(self.netns(node), lambda: probes.probe_udp(ip, port, source, timeout))
+
+    def probe_tcp6(self, node: str, dest: str, port: int, source: Optional[str] = None,
+                   timeout: float = 2.0) -> Optional[str]:
+        """Banner answered over IPv6, or None."""
+        return self.probe_tcp6_result(node, dest, port, source, timeout).banner
+
+    def probe_udp6(self, node: str, dest: str, port: int, source: Optional[str] = None,
+                   timeout: float = 2.0) -> Optional[str]:
+        return self.probe_udp6_result(node, dest, port, source, timeout).banner
 
     def stop_servers(self) -> None:
         """Stop every server started so far."""
@@ -423,7 +503,8 @@ class Lab:
         netvm = self.spec(qube).netvm
         if netvm is not None:
             old_vif = self.vif(qube)
-            self.nft_load(netvm, qubes_base.vif_offline(old_vif, self.ip(qube)), check=False)
+            for addr in [self.ip(qube)] + ([self.ip6(qube)] if self.ip6(qube) else []):
+                self.nft_load(netvm, qubes_base.vif_offline(old_vif, addr), check=False)
             netns.exec_in(self.netns(netvm), ["ip", "link", "del", old_vif])
             self._new_domid(qube)
             self._link_client(qube)
@@ -458,10 +539,10 @@ class Lab:
         if netvm is not None and self._qubes[netvm].runs_qubes_firewall:
             boot.fill_client_chain(self, netvm, client)
 
-    def _client_chain_rules(self, client: str) -> List[str]:
+    def _client_chain_rules(self, client: str, family: int = 4) -> List[str]:
         netvm = self._qubes[client].netvm
         dns = self.resolvers_of(netvm) if netvm else []
-        return qubes_base.client_rules(self._qubes[client].firewall_rules, dns, self.release)
+        return qubes_base.client_rules(self._qubes[client].firewall_rules, dns, self.release, family)
 
     # ----- build ----------------------------------------------------------------------
 
@@ -503,38 +584,60 @@ class Lab:
         spec = self._qubes[client]
         netvm = spec.netvm
         ip_c, ip_n = spec.ip, self._qubes[netvm].ip
+        ip6_c, gw6 = self._net6[client].ip6, self._net6[client].visible_gateway6
+        back6 = self._net6[netvm].gateway6  # the netvm's /qubes-netvm-gateway6
         vif, mac, domid = self.vif(client), self._client_mac[client], self._domid[client]
         netns.run_root(["ip", "link", "add", "eth0", "address", mac, "netns", self.netns(client),
                         "type", "veth", "peer", "name", vif, "address", _VIF_MAC,
                         "netns", self.netns(netvm)])
-        self._ip_batch(client, [
-            "link set eth0 group 1 up",
-            "addr add {}/32 dev eth0".format(ip_c),
-            "neigh replace {} lladdr {} dev eth0 nud permanent".format(ip_n, _VIF_MAC),
-            "route add {} dev eth0 scope link".format(ip_n),
-            "route add default via {} dev eth0 onlink".format(ip_n),
-        ])
-        self._ip_batch(netvm, [
-            "neigh replace {} lladdr {} dev {} nud permanent".format(ip_c, mac, vif),
-            "link set {} group 2 up".format(vif),
-        ])
-        self._write_proc(netvm, {"net/ipv4/conf/{}/proxy_arp".format(vif): "1"})
-        self._ip_batch(netvm, [
-            "route add {}/32 dev {} metric {}".format(ip_c, vif, 32752 - domid),
-            "addr add {}/32 dev {}".format(ip_n, vif),
-        ])
+        lines = ["link set eth0 group 1 up", "addr add {}/32 dev eth0".format(ip_c),
+                 "neigh replace {} lladdr {} dev eth0 nud permanent".format(ip_n, _VIF_MAC)]
+        if ip6_c:  # setup-ip configure_network: address, gateway6 neighbour
+            lines.append("addr add {}/128 dev eth0 nodad".format(ip6_c))
+            if gw6:
+                lines.append("neigh replace {} lladdr {} dev eth0 nud permanent".format(gw6, _VIF_MAC))
+        lines.append("route add {} dev eth0 scope link".format(ip_n))
+        if ip6_c and gw6 and not gw6.startswith("fe80:"):
+            lines.append("route add {}/128 dev eth0 scope link".format(gw6))
+        lines.append("route add default via {} dev eth0 onlink".format(ip_n))
+        if ip6_c and gw6:
+            lines.append("route add default via {} dev eth0 onlink".format(gw6))
+        self._ip_batch(client, lines)
+        lines = ["neigh replace {} lladdr {} dev {} nud permanent".format(ip_c, mac, vif)]
+        if ip6_c:  # vif-route-qubes: a neighbour per client address
+            lines.append("neigh replace {} lladdr {} dev {} nud permanent".format(ip6_c, mac, vif))
+        lines.append("link set {} group 2 up".format(vif))
+        self._ip_batch(netvm, lines)
+        proc = {"net/ipv4/conf/{}/proxy_arp".format(vif): "1"}
+        lines = ["route add {}/32 dev {} metric {}".format(ip_c, vif, 32752 - domid)]
+        if ip6_c:
+            lines.append("route add {}/128 dev {} metric {}".format(ip6_c, vif, 32752 - domid))
+        lines.append("addr add {}/32 dev {}".format(ip_n, vif))
+        if back6 and not back6.startswith("fe80:"):
+            lines.append("addr add {}/128 dev {} nodad".format(back6, vif))
+            proc["net/ipv6/conf/{}/proxy_ndp".format(vif)] = "1"
+        self._write_proc(netvm, proc)
+        self._ip_batch(netvm, lines)
 
     def _link_outside(self, host: OutsideHost) -> None:
         netns.run_root(["ip", "link", "add", host.ifname, "netns", self.netns(host.uplink),
                         "type", "veth", "peer", "name", host.host_ifname, "netns", self.netns(host.name)])
         uplink_addr = host.uplink_ip.split("/")[0]
-        lines = ["addr add {} dev {}".format(host.uplink_ip, host.ifname),
-                 "link set {} up".format(host.ifname)]
+        lines = ["addr add {} dev {}".format(host.uplink_ip, host.ifname)]
+        if host.uplink_ip6:
+            lines.append("addr add {} dev {} nodad".format(host.uplink_ip6, host.ifname))
+        lines.append("link set {} up".format(host.ifname))
         if host.default_route:
             lines.append("route add default via {} dev {}".format(host.host_ip.split("/")[0], host.ifname))
+            if host.host_ip6:
+                lines.append("route add default via {} dev {}".format(host.host_ip6.split("/")[0], host.ifname))
         self._ip_batch(host.uplink, lines)
         lines = ["addr add {} dev {}".format(addr, host.host_ifname)
                  for addr in [host.host_ip] + list(host.extra_ips)]
+        lines += ["addr add {} dev {} nodad".format(addr, host.host_ifname)
+                  for addr in ([host.host_ip6] if host.host_ip6 else []) + list(host.extra_ips6)]
         lines += ["link set {} up".format(host.host_ifname),
                   "route add default via {} dev {}".format(uplink_addr, host.host_ifname)]
+        if host.uplink_ip6:
+            lines.append("route add default via {} dev {}".format(host.uplink_ip6.split("/")[0], host.host_ifname))
         self._ip_batch(host.name, lines)
