@@ -33,7 +33,9 @@ class QubeSpec:
         None = Qubes' default list ``[action=accept]``.  Entries are either qvm-firewall rule
         lines/dicts ("action=drop", {"action": "accept", "proto": "tcp", "dstports": "443"}),
         translated exactly like qubes-firewall does, or literal nft rule texts ("drop").
-        The implicit policy ``reject with icmp type admin-prohibited`` always follows.
+        The implicit policy ``reject with icmp type admin-prohibited`` always follows.  A
+        client with an ip6 also gets an ``ip6 qubes-firewall`` chain: the same list for IPv6
+        (dst6 rules there only, dst4 rules and nft texts in the IPv4 chain only).
     custom_persist: the qube has the service custom-persist (``qvm-features Q
         service.custom-persist 1``).  On Qubes 4.3 its boot then runs neither
         /rw/config/rc.local(.d) nor /rw/config/qubes-firewall.d/* nor

@@ -207,6 +207,18 @@ def test_plumbing_matches_qubes(seed_lab):
     assert qdb("sys-net", "/qubes-netvm-gateway") == "10.137.0.5"
     assert qdb("web", "/no-such-key") is None
 
+    # No ipv6 feature anywhere (Qubes' default): no IPv6 keys, addresses, routes, client
+    # chains or forwarding, though the outside links carry IPv6 (test_fidelity_ipv6.py has
+    # the rest).
+    assert qdb("work", "/qubes-ip6") is None and qdb("work", "/qubes-gateway6") is None
+    assert qdb("sys-firewall-2", "/qubes-netvm-gateway6") is None
+    assert qdb("sys-firewall-2", "/connected-ips6") == ""
+    assert lab.run("work", ["ip", "-6", "addr", "show", "scope", "global"]).stdout == ""
+    assert "default" not in lab.run("work", ["ip", "-6", "route"]).stdout
+    assert netns.read_proc(lab.netns("sys-firewall-2"), "net/ipv6/conf/all/forwarding") == "0"
+    assert "qbs-" not in lab.run("sys-firewall-2", ["nft", "list", "table", "ip6", "qubes-firewall"]).stdout
+    assert "2001:db8:1::10/64" in lab.run("sys-net", ["ip", "-6", "addr", "show", "dev", "ens6"]).stdout
+
 
 # ---------------------------------------------------------------------------------------
 # 1. The base ruleset alone

@@ -387,3 +387,33 @@ def test_networking_between_two_qubes_by_hand_over_ipv6(fresh_v6lab):
 
     lab.set_firewall_rules("work", ["action=drop"])
     assert lab.probe_tcp6_result("work", "build", 22, timeout=DROP).error == "unreachable"
+
+
+def test_restarts_keep_ipv6(fresh_v6lab):
+    """A restarted client gets a new vif whose ip6 elements replace the old ones, and its
+    network hooks run once per address (vif-route-qubes loops over the vif's ip list: the
+    IPv4 address, then the IPv6 one); restarting qubes-firewall rebuilds the ip6 client
+    chains; IPv6 flows again."""
+    lab = fresh_v6lab
+    hook = lab.rw_config("sys-firewall") / "network-hooks.d" / "10-log"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text('#!/bin/sh\necho "$*" >> "$QF_LAB_RW_CONFIG/hooks"\n')
+    hook.chmod(0o755)
+    try:
+        old_vif = lab.vif("web")
+        lab.restart_qube("web")
+        new_vif = lab.vif("web")
+        allowed = lab.run("sys-firewall", ["nft", "-j", "list", "set", "ip6", "qubes", "allowed"]).stdout
+        assert '"{}"'.format(new_vif) in allowed and '"{}"'.format(old_vif) not in allowed
+        assert (lab.rw_config("sys-firewall") / "hooks").read_text().splitlines() == [
+            "online {} vif 10.137.0.11".format(new_vif), "online {} vif {}".format(new_vif, v6(11))]
+        assert _addrs6(lab, "web", "eth0") == [(v6(11), 128)]
+
+        lab.restart_qubes_firewall("sys-firewall")
+        assert chain_for_addr(v6(11)) in _chains(lab.nft_json("sys-firewall"), "ip6", "qubes-firewall")
+        assert _client_jumps6(lab, "sys-firewall")[1] == "ip6 saddr {} jump {}".format(v6(11), chain_for_addr(v6(11)))
+        lab.serve_tcp("lan", 8080, report_peer=True)
+        assert lab.probe_tcp6("web", "lan", 8080) == "lan:8080:" + SYS_NET_LAN6
+    finally:
+        hook.unlink()
+        (lab.rw_config("sys-firewall") / "hooks").unlink(missing_ok=True)
