@@ -527,6 +527,12 @@ def test_the_documents_are_read():
     assert len(commands(readme)) >= 10
 
 
+def test_the_package_named_in_readme_is_this_version():
+    version = (REPO / "VERSION").read_text().strip()
+    named = set(re.findall(r"qubes-firewall-formula-(\d+\.\d+\.\d+)-1\.noarch\.rpm", documents()["README.md"].text))
+    assert named == {version}, "README names the RPM of %s, VERSION says %s" % (sorted(named), version)
+
+
 def test_paths_exist():
     _report([p for doc in documents().values() for p in check_paths(doc)])
 
