@@ -22,16 +22,10 @@ reach it through ``__salt__``) and imported directly by the unit tests.
 
 import dataclasses
 import difflib
-import functools
 import ipaddress
 import math
 import re
-import types
 from typing import Mapping, Optional, Tuple
-
-__virtualname__ = "qubes_firewall_model"
-__load__ = ["lib"]  # everything else is internal: see lib()
-
 
 ROOT = "qubes_firewall"
 
@@ -1029,35 +1023,3 @@ def errors(pillar, pillar_keys=()):
 def to_dict(model):
     """The model as plain data (for Salt output and golden files)."""
     return dataclasses.asdict(model)
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_model``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_model.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

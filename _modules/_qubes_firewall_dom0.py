@@ -23,22 +23,13 @@ Loaded by Salt as ``qubes_firewall_dom0``.
 """
 
 import dataclasses
-import functools
 import ipaddress
 import time
-import types
-
-__virtualname__ = "qubes_firewall_dom0"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 ROOT = "qubes_firewall"
 
 _RULE_KEYS = ("action", "proto", "dsthost", "dst4", "dst6", "dstports", "icmptype",
               "specialtarget", "expire", "comment")
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class PlanError(ValueError):
@@ -698,35 +689,3 @@ def addresses(inventory, names=None):
         for name in wanted
         if name in inventory and inventory[name]["ip"] and inventory[name]["klass"] != "AdminVM"
     }
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_dom0``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_dom0.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

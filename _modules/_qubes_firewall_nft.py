@@ -24,16 +24,11 @@ handles aside) against the plan's JSON of the same rule
 (``qubes_firewall_plan.Rule.key``), each element's key, value and comment.
 """
 
-import functools
 import json
 import re
 import subprocess
-import types
 
 from salt.exceptions import CommandExecutionError
-
-__virtualname__ = "qubes_firewall_nft"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 FAMILY, TABLE = "ip", "qubes"
 OWNED_PREFIX = "qf-"
@@ -429,35 +424,3 @@ def load_json(document):
     text = json.dumps(document)
     _load(text, check_only=True, as_json=True)
     return _load(text, check_only=False, as_json=True)
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_nft``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_nft.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)
