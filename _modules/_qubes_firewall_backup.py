@@ -9,7 +9,7 @@ tips" of the Qubes firewall manual page as commands.
   of that owner stay.
 - ``revert(directory, owner, name=None)``: one transaction, ``flush ruleset``
   followed by the saved ruleset, checked with ``nft -j -c`` first (through
-  ``qubes_firewall_nft.load_json``): on any error the running ruleset stays as
+  ``_qubes_firewall_nft.load_json``): on any error the running ruleset stays as
   it was.  JSON round-trips: the reverted ``nft list ruleset`` is byte-identical.
   Except for maps whose data is a concatenation (the port forwards' DNAT maps,
   ``ipv4_addr . inet_service``): nft 1.0.6 (Debian 12) lists them in JSON but
@@ -23,7 +23,6 @@ tips" of the Qubes firewall manual page as commands.
 
 Files carry the owner (the minion id) in their names, so one directory shared
 by several minions (a test machine, a lab) never mixes their rulesets.
-Loaded by Salt as ``qubes_firewall_backup``.
 """
 
 import datetime

@@ -1,6 +1,6 @@
 """
 The pillar's topology as a picture: Graphviz DOT and Mermaid text, from the
-validated model (``qubes_firewall_model.Model``).
+validated model (``_qubes_firewall_model.Model``).
 
 - every qube with its role: ``uplink`` (netvm none), ``service`` (a network
   service qube: VPN, DNS, IPS), ``firewall`` (provides network), ``client``;
@@ -12,7 +12,7 @@ validated model (``qubes_firewall_model.Model``).
 - each qubes.ConnectTCP binding as a dotted edge client -> server (qrexec,
   no IP networking).
 
-Pure; loaded by Salt as ``qubes_firewall_diagram``.
+Pure.
 """
 
 import re

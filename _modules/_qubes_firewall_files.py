@@ -9,7 +9,7 @@ A managed block is a run of lines between two marker lines::
 
 Everything outside the markers stays byte for byte.  ``replace_block`` is pure
 (text in, text out); ``read`` and ``write_atomic`` are the only functions that
-touch the file system.  Loaded by Salt as ``qubes_firewall_files``.
+touch the file system.
 """
 
 import difflib

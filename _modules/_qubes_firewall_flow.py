@@ -4,7 +4,7 @@ pillar alone, before anything is applied, by walking the first packet of a new
 connection hop by hop through the Qubes netvm chain (the same in 4.2 and 4.3):
 
 - in each qube, the formula's own chains as the planner
-  (``qubes_firewall_plan.plan_qube``) writes them: the ``qf-nat`` chain, then
+  (``_qubes_firewall_plan.plan_qube``) writes them: the ``qf-nat`` chain, then
   ``qf-input`` or ``qf-forward``; their statements (nft JSON) and the sets
   and maps they look up are evaluated as nft would, never re-derived;
 - Qubes' base chains around them: new traffic into a qube is dropped (from
@@ -12,7 +12,7 @@ connection hop by hop through the Qubes netvm chain (the same in 4.2 and 4.3):
   client is dropped unless ``qf-forward`` accepts it; forwarding up or out is
   allowed, masqueraded as the hop;
 - in a netvm, the qvm-firewall list of the client the packet comes from
-  (``qubes_firewall_dom0.firewall_verdict`` on the pillar's list; a qube
+  (``_qubes_firewall_dom0.firewall_verdict`` on the pillar's list; a qube
   without a ``firewall`` list in the pillar keeps Qubes' default, accept).
 
 Nodes are qube names, or an outside name (``outside``, ``lan``, ``wan``,
@@ -22,8 +22,7 @@ to outside, it leaves through the source's uplink.  The outside interface and
 source address are unknown to the pillar: give ``interface`` / ``source_ip``,
 or rules that depend on them are listed as ``conditions``.
 
-Pure; reaches the planner and the qvm-firewall evaluator through
-``__salt__``.  Loaded by Salt as ``qubes_firewall_flow``.
+Pure; imports the planner and the qvm-firewall evaluator.
 """
 
 import fnmatch

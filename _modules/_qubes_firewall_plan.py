@@ -1,11 +1,10 @@
 """
 The planner of qubes-firewall-formula: pure functions from the validated model
-(``qubes_firewall_model``) and the addresses map to one qube's plan: the
+(``_qubes_firewall_model``) and the addresses map to one qube's plan: the
 nftables objects the formula owns in that qube, every rule and set element
 traced to its pillar origin, and the shell block that replays them at boot.
 
-Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_plan``;
-imported directly by the unit tests.
+Nothing here touches the system.
 
 Where rules live: objects named ``qf-*`` in ``table ip
 qubes``.  ``qf-input`` and ``qf-forward`` are reached by one jump each from

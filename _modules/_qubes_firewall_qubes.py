@@ -9,7 +9,7 @@ over the two ways dom0 can talk to Qubes.
   option ``qubes_firewall_backend: cli`` asks for it.
 
 Every function returns plain data (strings, bools, lists, dicts), the same for
-both implementations, so the pure dom0 planner (``qubes_firewall_dom0``) never
+both implementations, so the pure dom0 planner (``_qubes_firewall_dom0``) never
 sees which one ran.  Qubes' refusals (``... does not provide network``,
 ``Loops in network are unsupported``, a bad rule) become
 :class:`CommandExecutionError` with Qubes' own message.
@@ -350,7 +350,7 @@ class _Admin:
 
 class Qubes:
     """
-    This run's view of Qubes: the minion options (``qubes_firewall_backend``,
+    This run's view of Qubes: the minion options (``_qubes_firewall_backend``,
     ``qubes_firewall_release_file``) and the run's context dict, where what the
     run read from Qubes is kept (a property write drops all of it, a
     qvm-firewall write that qube's list).

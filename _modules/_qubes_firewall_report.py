@@ -1,7 +1,7 @@
 """
 Status and drift of one qube's rules: pure functions over the planner's plan
-(``qubes_firewall_plan.QubePlan``), the live state parsed from ``nft -j``
-(``qubes_firewall_nft.live_state``) and the persisted files
+(``_qubes_firewall_plan.QubePlan``), the live state parsed from ``nft -j``
+(``_qubes_firewall_nft.live_state``) and the persisted files
 (``qubes_firewall.persisted_files``: ``{path: (old, new)}``).
 
 - ``status``: every rule of the chains the formula owns and every element of
@@ -13,7 +13,7 @@ Status and drift of one qube's rules: pure functions over the planner's plan
   (hand edits in owned chains and sets), a chain with another hook, missing
   or duplicated jumps, a lost or edited boot block.
 
-Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_report``.
+Nothing here touches the system.
 """
 
 import json
@@ -400,7 +400,7 @@ def nft_change(summary, rule_count):
     The nft part of a state's ``changes``, compact and by pillar entry: which
     entries get rules or elements added, removed or changed (both), with the
     counts of rules and elements added, removed and kept (planned and already
-    loaded).  ``summary``: ``qubes_firewall_nft.transaction``'s; ``rule_count``:
+    loaded).  ``summary``: ``_qubes_firewall_nft.transaction``'s; ``rule_count``:
     the plan's (0 when the formula removes everything).
     """
     counts = summary.get("counts", {})

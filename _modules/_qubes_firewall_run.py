@@ -17,7 +17,6 @@ long-lived process is parsed again.  I/O goes through ``_qubes_firewall_nft``,
 import fcntl
 import json
 import os
-import re
 import shutil
 import time
 
@@ -35,7 +34,6 @@ from salt.exceptions import CommandExecutionError
 
 LOCK_FILE = "lock"
 SCRATCH_DIR = "scratch"
-_SAFE_PATH = re.compile(r"\A(/[A-Za-z0-9_.-]+)+\Z")
 CTX_PARSED = "qubes_firewall.parsed"
 CTX_NFT = "qubes_firewall.nft"
 CTX_LOCK = "qubes_firewall.lock"
@@ -43,9 +41,8 @@ _LOCKS = {}  # lock path -> open file: held until the process exits
 
 
 def safe_dir(value, default):
-    if isinstance(value, str) and _SAFE_PATH.match(value.rstrip("/") or "/") and "/../" not in value + "/":
-        return value.rstrip("/")
-    return default
+    """``value`` when it is a plain absolute path (the pillar's grammar), else ``default``."""
+    return qf_model.normal_path(value) or default
 
 
 def pillar_key(raw):
@@ -114,7 +111,7 @@ class Run:
 
     def qube_plan(self, qube=None):
         """
-        The plan (``qubes_firewall_plan.QubePlan``) of ``qube`` (default: this
+        The plan (``_qubes_firewall_plan.QubePlan``) of ``qube`` (default: this
         minion), or None when the pillar does not name it.  For states; on the
         command line use ``show_plan``.
         """
@@ -260,7 +257,7 @@ class Run:
         return ctx[CTX_NFT]
 
     def live_state(self):
-        """``qubes_firewall_nft.live_state`` of the run's one nft read."""
+        """``_qubes_firewall_nft.live_state`` of the run's one nft read."""
         return qf_nft.live_state(self.nft_document())
 
     def load(self, script):
@@ -357,7 +354,7 @@ class Run:
     def inventory(self):
         """
         Every qube Qubes knows, read in one call (see
-        ``qubes_firewall_qubes.inventory``).
+        ``_qubes_firewall_qubes.inventory``).
         """
         return self.qubes.inventory()
 

@@ -5,7 +5,6 @@ and states loaded with importlib with the dunders Salt's loader gives them, and 
 """
 
 import copy
-import inspect
 import os
 import stat
 import sys

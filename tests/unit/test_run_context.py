@@ -4,7 +4,6 @@ states share them through ``__context__`` (the real module files, wired as
 Salt's loader wires them, with counting doubles for the pure core and nft).
 """
 
-import inspect
 import subprocess
 import sys
 
