@@ -74,8 +74,8 @@ def _wanted_boot_blocks(mdl, qube, plan_of):
 def boot_files(mdl, qube, plan_of):
     """
     ``{path: (old_text, new_text)}`` for the files that replay rules at boot
-    (``qubes_firewall.persisted_files`` of the execution module says which
-    blocks go where).  Reads only.
+    (``Run.persisted_files`` of ``_qubes_firewall_run`` says which blocks go
+    where).  Reads only.
     """
     wanted = _wanted_boot_blocks(mdl, qube, plan_of)
     out = {}
@@ -177,8 +177,8 @@ def _wanted_template_files(mdl, template, plan_of):
 def template_files(mdl, template, plan_of):
     """
     ``{path: (old, new)}`` for the custom-persist files in the root of
-    ``template`` that differ (``qubes_firewall.template_files`` of the
-    execution module describes them): ``new`` None for removal, ``"->TARGET"``
+    ``template`` that differ (``Run.template_files`` of ``_qubes_firewall_run``
+    describes them): ``new`` None for removal, ``"->TARGET"``
     for the symlink that enables a unit.  Reads only.
     """
     wanted = _wanted_template_files(mdl, template, plan_of)

@@ -89,10 +89,7 @@ class Run:
         return entry
 
     def pillar_errors(self):
-        """
-        Every problem of the ``qubes_firewall`` pillar, each naming its pillar
-        path; an empty list when the pillar is valid.
-        """
+        """``qubes_firewall.pillar_errors``: every problem of the pillar, each naming its path."""
         return list(self.parsed()["errors"])
 
     def model(self):
@@ -359,19 +356,7 @@ class Run:
         return self.qubes.inventory()
 
     def addresses(self, names=None):
-        """
-        ``{qube: ip}`` resolved from Qubes, for the qubes in ``names`` (a list or
-        a comma-separated string); by default for the qubes of the
-        ``qubes_firewall:qubes`` pillar, or, when there is none (while a pillar
-        is being rendered), for every qube that has an address. A pillar file
-        should therefore always pass the names, as docs/addresses.md shows:
-
-        .. code-block:: jinja
-
-            {%- import_yaml 'qubes_firewall.sls' as topology %}
-            qubes_firewall:
-              addresses: {{ salt['qubes_firewall.addresses'](topology.qubes_firewall.qubes.keys() | list) | yaml }}
-        """
+        """``qubes_firewall.addresses``: ``{qube: ip}`` from Qubes for ``names`` (default: the pillar's qubes)."""
         if isinstance(names, str):
             names = [n.strip() for n in names.split(",") if n.strip()]
         if names is None:
@@ -382,11 +367,7 @@ class Run:
         return qf_dom0.addresses(self.inventory(), names)
 
     def qubes_release(self):
-        """
-        The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, detected from
-        Qubes (``/etc/qubes-release``). The addresses pillar hands it to the
-        qubes as ``lookup:qubes_release`` (docs/addresses.md).
-        """
+        """``qubes_firewall.qubes_release``: this dom0's release, from Qubes."""
         return self.qubes.qubes_release()
 
     def given_release(self):
@@ -405,16 +386,7 @@ class Run:
         return out
 
     def dom0_problems(self):
-        """
-        The dom0 preflight: every reason the pillar cannot be applied to this
-        Qubes, empty when it fits. It checks the pillar against the live Qubes
-        (qubes that do not exist, ``lookup:qubes_release``, custom-persist and
-        ``template``, a network service qube without a firewall qube in front, a
-        hop that cannot hold nft rules, a connection a qvm-firewall list drops, a
-        move Qubes refuses, a rule that would not reach Qubes intact) and plans
-        every qube of the pillar with the qube-side planner, with the addresses
-        Qubes gives them. Reads only, and only once per run.
-        """
+        """``qubes_firewall.dom0_problems``: every reason the pillar cannot be applied to this Qubes."""
         model_ = self.model()
         inv = self.inventory()
         given = self.given_release()
@@ -490,11 +462,7 @@ class Run:
         return done
 
     def reconnect(self, netvm, test=False):
-        """
-        Re-attach the running clients of ``netvm`` after it restarted (the Qubes firewall manual page's "Reconnecting qubes after a NetVM reboot"): ``qvm-prefs CLIENT
-        netvm NETVM`` for each, network qubes such as sys-firewall first. Returns
-        the clients in the order used; ``test=True`` writes nothing.
-        """
+        """``qubes_firewall.reconnect``: re-attach the running clients of ``netvm``."""
         return self.qubes.reconnect(netvm, test=test)
 
     def backup_args(self):
@@ -504,33 +472,16 @@ class Run:
         }
 
     def backup(self, document=None):
-        """
-        Save the live ruleset (the Qubes firewall manual page's backup, as nft's JSON:
-        ``nft -j list ruleset``, counters included) as
-        ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N. The
-        directory is the minion option ``qubes_firewall_backup_dir`` (default
-        ``<lookup:state_dir>/backups``, i.e. ``/var/lib/qubes-firewall-formula/backups``), N the option
-        ``qubes_firewall_backup_keep`` (default 10). The formula's state takes one
-        before each change of the live rules, from the document it read already.
-        """
+        """``qubes_firewall.backup``: save ``document`` (default: a fresh read) and keep the newest N."""
         return qf_backup.backup(keep=self.opts.get("qubes_firewall_backup_keep"),
                                      document=document, **self.backup_args())
 
     def backups(self):
-        """
-        The saved rulesets of this minion, newest first.
-        """
+        """``qubes_firewall.backups``: this minion's saved rulesets, newest first."""
         return qf_backup.backups(**self.backup_args())
 
     def revert(self, name=None):
-        """
-        Replace the whole live ruleset with a saved one (default: the newest) in
-        one transaction, ``flush ruleset`` followed by the saved file, checked
-        with ``nft -c`` first: on any error nothing changes. A backup holding a
-        map of concatenated data (a port forward's DNAT map), which nft 1.0.6
-        cannot load from JSON, is first rebuilt as nft text in a scratch network
-        namespace (``unshare --net``, from util-linux), never in the live one.
-        """
+        """``qubes_firewall.revert``: replace the live ruleset with a saved one in one checked transaction."""
         return qf_backup.revert(name=name, **self.backup_args())
 
     def remove_owned(self, live):
