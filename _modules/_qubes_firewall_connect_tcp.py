@@ -343,14 +343,8 @@ def write_policy(path, text):
 
 def _owned_units(rw_config, qube):
     """File names in ``rw_config`` that are units of ``qube``'s bindings (any qube's for None)."""
-    try:
-        names = os.listdir(rw_config)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise CommandExecutionError("cannot list %s: %s" % (rw_config, exc)) from exc
     out = []
-    for name in names:
+    for name in qf_files.listdir(rw_config):
         match = _UNIT_FILE.match(name)
         if match and (qube is None or match.group(2) == qube):
             out.append(name)

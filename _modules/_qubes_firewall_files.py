@@ -16,6 +16,7 @@ import difflib
 import grp
 import os
 import re
+import shutil
 import stat
 import tempfile
 
@@ -266,14 +267,35 @@ def ensure_mode(path, mode):
 # ---- directories and symlinks: the rest of the formula's raw file-system calls ----
 
 
-def listdir(directory):
-    """The sorted names in ``directory``; empty when it does not exist (or is no directory)."""
+def listdir(directory, file_ok=False):
+    """
+    The sorted names in ``directory``; empty when it does not exist (and,
+    with ``file_ok``, when it is a file).
+    """
     try:
         return sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return []
+    except NotADirectoryError as exc:
+        if file_ok:
+            return []
+        raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
     except OSError as exc:
         raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
+
+
+def remove(path):
+    """Remove a file, a symlink or a whole directory; False when nothing was there."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CommandExecutionError("cannot remove %s: %s" % (path, exc)) from exc
+    return True
 
 
 def is_link(path):

@@ -139,7 +139,7 @@ def owned_persist_files(etc_qubes, systemd_dir, template):
     dirs = ("%s/qubes-firewall.d" % etc_qubes, "%s/qubes-firewall-formula" % etc_qubes,
             systemd_dir, "%s/multi-user.target.wants" % systemd_dir)
     for directory in dirs:
-        for entry in qf_files.listdir(directory):
+        for entry in qf_files.listdir(directory, file_ok=True):
             path = os.path.join(directory, entry)
             if qf_files.is_link(path):
                 if entry.startswith(PERSIST_PREFIX) and entry.endswith(".service"):

@@ -17,7 +17,6 @@ long-lived process is parsed again.  I/O goes through ``_qubes_firewall_nft``,
 import fcntl
 import json
 import os
-import shutil
 import time
 
 import _qubes_firewall_backup as qf_backup
@@ -219,28 +218,11 @@ class Run:
     def stale_scratch(self):
         """Files and directories a killed run left in ``self.scratch_dir()``."""
         path = self.scratch_dir()
-        try:
-            return sorted(os.path.join(path, n) for n in os.listdir(path))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise CommandExecutionError("cannot list %s: %s" % (path, exc)) from exc
+        return [os.path.join(path, name) for name in qf_files.listdir(path)]
 
     def remove_stale_scratch(self):
         """Remove ``self.stale_scratch()`` (call it only with the lock held)."""
-        removed = []
-        for item in self.stale_scratch():
-            try:
-                if os.path.isdir(item) and not os.path.islink(item):
-                    shutil.rmtree(item)
-                else:
-                    os.unlink(item)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise CommandExecutionError("cannot remove %s: %s" % (item, exc)) from exc
-            removed.append(item)
-        return removed
+        return [item for item in self.stale_scratch() if qf_files.remove(item)]
 
     def forget_run(self):
         """Drop what this run read from the system (the nft document): the next read is fresh."""
