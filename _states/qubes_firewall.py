@@ -19,8 +19,29 @@ SLS can too::
 """
 
 import difflib
+import os
+import sys
 
 from salt.exceptions import CommandExecutionError
+
+# The formula's core files live in the execution modules' directory: ``_modules``
+# next to ``_states`` in a file root, ``modules`` next to ``states`` in Salt's
+# extension cache and in salt-ssh's bundle.  While Salt's loader imports this
+# file only its own directory is on sys.path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CORE = os.path.join(os.path.dirname(_HERE), os.path.basename(_HERE).replace("states", "modules"))
+_ADDED = _CORE not in sys.path
+if _ADDED:
+    sys.path.append(_CORE)
+try:
+    import _qubes_firewall_connect_tcp as qf_connect_tcp
+    import _qubes_firewall_files as qf_files
+    import _qubes_firewall_nft as qf_nft
+    import _qubes_firewall_report as qf_report
+    import _qubes_firewall_run as qf_run
+finally:
+    if _ADDED:
+        sys.path.remove(_CORE)
 
 __virtualname__ = "qubes_firewall"
 
@@ -29,9 +50,9 @@ def __virtual__():
     return __virtualname__
 
 
-def _lib(name=""):
-    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
-    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
+def _run():
+    """This run (``_qubes_firewall_run.Run``): the same opts, pillar and context as the execution modules'."""
+    return qf_run.Run(__opts__, __pillar__, __context__)
 
 
 def _ret(name):
@@ -91,11 +112,11 @@ def locked(name):
     ret = _ret(name)
     try:
         _forget_summary()
-        held = _lib().lock()
-        _lib().forget_run()
-        stale = _lib().stale_scratch()
+        held = _run().lock()
+        _run().forget_run()
+        stale = _run().stale_scratch()
         if stale and not __opts__["test"]:
-            stale = _lib().remove_stale_scratch()
+            stale = _run().remove_stale_scratch()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Holding %s (waited %.1f s)." % (held["path"], held["waited"])
@@ -123,13 +144,13 @@ def validated(name):
     """
     ret = _ret(name)
     try:
-        problems = _lib().preflight()
+        problems = _run().preflight()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if problems:
         ret["result"] = False
         ret["comment"] = "invalid pillar:\n" + "\n".join(problems)
-        return _note(_lib().minion_id(), ret, "pillar check (nothing was changed)")
+        return _note(_run().minion_id(), ret, "pillar check (nothing was changed)")
     ret["comment"] = "The qubes_firewall pillar is valid."
     return ret
 
@@ -143,13 +164,13 @@ def _not_named(ret, qube):
 
 def _removed_stale_temps(ret, paths):
     """Remove (or, under test=True, report) the temp files a killed run left next to ``paths``."""
-    stale = _lib("files").stale_temps(paths)
+    stale = qf_files.stale_temps(paths)
     if not stale:
         return
     if __opts__["test"]:
         ret["changes"]["stale temporary files to remove"] = stale
         return
-    ret["changes"]["stale temporary files removed"] = _lib("files").remove_stale_temps(paths)
+    ret["changes"]["stale temporary files removed"] = qf_files.remove_stale_temps(paths)
 
 
 def runtime_rules(name):
@@ -171,11 +192,11 @@ def runtime_rules(name):
           qubes_firewall.runtime_rules: []
     """
     ret = _ret(name)
-    qube = _lib().minion_id()
+    qube = _run().minion_id()
     try:
-        plan = _lib().qube_plan(qube)
-        live = _lib().live_state()
-        script, summary = _lib().owned_transaction(plan, live)
+        plan = _run().qube_plan(qube)
+        live = _run().live_state()
+        script, summary = _run().owned_transaction(plan, live)
     except CommandExecutionError as exc:
         return _note(qube, _fail(ret, exc), "nft")
     wanted = plan is not None and plan.rule_count > 0
@@ -190,12 +211,12 @@ def runtime_rules(name):
         ret["comment"] = "The nft rules of %s are up to date (%d rules)." % (qube, plan.rule_count)
         return ret
     # each change once, by pillar entry; the transaction itself: qubes_firewall.drift shows it as "fix"
-    record["nft"] = ret["changes"]["nft"] = _lib("report").nft_change(
+    record["nft"] = ret["changes"]["nft"] = qf_report.nft_change(
         summary, plan.rule_count if wanted else 0)
     what = "updated" if wanted else "removed (the pillar gives %s none)" % qube
     if __opts__["test"]:
         try:
-            _lib("nft").check(script)
+            qf_nft.check(script)
         except CommandExecutionError as exc:
             return _note(qube, _fail(ret, exc), "nft")
         ret["result"] = None
@@ -203,8 +224,8 @@ def runtime_rules(name):
                           " qubes_firewall.drift shows it)." % (qube, what))
         return ret
     try:
-        saved = _lib().backup(_lib().nft_document())
-        _lib().load(script)
+        saved = _run().backup(_run().nft_document())
+        _run().load(script)
     except CommandExecutionError as exc:
         ret["changes"] = {}
         record["nft"] = None
@@ -230,9 +251,9 @@ def persisted_rules(name):
           qubes_firewall.persisted_rules: []
     """
     ret = _ret(name)
-    qube = _lib().minion_id()
+    qube = _run().minion_id()
     try:
-        files = _lib().persisted_files(qube)
+        files = _run().persisted_files(qube)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not files:
@@ -241,10 +262,10 @@ def persisted_rules(name):
     nft = _run_record(qube).get("nft") or {}
     replayed = bool(nft.get("added") or nft.get("removed"))
     for path, (old, new) in files.items():
-        mode = _lib("files").mode_of(path)
+        mode = qf_files.mode_of(path)
         needs_exec = new is not None and mode is not None and mode & 0o100 == 0
         if old != new:
-            ret["changes"][path] = _lib("files").diff(old, new, path)
+            ret["changes"][path] = qf_files.diff(old, new, path)
             if replayed:
                 # the nft change above, shown once: here only that the boot replay follows it
                 ret["changes"][path] = _replay_note(ret["changes"][path], new)
@@ -266,9 +287,9 @@ def persisted_rules(name):
             return _note(qube, ret, "boot replay")
         for path, (old, new, needs_exec, mode) in sorted(todo.items()):
             if old != new:
-                _lib("files").write_atomic(path, new, mode=0o755)
+                qf_files.write_atomic(path, new, mode=0o755)
             if needs_exec:
-                _lib("files").ensure_mode(path, mode | 0o111)
+                qf_files.ensure_mode(path, mode | 0o111)
     except CommandExecutionError as exc:
         return _note(qube, _fail(ret, exc), "boot replay")
     ret["comment"] = "Updated %s." % ", ".join(sorted(todo))
@@ -291,7 +312,7 @@ def _template_changes(files):
         if (old or "").startswith("->") or (new or "").startswith("->"):
             out[path] = "symlink %s -> %s" % (old[2:] if old else "(none)", new[2:] if new else "(removed)")
         else:
-            out[path] = _lib("files").diff(old, new, path)
+            out[path] = qf_files.diff(old, new, path)
     return out
 
 
@@ -312,9 +333,9 @@ def custom_persist_replay(name):
           qubes_firewall.custom_persist_replay: []
     """
     ret = _ret(name)
-    qube = _lib().minion_id()
+    qube = _run().minion_id()
     try:
-        files = _lib().template_files()
+        files = _run().template_files()
         ret["changes"] = _template_changes(files)
         _removed_stale_temps(ret, sorted(p for p, (_o, n) in files.items() if not (n or "").startswith("->")))
         if not files:
@@ -326,7 +347,7 @@ def custom_persist_replay(name):
             ret["result"] = None
             ret["comment"] = "Would update the custom-persist replay: %s." % ", ".join(sorted(files))
             return _note(qube, ret, "custom-persist replay (%d files)" % len(files))
-        _lib().write_template_files(files)
+        _run().write_template_files(files)
     except CommandExecutionError as exc:
         return _note(qube, _fail(ret, exc), "custom-persist replay")
     ret["comment"] = "Updated the custom-persist replay: %s." % ", ".join(sorted(files))
@@ -350,12 +371,12 @@ def cleaned(name):
     """
     ret = _ret(name)
     try:
-        plan = _lib().clean_plan()
+        plan = _run().clean_plan()
         script, summary = plan["nft"]
         if script:
-            ret["changes"]["nft"] = _lib("report").nft_change(summary, 0)
+            ret["changes"]["nft"] = qf_report.nft_change(summary, 0)
         ret["changes"].update(_template_changes(plan["files"]))
-        actions = _lib("connect_tcp").runtime_actions(plan["runtime"])
+        actions = _run().runtime_actions(plan["runtime"])
         if actions:
             ret["changes"]["runtime"] = actions
         _removed_stale_temps(ret, sorted(plan["files"]))
@@ -364,20 +385,20 @@ def cleaned(name):
             return ret
         if __opts__["test"]:
             if script:
-                _lib("nft").check(script)
+                qf_nft.check(script)
             ret["result"] = None
             ret["comment"] = "Would remove everything qubes_firewall made here."
-            return _note(_lib().minion_id(), ret, "clean")
+            return _note(_run().minion_id(), ret, "clean")
         if script:
-            _lib().backup(_lib().nft_document())
-            _lib().load(script)
+            _run().backup(_run().nft_document())
+            _run().load(script)
         if actions:
-            _lib("connect_tcp").runtime_apply(plan["runtime"], {})
-        _lib().write_template_files(plan["files"])
+            _run().runtime_apply(plan["runtime"], {})
+        _run().write_template_files(plan["files"])
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Removed everything qubes_firewall made here."
-    return _note(_lib().minion_id(), ret, "clean")
+    return _note(_run().minion_id(), ret, "clean")
 
 
 # ---- connect_tcp states ----
@@ -387,7 +408,7 @@ def _file_changes(files):
     """``{path: unified diff}`` (or a mode note) for a ``{path: {"old", "new"}}`` plan."""
     out = {}
     for path, item in sorted(files.items()):
-        text = _lib("files").diff(item["old"], item["new"], path)
+        text = qf_files.diff(item["old"], item["new"], path)
         out[path] = text or "mode %04o (rc.local must be executable)" % item["mode"]
     return out
 
@@ -414,18 +435,18 @@ def connect_tcp_policy(name):
     """
     ret = _ret(name)
     try:
-        plan = _lib("connect_tcp").policy_plan()
+        plan = _run().policy_plan()
         path = plan["path"]
         if plan["old"] == plan["new"]:
             ret["comment"] = "The qubes.ConnectTCP policy in %s is up to date." % path
             return ret
-        lint = _lib("connect_tcp").lint_policy(path, plan["new"])
-        ret["changes"][path] = _lib("files").diff(plan["old"], plan["new"], path)
+        lint = qf_connect_tcp.lint_policy(path, plan["new"])
+        ret["changes"][path] = qf_files.diff(plan["old"], plan["new"], path)
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "The qubes.ConnectTCP policy in %s would be updated. %s" % (path, lint)
             return _note("dom0", ret, "qubes.ConnectTCP policy")
-        _lib("connect_tcp").write_policy(path, plan["new"])
+        qf_connect_tcp.write_policy(path, plan["new"])
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
@@ -453,10 +474,10 @@ def connect_tcp_bindings(name, qube=None):
     ret = _ret(name)
     writing = False
     try:
-        plan = _lib("connect_tcp").binding_plan(qube)
-        notes = [_lib("connect_tcp").verify_units(plan["changed_units"])]
-        runtime = _lib("connect_tcp").runtime_plan(plan["units"], plan["qube"])
-        actions = _lib("connect_tcp").runtime_actions(runtime)
+        plan = _run().binding_plan(qube)
+        notes = [_run().verify_units(plan["changed_units"])]
+        runtime = _run().runtime_plan(plan["units"], plan["qube"])
+        actions = _run().runtime_actions(runtime)
         ret["changes"] = _file_changes(plan["files"])
         if actions:
             ret["changes"]["runtime"] = actions
@@ -475,13 +496,13 @@ def connect_tcp_bindings(name, qube=None):
                 "The qubes.ConnectTCP bindings of %s would be updated." % plan["qube"], notes)
             return _note(plan["qube"], ret, "ConnectTCP bindings")
         writing = True
-        _lib("connect_tcp").write_bindings(plan["files"])
+        qf_connect_tcp.write_bindings(plan["files"])
         if not runtime["skip"]:
-            _lib("connect_tcp").runtime_apply(runtime, plan["units"])
+            _run().runtime_apply(runtime, plan["units"])
     except CommandExecutionError as exc:
         if not writing:
             ret["changes"] = {}
-        return _note(_lib().minion_id(), _fail(ret, exc), "ConnectTCP bindings")
+        return _note(_run().minion_id(), _fail(ret, exc), "ConnectTCP bindings")
     ret["comment"] = _sentences(
         "Updated the qubes.ConnectTCP bindings of %s." % plan["qube"], notes)
     return _note(plan["qube"], ret, "ConnectTCP bindings")
@@ -522,7 +543,7 @@ def topology_valid(name):
     """
     ret = _ret(name)
     try:
-        problems = _lib().dom0_problems()
+        problems = _run().dom0_problems()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if problems:
@@ -550,7 +571,7 @@ def prefs(name):
     """
     ret = _ret(name)
     try:
-        steps = _lib().dom0_prefs_plan()
+        steps = _run().dom0_prefs_plan()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not steps:
@@ -572,7 +593,7 @@ def prefs(name):
         ret["comment"] = "Would change, in this order:\n" + order
         return _note("dom0", ret, "qvm-prefs of %d qubes" % len(changes))
     try:
-        _lib().dom0_apply_prefs(steps)
+        _run().dom0_apply_prefs(steps)
     except CommandExecutionError as exc:
         done = (getattr(exc, "info", None) or {}).get("done", [])
         ret["changes"] = {s["qube"]: {s["prop"]: {"old": _shown(s["prop"], s["old"]),
@@ -598,7 +619,7 @@ def firewall_rules(name):
     """
     ret = _ret(name)
     try:
-        plan = _lib().dom0_firewall_plan()
+        plan = _run().dom0_firewall_plan()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not plan:
@@ -616,7 +637,7 @@ def firewall_rules(name):
         ret["comment"] = "Would replace the qvm-firewall list of " + qubes
         return _note("dom0", ret, "qvm-firewall lists of %d qubes" % len(plan))
     try:
-        _lib().dom0_apply_firewall(plan)
+        _run().dom0_apply_firewall(plan)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Replaced the qvm-firewall list of " + qubes
@@ -639,7 +660,7 @@ def reconnected(name):
     ret = _ret(name)
     test = bool(__opts__.get("test"))
     try:
-        clients = _lib().reconnect(name, test=test)
+        clients = _run().reconnect(name, test=test)
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if not clients:
@@ -671,19 +692,19 @@ def policy_absent(name):
     ret = _ret(name)
     kept = " qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are."
     try:
-        plan = _lib("connect_tcp").policy_absent_plan()
+        plan = _run().policy_absent_plan()
         path = plan["path"]
         if plan["old"] == plan["new"]:
             ret["comment"] = "No qubes.ConnectTCP policy of the formula in %s." % path + kept
             return ret
-        ret["changes"][path] = _lib("files").diff(plan["old"], plan["new"], path)
+        ret["changes"][path] = qf_files.diff(plan["old"], plan["new"], path)
         what = ("%s (the formula created it; nothing else is left in it)" % path
                 if plan["new"] is None else "the formula's qubes.ConnectTCP block from %s, your lines kept" % path)
         if __opts__["test"]:
             ret["result"] = None
             ret["comment"] = "Would remove " + what + "." + kept
             return ret
-        _lib("connect_tcp").write_policy(path, plan["new"])
+        qf_connect_tcp.write_policy(path, plan["new"])
     except CommandExecutionError as exc:
         ret["changes"] = {}
         return _fail(ret, exc)
@@ -715,7 +736,7 @@ def summary(name):
         records = {}
     test = bool(__opts__.get("test"))
     if not records:
-        records = {_lib().minion_id(): {}}
-    line = _lib("report").qube_summary_line
+        records = {_run().minion_id(): {}}
+    line = qf_report.qube_summary_line
     ret["comment"] = "\n".join(line(qube, record, test=test) for qube, record in records.items())
     return ret

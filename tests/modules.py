@@ -1,10 +1,24 @@
-"""Load the formula's flat Salt modules as plain Python modules for unit tests."""
+"""
+The formula's modules for unit tests: the core (``_modules/_qubes_firewall_*.py``)
+imported as plain Python with ``_modules`` on ``sys.path``, as the execution
+module and the states import it; the Salt-facing files loaded with Salt's
+dunders set by hand.
+"""
 
+import importlib
 import importlib.util
 import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+MODULES_DIR = str(REPO / "_modules")
+if MODULES_DIR not in sys.path:
+    sys.path.insert(0, MODULES_DIR)
+
+
+def core(name):
+    """The core file ``_modules/_qubes_firewall_<name>.py``, imported once as the formula imports it."""
+    return importlib.import_module("_qubes_firewall_" + name)
 
 
 def load_file(relpath, modname):
@@ -17,41 +31,14 @@ def load_file(relpath, modname):
 
 
 def load(name, kind="_modules", **dunders):
-    """Import ``<kind>/<name>.py`` under a private name and set Salt dunders on it."""
+    """Import the Salt-facing ``<kind>/<name>.py`` under a private name and set Salt dunders on it."""
     module = load_file("%s/%s.py" % (kind, name), "qf_test_%s_%s" % (kind.strip("_"), name))
     for key, value in dunders.items():
         setattr(module, "__%s__" % key, value)
     return module
 
 
-model = load("qubes_firewall_model")
-plan = load("qubes_firewall_plan")
-nft = load("qubes_firewall_nft")
-files = load("qubes_firewall_files")
-
-
-class LibView:
-    """
-    What ``__salt__["VIRTUAL.lib"]()`` gives under Salt's loader, for a test's
-    ``__salt__`` dict wired by function name (``"VIRTUAL.FUNC": func``): each
-    function is looked up in that dict when used, so a test can replace one.
-    """
-
-    def __init__(self, salt, virtual):
-        self._salt, self._virtual = salt, virtual
-
-    def __getattr__(self, name):
-        try:
-            return self._salt["%s.%s" % (self._virtual, name)]
-        except KeyError:
-            raise AttributeError("%s has no function %s" % (self._virtual, name)) from None
-
-
-class SaltDict(dict):
-    """A test's ``__salt__``: ``"VIRTUAL.FUNC": func`` entries, and ``VIRTUAL.lib`` answered from them."""
-
-    def __getitem__(self, key):
-        if key.endswith(".lib"):
-            virtual = key[:-len(".lib")]
-            return lambda: LibView(self, virtual)
-        return dict.__getitem__(self, key)
+model = core("model")
+plan = core("plan")
+nft = core("nft")
+files = core("files")

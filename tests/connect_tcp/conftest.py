@@ -1,11 +1,10 @@
 """
-Shared helpers of the qubes.ConnectTCP tests: the formula's real module files
-loaded with importlib and wired together through a fake ``__salt__``, and fake
+Shared helpers of the qubes.ConnectTCP tests: the formula's execution module
+and states loaded with importlib with the dunders Salt's loader gives them, and fake
 ``qubes-policy-lint`` / ``systemctl`` commands on PATH.
 """
 
 import copy
-import inspect
 import os
 import stat
 import sys
@@ -16,22 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.modules import SaltDict, load_file  # noqa: F401  (used here and by the tests)
+from tests.modules import core, load, load_file  # noqa: F401  (used here and by the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 PILLAR_EXAMPLE = REPO / "pillar.example" / "connect-tcp.sls"
 GOLDEN = Path(__file__).resolve().parent / "golden"
-
-# virtual name -> file; the execution modules the connect_tcp states reach
-MODULES = {
-    "qubes_firewall_model": "_modules/qubes_firewall_model.py",
-    "qubes_firewall_files": "_modules/qubes_firewall_files.py",
-    "qubes_firewall": "_modules/qubes_firewall.py",
-    "qubes_firewall_connect_tcp": "_modules/qubes_firewall_connect_tcp.py",
-}
-
-
-
 
 # the qubes the ConnectTCP tests name (the model requires qubes:)
 QUBES = {"untrusted": {"netvm": "none"}, "mytcp-service": {"netvm": "none"},
@@ -48,31 +36,15 @@ class Minion:
     """The formula's modules as Salt's loader would wire them, for one minion id."""
 
     def __init__(self, minion_id, pillar, **opts):
-        self.salt = SaltDict()
         self.opts = {"id": minion_id, "test": False}
         self.context = {}
         self.opts.update(opts)
         # the lock and scratch files: never the host's /var/lib
         self.opts.setdefault("qubes_firewall_state_dir", tempfile.mkdtemp(prefix="qf-test-state-"))
         self.pillar = {"qubes_firewall": pillar}
-        self.modules = {}
-        for virtual, relpath in MODULES.items():
-            module = load_file(relpath, "qf_ct_test_" + virtual)
-            self._wire(module)
-            self.modules[virtual] = module
-            for fname, func in vars(module).items():
-                if fname.startswith("_") or not inspect.isfunction(func):
-                    continue
-                if func.__module__ == module.__name__:
-                    self.salt["%s.%s" % (virtual, fname)] = func
-        self.states = load_file("_states/qubes_firewall.py", "qf_ct_test_states")
-        self._wire(self.states)
-
-    def _wire(self, module):
-        module.__salt__ = self.salt
-        module.__opts__ = self.opts
-        module.__pillar__ = self.pillar
-        module.__context__ = self.context
+        dunders = {"salt": {}, "opts": self.opts, "pillar": self.pillar, "context": self.context}
+        self.qubes_firewall = load("qubes_firewall", **dunders)
+        self.states = load("qubes_firewall", kind="_states", **dunders)
 
     def set_pillar(self, pillar):
         self.pillar["qubes_firewall"] = pillar

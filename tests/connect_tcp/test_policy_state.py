@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import FAKE_POLICY_LINT, GOLDEN, Minion, example_pillar, pillar_in, snapshot, write_tool
+from .conftest import FAKE_POLICY_LINT, GOLDEN, Minion, core, example_pillar, pillar_in, snapshot, write_tool
 
 BEGIN = "# BEGIN qubes_firewall:connect-tcp (managed by Salt, do not edit)"
 END = "# END qubes_firewall:connect-tcp"
@@ -179,21 +179,21 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file another group")
-def test_new_file_gets_the_policy_group_when_it_exists(tmp_path):
+def test_new_file_gets_the_policy_group_when_it_exists(tmp_path, monkeypatch):
     import grp
 
     minion = Minion("dom0", pillar_in(tmp_path))
-    module = minion.modules["qubes_firewall_connect_tcp"]
+    module = core("connect_tcp")
     assert module.POLICY_GROUP == "qubes"
     # this machine has no group qubes: stand in with another existing group
-    module.POLICY_GROUP = grp.getgrgid(1).gr_name
+    monkeypatch.setattr(module, "POLICY_GROUP", grp.getgrgid(1).gr_name)
     assert minion.state("connect_tcp_policy")["result"] is True
     assert policy_path(tmp_path).stat().st_gid == 1
 
 
-def test_no_policy_group_no_chown(tmp_path):
+def test_no_policy_group_no_chown(tmp_path, monkeypatch):
     minion = Minion("dom0", pillar_in(tmp_path))
-    minion.modules["qubes_firewall_connect_tcp"].POLICY_GROUP = "no-such-group-qf"
+    monkeypatch.setattr(core("connect_tcp"), "POLICY_GROUP", "no-such-group-qf")
     assert minion.state("connect_tcp_policy")["result"] is True
     assert policy_path(tmp_path).stat().st_gid == os.getegid()
 

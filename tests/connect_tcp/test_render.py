@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from .conftest import GOLDEN, example_pillar, load_file
+from .conftest import GOLDEN, core, example_pillar
 
-model_mod = load_file("_modules/qubes_firewall_model.py", "qf_ct_render_model")
-ct = load_file("_modules/qubes_firewall_connect_tcp.py", "qf_ct_render_ct")
+model_mod = core("model")
+ct = core("connect_tcp")
 
 
 def parse(entries):
@@ -156,7 +156,7 @@ def test_public_connect_tcp_commands_lists_the_non_persistent_entries():
     from .conftest import Minion
 
     minion = Minion("dom0", example_pillar())
-    commands = minion.salt["qubes_firewall.connect_tcp_commands"]
+    commands = minion.qubes_firewall.connect_tcp_commands
     assert commands() == [
         {"origin": "connect_tcp:1", "client": "untrusted", "command": "qvm-connect-tcp 10444:mytcp-service:444"},
         {"origin": "connect_tcp:2", "client": "untrusted", "command": "qvm-connect-tcp ::445"},

@@ -1,7 +1,7 @@
 """
 Fixtures for the dom0 tests: a fake Qubes world (JSON file), the fake qvm-*
-tools on PATH, the fake qubesadmin module, and the formula's modules wired
-the way Salt's loader wires them (``__salt__``, ``__opts__``, ``__pillar__``).
+tools on PATH, the fake qubesadmin module, and the formula's execution module and states
+with the dunders Salt's loader gives them (``__opts__``, ``__pillar__``, ``__context__``).
 """
 
 import copy
@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from tests.modules import SaltDict, load_file  # noqa: F401  (used here and by the tests)
+from tests.modules import core, load, load_file  # noqa: F401  (used here and by the tests)
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -24,17 +24,6 @@ import fake_qubesadmin  # noqa: E402
 import fakequbes  # noqa: E402
 
 FULL = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())["qubes_firewall"]
-
-MODULES = {
-    "qubes_firewall_model": "_modules/qubes_firewall_model.py",
-    "qubes_firewall_plan": "_modules/qubes_firewall_plan.py",
-    "qubes_firewall_dom0": "_modules/qubes_firewall_dom0.py",
-    "qubes_firewall_qubes": "_modules/qubes_firewall_qubes.py",
-    "qubes_firewall_files": "_modules/qubes_firewall_files.py",
-    "qubes_firewall_connect_tcp": "_modules/qubes_firewall_connect_tcp.py",
-    "qubes_firewall": "_modules/qubes_firewall.py",
-}
-
 
 def full_pillar():
     """pillar.example/full.sls without its hand-typed addresses."""
@@ -51,27 +40,23 @@ class Dom0:
     """
 
     def __init__(self, pillar, **opts):
-        self.salt = SaltDict()
         self.opts = {"id": "dom0", "test": False}
         self.opts.update(opts)
         self.pillar = {"qubes_firewall": pillar}
         self.context = {}
-        for virtual, relpath in MODULES.items():
-            module = load_file(relpath, "qf_dom0_test_" + virtual)
-            module.__salt__ = self.salt
-            module.__opts__ = self.opts
-            module.__pillar__ = self.pillar
-            module.__context__ = self.context
-            for name in dir(module):
-                func = getattr(module, name)
-                if not name.startswith("_") and callable(func) and getattr(func, "__module__", "") == module.__name__:
-                    self.salt["%s.%s" % (virtual, name)] = func
-            setattr(self, virtual, module)
-        self.states = load_file("_states/qubes_firewall.py", "qf_dom0_test_states")
-        self.states.__salt__ = self.salt
-        self.states.__opts__ = self.opts
-        self.states.__pillar__ = self.pillar
-        self.states.__context__ = self.context
+        dunders = {"salt": {}, "opts": self.opts, "pillar": self.pillar, "context": self.context}
+        self.qubes_firewall = load("qubes_firewall", **dunders)
+        self.states = load("qubes_firewall", kind="_states", **dunders)
+        self.qubes_firewall_dom0 = core("dom0")
+
+    def shell(self):
+        """The run (``_qubes_firewall_run.Run``) the execution module and the states build from Salt's dunders."""
+        return core("run").Run(self.opts, self.pillar, self.context)
+
+    @property
+    def qubes_firewall_qubes(self):
+        """This run's Qubes backend (what it read is kept in the run's context)."""
+        return core("qubes").Qubes(self.opts, self.context)
 
     def set_pillar(self, pillar):
         if isinstance(pillar, dict) and "lookup" not in pillar and "lookup" in (self.pillar["qubes_firewall"] or {}):

@@ -1,5 +1,5 @@
 """
-The Qubes backend (``qubes_firewall_qubes``): the same scenarios against the
+The Qubes backend (``_qubes_firewall_qubes.Qubes``): the same scenarios against the
 qvm-* tools (fake tools on PATH) and against qubesadmin (fake object API),
 both over one fake Qubes world.
 """

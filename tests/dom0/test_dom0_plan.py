@@ -10,13 +10,13 @@ import copy
 
 import fakequbes
 import pytest
-from conftest import full_pillar, load_file
+from conftest import core, full_pillar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-model_mod = load_file("_modules/qubes_firewall_model.py", "qf_dom0_plan_model")
-dom0 = load_file("_modules/qubes_firewall_dom0.py", "qf_dom0_plan_dom0")
-qubes_mod = load_file("_modules/qubes_firewall_qubes.py", "qf_dom0_plan_qubes")
+model_mod = core("model")
+dom0 = core("dom0")
+qubes_mod = core("qubes")
 
 
 def parse(pillar):

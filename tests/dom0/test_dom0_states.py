@@ -10,7 +10,7 @@ import re
 import fake_qubesadmin
 import fakequbes
 import yaml
-from conftest import REPO, full_pillar
+from conftest import REPO, core, full_pillar
 
 WRITES = {"qvm-prefs": lambda c: len([a for a in c[1:] if not a.startswith("-")]) >= 3 or "-D" in c,
           "qvm-firewall": lambda c: any(a in ("add", "del", "reset") for a in c),
@@ -96,9 +96,9 @@ def test_bad_pillar_fails_before_reading_qubes(dom0, qubes, backend):
 
 def test_refusal_mid_way_is_a_failed_state_naming_what_was_done(dom0, qubes, backend, monkeypatch):
     # Qubes changes under our feet between planning and applying: sys-vpn stops
-    steps = dom0.qubes_firewall.dom0_prefs_plan()
+    steps = dom0.shell().dom0_prefs_plan()
     qubes.edit(lambda d: d["qubes"]["sys-vpn"].update(state="Halted"))
-    monkeypatch.setitem(dom0.salt, "qubes_firewall.dom0_prefs_plan", lambda: steps)
+    monkeypatch.setattr(core("run").Run, "dom0_prefs_plan", lambda self: steps)
     ret = dom0.states.prefs("qubes_firewall-dom0-prefs")
     assert ret["result"] is False
     assert "Cannot dynamically attach to stopped NetVM: 'sys-vpn'" in ret["comment"]

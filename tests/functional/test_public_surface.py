@@ -1,8 +1,9 @@
 """
 The formula's public surface, through the real Salt loader: the functions
 ``salt-call sys.list_functions`` shows are exactly the public ones of
-``qubes_firewall`` plus one ``lib`` per module (the formula's internal API),
-functions reached through ``lib()`` still see Salt's dunders, and every CLI
+``qubes_firewall`` (the core files ``_qubes_firewall_*.py`` next to it are
+imported, never loaded as modules), the execution module and the states share
+one run through Salt's dunders, and every CLI
 example in the public docstrings runs and succeeds: the dom0 ones against a
 fake Qubes (the fake qvm-* tools of tests/dom0), the qube ones in the lab
 (real nftables in a network namespace) after the pillar has been applied.
@@ -28,9 +29,7 @@ from tests.saltfactories_support import formula_minion, write_pillar_tree
 # the functions a user calls: growing this list is a decision, not an accident
 PUBLIC = ("addresses", "backup", "backups", "check", "connect_tcp_commands", "diagram", "dom0_problems", "drift",
           "pillar_errors", "qubes_release", "reconnect", "revert", "show_plan", "status")
-INTERNAL = ("backup", "connect_tcp", "diagram", "dom0", "files", "flow", "model", "nft", "plan", "qubes", "report")
-SURFACE = sorted(["qubes_firewall.%s" % f for f in PUBLIC + ("lib",)]
-                 + ["qubes_firewall_%s.lib" % m for m in INTERNAL])
+SURFACE = sorted("qubes_firewall.%s" % f for f in PUBLIC)
 # run in dom0 (against the fake Qubes) when an example does not say where
 DOM0 = ("addresses", "diagram", "dom0_problems", "qubes_release", "reconnect")
 # where a qube example without --targets runs: web, the qube the revert example's backup name
@@ -86,10 +85,9 @@ def test_the_loader_shows_exactly_the_public_functions(salt_factories, tmp_path)
         assert sorted(loaders.modules.sys.list_functions("qubes_firewall*")) == SURFACE
         docs = loaders.modules.sys.doc("qubes_firewall*")
         for name in SURFACE:
-            if name.endswith(".lib"):
-                assert docs[name].lstrip().startswith("Internal API of the formula, not for users"), name
-            else:
-                assert "CLI Example:" in docs[name], name
+            assert "CLI Example:" in docs[name], name
+        # the core next to the module is not a module of its own
+        assert not [m for m in loaders.modules.sys.list_modules() if m.startswith("_qubes_firewall")]
         # the CLI shows the same list
         ret = minion.salt_call_cli().run("--local", "sys.list_functions", "qubes_firewall*")
         assert ret.returncode == 0 and sorted(ret.data) == SURFACE, ret
@@ -97,29 +95,21 @@ def test_the_loader_shows_exactly_the_public_functions(salt_factories, tmp_path)
         loaders.reset_state()
 
 
-def test_functions_reached_through_lib_see_salts_dunders(salt_factories, tmp_path):
-    """__opts__, __pillar__, __salt__ and __context__ inside functions reached through lib()."""
+def test_the_module_and_the_states_share_one_run_through_salts_dunders(salt_factories, tmp_path):
+    """__opts__, __pillar__ and __context__ reach the core through the module and the states alike."""
     minion = formula_minion(salt_factories, "sys-firewall", write_pillar_tree(tmp_path / "pillar", FULL),
                             qubes_firewall_state_dir=str(tmp_path / "state"))
     loaders = Loaders(minion.config.copy(), loaded_base_name="tests.functional.loaded_dunders")
     try:
-        fw = loaders.modules.qubes_firewall.lib()
-        assert fw.minion_id() == "sys-firewall"  # __opts__
-        assert fw.pillar_errors() == []  # __pillar__, and qubes_firewall_model through __salt__
-        assert fw.state_dir() == str(tmp_path / "state")
-        plan = fw.qube_plan()  # qubes_firewall_plan.lib() through __salt__
-        assert plan.qube == "sys-firewall" and plan.rule_count > 0
-        assert fw.qube_plan() is plan  # __context__: one plan per run
-        assert fw.model() is loaders.modules.qubes_firewall.lib().model()
-        block = loaders.modules.qubes_firewall_plan.lib().persist_block(plan)
-        assert "qf-nat" in block
-        files = loaders.modules.qubes_firewall_files.lib()
-        assert files.read(str(tmp_path / "absent")) is None
-        with pytest.raises(AttributeError):
-            files.no_such_function  # noqa: B018
-        # the states reach the modules through lib() too
+        fw = loaders.modules.qubes_firewall
+        assert fw.pillar_errors() == []  # __pillar__
+        plan = fw.show_plan()  # __opts__["id"]: sys-firewall's plan
+        assert plan["persist_file"] == "qubes-firewall-user-script" and "qf-nat" in plan["chains"]
+        parsed = loaders.context["qubes_firewall.parsed"]  # __context__: parsed once per run
+        assert parsed["model"] is not None and "sys-firewall" in parsed["plans"]
         ret = loaders.states.qubes_firewall.persisted_rules(name="persisted", test=True)
         assert ret.result in (True, None), ret
+        assert loaders.context["qubes_firewall.parsed"] is parsed  # the states used the same parse
     finally:
         loaders.reset_state()
 

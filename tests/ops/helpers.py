@@ -1,24 +1,16 @@
-"""The operations modules loaded for unit tests, wired to each other as Salt would."""
+"""The operations modules for unit tests: the formula's core, imported as plain Python."""
 
 import pathlib
 
 import yaml
 
-from tests.modules import REPO, SaltDict, files, load, model, nft, plan
+from tests.modules import REPO, core, files, model, nft, plan
 
-dom0 = load("qubes_firewall_dom0")
-report = load("qubes_firewall_report")
-diagram = load("qubes_firewall_diagram")
-SALT = SaltDict({
-    "qubes_firewall_plan.plan_qube": plan.plan_qube,
-    "qubes_firewall_dom0.wanted_firewall": dom0.wanted_firewall,
-    "qubes_firewall_dom0.firewall_verdict": dom0.firewall_verdict,
-    "qubes_firewall_files.get_block": files.get_block,
-    "qubes_firewall_files.read": files.read,
-    "qubes_firewall_files.write_atomic": files.write_atomic,
-})
-flow = load("qubes_firewall_flow", salt=SALT)
-backup = load("qubes_firewall_backup", salt=SALT)
+dom0 = core("dom0")
+report = core("report")
+diagram = core("diagram")
+flow = core("flow")
+backup = core("backup")
 HERE = pathlib.Path(__file__).parent
 GOLDEN = HERE / "golden"
 REPO_EXAMPLES = REPO / "pillar.example"
@@ -35,4 +27,4 @@ def example_model(name="full"):
 
 
 __all__ = ["backup", "diagram", "dom0", "example", "example_model", "files", "flow", "model", "nft", "plan",
-           "report", "SALT", "GOLDEN", "FIXTURES", "REPO_EXAMPLES"]
+           "report", "GOLDEN", "FIXTURES", "REPO_EXAMPLES"]

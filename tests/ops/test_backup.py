@@ -6,8 +6,7 @@ import json
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.modules import SaltDict
-from tests.ops.helpers import SALT, backup
+from tests.ops.helpers import backup, nft
 
 
 def doc(*tables):
@@ -19,10 +18,8 @@ def doc(*tables):
 @pytest.fixture
 def fake_nft(monkeypatch):
     state = {"ruleset": doc("qubes"), "loaded": []}
-    salt = SaltDict(SALT)
-    salt["qubes_firewall_nft.read"] = lambda: state["ruleset"]
-    salt["qubes_firewall_nft.load_json"] = lambda document: state["loaded"].append(document) or True
-    monkeypatch.setattr(backup, "__salt__", salt, raising=False)
+    monkeypatch.setattr(nft, "read", lambda: state["ruleset"])
+    monkeypatch.setattr(nft, "load_json", lambda document: state["loaded"].append(document) or True)
     return state
 
 
@@ -87,7 +84,7 @@ def test_failed_load_raises_and_nothing_else_happens(tmp_path, fake_nft, monkeyp
     def refuse(document):
         raise CommandExecutionError("nft -c rejected the transaction, nothing was changed")
 
-    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.load_json", refuse)
+    monkeypatch.setattr(nft, "load_json", refuse)
     with pytest.raises(CommandExecutionError, match="nothing was changed"):
         backup.revert(str(tmp_path), owner="web")
 
@@ -171,8 +168,8 @@ def test_revert_of_a_concat_map_loads_checked_text(tmp_path, fake_nft, monkeypat
     backup.backup(str(tmp_path), owner="sys-net")
     calls = []
     monkeypatch.setattr(backup, "scratch_text", lambda saved: calls.append(("scratch", saved)) or "table ip qubes {\n}\n")
-    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.check", lambda script: calls.append(("check", script)))
-    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.load", lambda script: calls.append(("load", script)))
+    monkeypatch.setattr(nft, "check", lambda script: calls.append(("check", script)))
+    monkeypatch.setattr(nft, "load", lambda script: calls.append(("load", script)))
     backup.revert(str(tmp_path), owner="sys-net")
     script = "flush ruleset\ntable ip qubes {\n}\n"
     assert calls == [("scratch", fake_nft["ruleset"]), ("check", script), ("load", script)]
@@ -188,8 +185,8 @@ def test_revert_of_a_concat_map_that_fails_the_check_loads_nothing(tmp_path, fak
     def refuse(script):
         raise CommandExecutionError("nft -c rejected the transaction, nothing was changed")
 
-    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.check", refuse)
-    monkeypatch.setitem(backup.__salt__, "qubes_firewall_nft.load", loaded.append)
+    monkeypatch.setattr(nft, "check", refuse)
+    monkeypatch.setattr(nft, "load", loaded.append)
     with pytest.raises(CommandExecutionError, match="nothing was changed"):
         backup.revert(str(tmp_path), owner="sys-net")
     assert loaded == [] and fake_nft["loaded"] == []

@@ -107,6 +107,8 @@ def test_payload_is_the_repository_formula_byte_for_byte(built):
         assert files[path] == (REPO / source).read_bytes(), path
     # the formula where qubesctl finds it: state tree, modules and states in the base file root
     assert "srv/salt/qubes_firewall/init.sls" in files
+    # the core the execution module and the states import ships next to them
+    assert {"srv/salt/_modules/_qubes_firewall_run.py", "srv/salt/_modules/_qubes_firewall_model.py"} <= set(files)
     assert {p for p in files if p.startswith("srv/salt/_")} == \
         {"srv/salt/" + p for p in tracked("_modules", "_states")}
     # owned directories: its own, never the shared /srv/salt/_modules or _states

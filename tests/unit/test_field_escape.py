@@ -14,7 +14,7 @@ that output's own syntax:
   (systemd: ``%`` specifiers, ``\\`` escapes, ``;`` separators) and their file
   names, the rc.local block (shell);
 - the dom0 argument vectors of qvm-prefs / qvm-firewall (``_Cli`` of
-  ``qubes_firewall_qubes``, with ``run`` recorded instead of executed) and the
+  ``_qubes_firewall_qubes``, with ``run`` recorded instead of executed) and the
   Admin API rule lines (``comment=`` takes the rest of the line).
 
 The lexers below are written from those consumers' syntax, not from the
@@ -27,11 +27,11 @@ import re
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.modules import load, model, plan
+from tests.modules import core, model, plan
 
-ct = load("qubes_firewall_connect_tcp")
-dom0 = load("qubes_firewall_dom0")
-qubes_backend = load("qubes_firewall_qubes", opts={})
+ct = core("connect_tcp")
+dom0 = core("dom0")
+qubes_backend = core("qubes")
 
 PILLAR = {
     "lookup": {"rw_config": "/rw/config", "policy_file": "/etc/qubes/policy.d/30-user-networking.policy",

@@ -23,12 +23,9 @@ def _python39():
 PY39 = _python39()
 
 SMOKE = r"""
-import importlib.util, json, sys
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, "%(repo)s/_modules/%%s.py" %% name)
-    mod = importlib.util.module_from_spec(spec); sys.modules[name] = mod; spec.loader.exec_module(mod)
-    return mod
-model, plan = load("qubes_firewall_model"), load("qubes_firewall_plan")
+import json, sys
+sys.path.insert(0, "%(repo)s/_modules")
+import _qubes_firewall_model as model, _qubes_firewall_plan as plan
 pillar = json.loads(sys.stdin.read())
 m = model.parse(pillar)
 print(json.dumps({q: plan.plan_dict(plan.plan_qube(m, q)) for q in sorted(m.qubes)}, sort_keys=True))

@@ -4,44 +4,38 @@ states share them through ``__context__`` (the real module files, wired as
 Salt's loader wires them, with counting doubles for the pure core and nft).
 """
 
-import inspect
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.modules import REPO, SaltDict, load_file
+from tests.modules import REPO, core, load_file
 
-MODULES = ("qubes_firewall_model", "qubes_firewall_plan", "qubes_firewall_nft", "qubes_firewall_files",
-           "qubes_firewall", "qubes_firewall_connect_tcp", "qubes_firewall_report")
+qf_model, qf_plan, qf_nft, qf_run = core("model"), core("plan"), core("nft"), core("run")
 
 
 class Run:
-    def __init__(self, tmp_path, minion_id, pillar):
-        self.salt, self.context, self.calls = SaltDict(), {}, {}
+    def __init__(self, tmp_path, minion_id, pillar, monkeypatch):
+        self.context, self.calls = {}, {}
         self.opts = {"id": minion_id, "test": True, "qubes_firewall_state_dir": str(tmp_path / "state"),
                      "qubes_firewall_systemd_run_dir": str(tmp_path / "no-systemd")}
         self.pillar = pillar
-        for name in MODULES:
-            module = load_file("_modules/%s.py" % name, "qf_ctx_test_" + name)
-            self._wire(module)
-            for fname, func in vars(module).items():
-                if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__:
-                    self.salt["%s.%s" % (name, fname)] = func
         self.nft_doc = {"nftables": [
             {"chain": {"family": "ip", "table": "qubes", "name": n, "handle": i}}
             for i, n in enumerate(("custom-input", "custom-forward"), 1)]}
-        self.salt["qubes_firewall_nft.read"] = lambda: self.nft_doc
-        self.salt["qubes_firewall_nft.check"] = lambda script: True  # nft -c of test mode
-        for key in ("qubes_firewall_model.parse", "qubes_firewall_plan.plan_qube", "qubes_firewall_nft.read"):
-            self.salt[key] = self._count(key, self.salt[key])
+        monkeypatch.setattr(qf_nft, "read", lambda: self.nft_doc)
+        monkeypatch.setattr(qf_nft, "check", lambda script: True)  # nft -c of test mode
+        for module, name in ((qf_model, "parse"), (qf_plan, "plan_qube"), (qf_nft, "read")):
+            key = "%s.%s" % (module.__name__.lstrip("_"), name)
+            monkeypatch.setattr(module, name, self._count(key, getattr(module, name)))
         self.states = load_file("_states/qubes_firewall.py", "qf_ctx_test_states")
-        self._wire(self.states)
+        self.states.__salt__, self.states.__opts__, self.states.__pillar__ = {}, self.opts, self.pillar
+        self.states.__context__ = self.context
 
-    def _wire(self, module):
-        module.__salt__, module.__opts__, module.__pillar__ = self.salt, self.opts, self.pillar
-        module.__context__ = self.context
+    def run(self):
+        """The run the execution module and the states build from Salt's dunders."""
+        return qf_run.Run(self.opts, self.pillar, self.context)
 
     def _count(self, key, func):
         def counted(*args, **kwargs):
@@ -66,8 +60,8 @@ def pillar(tmp_path):
     return data
 
 
-def test_one_parse_one_plan_per_qube_and_one_nft_read_per_run(tmp_path, pillar):
-    run = Run(tmp_path, "sys-firewall", pillar)
+def test_one_parse_one_plan_per_qube_and_one_nft_read_per_run(tmp_path, pillar, monkeypatch):
+    run = Run(tmp_path, "sys-firewall", pillar, monkeypatch)
     results = run.apply()
     assert all(r["result"] is not False for r in results.values()), results
     assert results["runtime_rules"]["changes"]["nft"]["added"] > 0
@@ -75,41 +69,41 @@ def test_one_parse_one_plan_per_qube_and_one_nft_read_per_run(tmp_path, pillar):
                          "qubes_firewall_nft.read": 1}
 
 
-def test_a_changed_pillar_is_parsed_again(tmp_path, pillar):
-    run = Run(tmp_path, "sys-firewall", pillar)
-    run.salt["qubes_firewall.model"]()
-    run.salt["qubes_firewall.model"]()
+def test_a_changed_pillar_is_parsed_again(tmp_path, pillar, monkeypatch):
+    run = Run(tmp_path, "sys-firewall", pillar, monkeypatch)
+    run.run().model()
+    run.run().model()
     assert run.calls["qubes_firewall_model.parse"] == 1
     pillar["qubes_firewall"]["port_forwards"][0]["port"] = 8443
-    assert run.salt["qubes_firewall.qube_plan"]("web").rule_count > 0
+    assert run.run().qube_plan("web").rule_count > 0
     assert run.calls["qubes_firewall_model.parse"] == 2
 
 
-def test_a_planner_refusal_stops_the_run_at_validation(tmp_path, pillar):
+def test_a_planner_refusal_stops_the_run_at_validation(tmp_path, pillar, monkeypatch):
     del pillar["qubes_firewall"]["addresses"]["web"]
-    run = Run(tmp_path, "web", pillar)
+    run = Run(tmp_path, "web", pillar, monkeypatch)
     ret = run.states.validated("v")
     assert ret["result"] is False
     assert "qubes_firewall:addresses:web" in ret["comment"]
 
 
-def test_a_missing_pillar_fails_validation_and_names_a_near_miss(tmp_path, pillar):
-    run = Run(tmp_path, "web", {"qubes-firewall": pillar["qubes_firewall"]})
+def test_a_missing_pillar_fails_validation_and_names_a_near_miss(tmp_path, pillar, monkeypatch):
+    run = Run(tmp_path, "web", {"qubes-firewall": pillar["qubes_firewall"]}, monkeypatch)
     ret = run.states.validated("v")
     assert ret["result"] is False
     assert "no qubes_firewall pillar" in ret["comment"] and "qubes-firewall" in ret["comment"]
 
 
-def test_the_lock_falls_back_to_a_safe_directory_when_the_pillar_is_invalid(tmp_path):
-    run = Run(tmp_path, "web", {"qubes_firewall": {"lookup": {"state_dir": "/tmp/x; rm -rf /"}, "qubes": 3}})
-    assert run.salt["qubes_firewall.state_dir"]() == str(tmp_path / "state")  # the minion's default
+def test_the_lock_falls_back_to_a_safe_directory_when_the_pillar_is_invalid(tmp_path, monkeypatch):
+    run = Run(tmp_path, "web", {"qubes_firewall": {"lookup": {"state_dir": "/tmp/x; rm -rf /"}, "qubes": 3}}, monkeypatch)
+    assert run.run().state_dir() == str(tmp_path / "state")  # the minion's default
     held = run.states.locked("l")
     assert held["result"] is True and str(tmp_path / "state" / "lock") in held["comment"]
     # held for the process: taking it again does not wait on itself
-    assert run.salt["qubes_firewall.lock"]()["waited"] == 0.0
+    assert run.run().lock()["waited"] == 0.0
 
 
-def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_path, pillar):
+def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_path, pillar, monkeypatch):
     lock = tmp_path / "state" / "lock"
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -118,7 +112,7 @@ def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_pat
     ) % str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        run = Run(tmp_path, "web", pillar)
+        run = Run(tmp_path, "web", pillar, monkeypatch)
         run.opts["qubes_firewall_lock_timeout"] = 0.3
         ret = run.states.locked("l")
         assert ret["result"] is False
@@ -127,11 +121,11 @@ def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_pat
         holder.kill()
         holder.wait()
     # the holder died: the lock is free again
-    assert Run(tmp_path, "web", pillar).salt["qubes_firewall.lock"](timeout=5)["path"] == str(lock)
+    assert Run(tmp_path, "web", pillar, monkeypatch).run().lock(timeout=5)["path"] == str(lock)
 
 
-def test_the_run_ends_with_one_summary_line_and_shows_each_change_once(tmp_path, pillar):
-    run = Run(tmp_path, "sys-firewall", pillar)
+def test_the_run_ends_with_one_summary_line_and_shows_each_change_once(tmp_path, pillar, monkeypatch):
+    run = Run(tmp_path, "sys-firewall", pillar, monkeypatch)
     results = run.apply()
     nft = results["runtime_rules"]["changes"]["nft"]
     assert results["summary"]["comment"] == (

@@ -2,8 +2,8 @@
 Pure planning for the dom0 part of qubes-firewall-formula.
 
 Everything here takes the validated pillar :class:`Model` (from
-``qubes_firewall_model``) and plain data read from Qubes by
-``qubes_firewall_qubes`` (the inventory, features, qvm-firewall lists), and
+``_qubes_firewall_model``) and plain data read from Qubes by
+``_qubes_firewall_qubes`` (the inventory, features, qvm-firewall lists), and
 returns plain data: problems (``"pillar:path: reason"`` strings), an ordered
 list of qube property changes, the qvm-firewall lists to replace, the address
 map. Nothing here touches the system, so it is tested without Qubes.
@@ -18,27 +18,16 @@ The rules it keeps (Qubes core-admin and core-admin-client behaviour):
   not touched (never pinned);
 - qvm-firewall lists compare in Qubes' canonical form (``dstports`` always a
   range, bare IPs with ``/32``, ``/0`` omitted, key order fixed).
-
-Loaded by Salt as ``qubes_firewall_dom0``.
 """
 
 import dataclasses
-import functools
 import ipaddress
 import time
-import types
 
-__virtualname__ = "qubes_firewall_dom0"
-__load__ = ["lib"]  # everything else is internal: see lib()
-
-ROOT = "qubes_firewall"
+import _qubes_firewall_model as qf_model
 
 _RULE_KEYS = ("action", "proto", "dsthost", "dst4", "dst6", "dstports", "icmptype",
               "specialtarget", "expire", "comment")
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class PlanError(ValueError):
@@ -340,7 +329,7 @@ def prefs_steps(model, inventory):
 
 
 def _path(*parts):
-    return ":".join([ROOT] + [str(p) for p in parts])
+    return ":".join([qf_model.ROOT] + [str(p) for p in parts])
 
 
 def _service_on(features, name, default):
@@ -538,24 +527,11 @@ def _probes(conn):
             yield proto, None
 
 
-def problems(model, inventory, features=None, firewalls=None, now=None):
-    """
-    Every reason the pillar's topology cannot be applied to this Qubes, each a
-    ``"qubes_firewall:path: reason"`` string; empty when it fits.
-
-    ``features``: ``{qube: {feature: value}}`` for ``needed_features``;
-    ``firewalls``: ``{qube: [lines]}`` for ``needed_firewalls``.
-    """
-    features = features or {}
-    firewalls = firewalls or {}
-    now = time.time() if now is None else now
+def _missing_problems(model, inventory):
+    """Qubes the pillar names that Qubes does not have, and addresses Qubes gives otherwise."""
     out = []
-
-    # qubes that do not exist
-    missing = set()
     for name in sorted(model.qubes):
         if name not in inventory:
-            missing.add(name)
             out.append("%s: %s does not exist in this Qubes; create the qube, or correct the name"
                        % (_path("qubes", name), name))
     for entry in model.connect_tcp:
@@ -569,13 +545,12 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
         if name in inventory and live and live != addr:
             out.append("%s: %s, but Qubes gives %s the address %s (leave addresses to dom0: "
                        "see docs/addresses.md)" % (_path("addresses", name), addr, name, live))
-    if missing:
-        return out  # the other checks need every qube
+    return out
 
-    final_provides = {n: (wanted_provides(model, n) if wanted_provides(model, n) is not None
-                          else inventory[n]["provides_network"]) for n in model.qubes}
 
-    # the moves Qubes would refuse whatever the order
+def _move_problems(model, inventory, final_provides):
+    """The moves Qubes would refuse whatever the order."""
+    out = []
     for name in sorted(model.qubes):
         qube, live = model.qubes[name], inventory[name]
         if qube.netvm is not None and qube.netvm != live["netvm"]:
@@ -590,9 +565,15 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
             if others:
                 out.append("%s: false, but %s still use %s as netvm (Qubes refuses); move them first"
                            % (_path("qubes", name, "provides_network"), ", ".join(others), name))
+    return out
 
-    # named disposables: their /rw (and so the boot replay of their rules) comes
-    # from their disposable template
+
+def _disposable_problems(model, inventory):
+    """
+    Named disposables: their /rw (and so the boot replay of their rules) comes
+    from their disposable template.
+    """
+    out = []
     holders = rule_holders(model)
     for name in sorted(model.qubes):
         qube, live = model.qubes[name], inventory[name]
@@ -609,10 +590,12 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
             out.append("%s: %s is a disposable whose /rw comes from %s at each start, so the boot "
                        "replay of its rules must be written there: add `dispvm_template: %s`"
                        % (_path("qubes", name), name, live.get("template"), live.get("template")))
+    return out
 
-    out.extend(persist_problems(model, inventory, features))
 
-    # network service qubes need a firewall qube between them and clients
+def _service_problems(model, inventory, features, final_provides):
+    """Network service qubes need a firewall qube between them and clients."""
+    out = []
     for name in sorted(model.qubes):
         if not model.qubes[name].service:
             continue
@@ -630,23 +613,55 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
                 "support network services in the qube that runs the firewall of its clients; put a "
                 "firewall qube between them (%s -> sys-firewall-2 -> %s)"
                 % (where, name, client, why, client, name))
+    return out
 
-    # every qube holding a port forward's or a connection's rules can hold them
-    def holders_check(where, holders, what):
-        for holder in holders:
-            reason = _no_nft_reason(holder, inventory, features)
-            if reason is None and final_provides.get(holder) and not _service_on(features, holder, True):
-                reason = ("%s provides network but its qubes-firewall service is off, so "
-                          "qubes-firewall-user-script (where the formula keeps a network qube's "
-                          "rules) never runs" % holder)
-            if reason:
-                out.append("%s: %s goes through %s, which cannot hold the nft rules: %s"
-                           % (where, what, holder, reason))
 
-    for index, fwd in enumerate(model.port_forwards):
-        holders_check(_path("port_forwards", index), _holders_of_forward(model, fwd),
-                      "port forward %r" % fwd.name)
+def _holder_problems(where, holders, what, inventory, features, final_provides):
+    """Every qube holding a port forward's or a connection's rules can hold them."""
+    out = []
+    for holder in holders:
+        reason = _no_nft_reason(holder, inventory, features)
+        if reason is None and final_provides.get(holder) and not _service_on(features, holder, True):
+            reason = ("%s provides network but its qubes-firewall service is off, so "
+                      "qubes-firewall-user-script (where the formula keeps a network qube's "
+                      "rules) never runs" % holder)
+        if reason:
+            out.append("%s: %s goes through %s, which cannot hold the nft rules: %s"
+                       % (where, what, holder, reason))
+    return out
 
+
+def _firewall_list_problems(model, conn, where, inventory, features, firewalls, now):
+    """The qvm-firewall lists on the connection's way, in the netvm that enforces each."""
+    out = []
+    ip = model.addresses.get(conn.target) or inventory[conn.target]["ip"]
+    for name, netvm in firewall_checkpoints(model, conn):
+        if not _service_on(features, netvm, True):
+            continue
+        qube = model.qubes[name]
+        if qube.firewall is not None:
+            lines, origin = wanted_firewall(qube), "pillar list %s" % _path("qubes", name, "firewall")
+        elif name in firewalls:
+            lines = [_canonical_or_raw(line) for line in firewalls[name]]
+            origin = "list in Qubes (qvm-firewall %s)" % name
+        else:
+            continue
+        for proto, port in _probes(conn):
+            action, index = firewall_verdict(lines, proto, port, ip, now)
+            if action == "accept":
+                continue
+            what = proto + ("/%d" % port if port is not None else "")
+            by = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit final drop"
+            out.append(
+                "%s: the qvm-firewall %s of %s drops %s to %s (%s) in %s by %s, before the "
+                "formula's forward rule can accept it; put an accept rule for it first"
+                % (where, origin, name, what, conn.target, ip or "address unknown", netvm, by))
+    return out
+
+
+def _connection_problems(model, inventory, features, firewalls, now, final_provides):
+    """Each connection has a route, hops that can hold its rules, and qvm-firewall lists that let it pass."""
+    out = []
     for conn in model.connections:
         where = _path("connections", conn.index)
         hops, common = connection_route(model, conn)
@@ -655,30 +670,36 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
                        % (where, conn.source, conn.target, model.uplink(conn.source),
                           model.uplink(conn.target)))
             continue
-        holders_check(where, hops + [conn.target], "the connection %s -> %s" % (conn.source, conn.target))
-        # the qvm-firewall lists on the way, in the netvm that enforces each
-        ip = model.addresses.get(conn.target) or inventory[conn.target]["ip"]
-        for name, netvm in firewall_checkpoints(model, conn):
-            if not _service_on(features, netvm, True):
-                continue
-            qube = model.qubes[name]
-            if qube.firewall is not None:
-                lines, origin = wanted_firewall(qube), "pillar list %s" % _path("qubes", name, "firewall")
-            elif name in firewalls:
-                lines = [_canonical_or_raw(line) for line in firewalls[name]]
-                origin = "list in Qubes (qvm-firewall %s)" % name
-            else:
-                continue
-            for proto, port in _probes(conn):
-                action, index = firewall_verdict(lines, proto, port, ip, now)
-                if action == "accept":
-                    continue
-                what = proto + ("/%d" % port if port is not None else "")
-                by = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit final drop"
-                out.append(
-                    "%s: the qvm-firewall %s of %s drops %s to %s (%s) in %s by %s, before the "
-                    "formula's forward rule can accept it; put an accept rule for it first"
-                    % (where, origin, name, what, conn.target, ip or "address unknown", netvm, by))
+        out += _holder_problems(where, hops + [conn.target], "the connection %s -> %s" % (conn.source, conn.target),
+                                inventory, features, final_provides)
+        out += _firewall_list_problems(model, conn, where, inventory, features, firewalls, now)
+    return out
+
+
+def problems(model, inventory, features=None, firewalls=None, now=None):
+    """
+    Every reason the pillar's topology cannot be applied to this Qubes, each a
+    ``"qubes_firewall:path: reason"`` string; empty when it fits.
+
+    ``features``: ``{qube: {feature: value}}`` for ``needed_features``;
+    ``firewalls``: ``{qube: [lines]}`` for ``needed_firewalls``.
+    """
+    features = features or {}
+    firewalls = firewalls or {}
+    now = time.time() if now is None else now
+    out = _missing_problems(model, inventory)
+    if any(name not in inventory for name in model.qubes):
+        return out  # the other checks need every qube
+    final_provides = {n: (wanted_provides(model, n) if wanted_provides(model, n) is not None
+                          else inventory[n]["provides_network"]) for n in model.qubes}
+    out += _move_problems(model, inventory, final_provides)
+    out += _disposable_problems(model, inventory)
+    out.extend(persist_problems(model, inventory, features))
+    out += _service_problems(model, inventory, features, final_provides)
+    for index, fwd in enumerate(model.port_forwards):
+        out += _holder_problems(_path("port_forwards", index), _holders_of_forward(model, fwd),
+                                "port forward %r" % fwd.name, inventory, features, final_provides)
+    out += _connection_problems(model, inventory, features, firewalls, now, final_provides)
     return out
 
 
@@ -698,35 +719,3 @@ def addresses(inventory, names=None):
         for name in wanted
         if name in inventory and inventory[name]["ip"] and inventory[name]["klass"] != "AdminVM"
     }
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_dom0``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_dom0.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

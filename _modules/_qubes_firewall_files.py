@@ -9,22 +9,18 @@ A managed block is a run of lines between two marker lines::
 
 Everything outside the markers stays byte for byte.  ``replace_block`` is pure
 (text in, text out); ``read`` and ``write_atomic`` are the only functions that
-touch the file system.  Loaded by Salt as ``qubes_firewall_files``.
+touch the file system.
 """
 
 import difflib
-import functools
 import grp
 import os
 import re
+import shutil
 import stat
 import tempfile
-import types
 
 from salt.exceptions import CommandExecutionError
-
-__virtualname__ = "qubes_firewall_files"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 _NAME = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 _BEGIN = re.compile(r"\A# BEGIN qubes_firewall:([A-Za-z0-9_.:-]{1,64}) \(managed by Salt, do not edit\)\Z")
@@ -268,33 +264,82 @@ def ensure_mode(path, mode):
     return True
 
 
-# ---- internal API ----
+# ---- directories and symlinks: the rest of the formula's raw file-system calls ----
 
 
-def lib():
+def listdir(directory, file_ok=False):
     """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_files``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_files.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
+    The sorted names in ``directory``; empty when it does not exist (and,
+    with ``file_ok``, when it is a file).
     """
-    return _Lib(globals())
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError as exc:
+        if file_ok:
+            return []
+        raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
+    except OSError as exc:
+        raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
 
 
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
+def remove(path):
+    """Remove a file, a symlink or a whole directory; False when nothing was there."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CommandExecutionError("cannot remove %s: %s" % (path, exc)) from exc
+    return True
 
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
 
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)
+def is_link(path):
+    return os.path.islink(path)
+
+
+def is_file(path):
+    return os.path.isfile(path)
+
+
+def exists(path):
+    return os.path.exists(path)
+
+
+def readlink(path):
+    return os.readlink(path)
+
+
+def symlink(target, path):
+    """Replace whatever is at ``path`` with a symlink to ``target`` (its directory made)."""
+    try:
+        if os.path.islink(path) or os.path.exists(path):
+            os.unlink(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.symlink(target, path)
+    except OSError as exc:
+        raise CommandExecutionError("cannot write %s: %s" % (path, exc)) from exc
+    return True
+
+
+def unlink_link(path):
+    """Remove ``path`` when it is a symlink (a file is left to ``write_atomic``)."""
+    try:
+        if os.path.islink(path):
+            os.unlink(path)
+    except OSError as exc:
+        raise CommandExecutionError("cannot remove %s: %s" % (path, exc)) from exc
+    return True
+
+
+def remove_empty_dir(path):
+    """Remove the directory ``path`` when it is empty; True when it went."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        return False  # not empty, or not there
+    return True

@@ -9,7 +9,7 @@ tips" of the Qubes firewall manual page as commands.
   of that owner stay.
 - ``revert(directory, owner, name=None)``: one transaction, ``flush ruleset``
   followed by the saved ruleset, checked with ``nft -j -c`` first (through
-  ``qubes_firewall_nft.load_json``): on any error the running ruleset stays as
+  ``_qubes_firewall_nft.load_json``): on any error the running ruleset stays as
   it was.  JSON round-trips: the reverted ``nft list ruleset`` is byte-identical.
   Except for maps whose data is a concatenation (the port forwards' DNAT maps,
   ``ipv4_addr . inet_service``): nft 1.0.6 (Debian 12) lists them in JSON but
@@ -23,38 +23,24 @@ tips" of the Qubes firewall manual page as commands.
 
 Files carry the owner (the minion id) in their names, so one directory shared
 by several minions (a test machine, a lab) never mixes their rulesets.
-Loaded by Salt as ``qubes_firewall_backup``.
 """
 
 import datetime
-import functools
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import types
 
+import _qubes_firewall_files as qf_files
+import _qubes_firewall_nft as qf_nft
 from salt.exceptions import CommandExecutionError
 
-__virtualname__ = "qubes_firewall_backup"
-__load__ = ["lib"]  # everything else is internal: see lib()
-
-DEFAULT_DIR = "/var/lib/qubes-firewall-formula/backups"
 DEFAULT_KEEP = 10
 SUFFIX = ".json"
 _STAMP = r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z"
 _OWNER = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
-
-
-def __virtual__():
-    return __virtualname__
-
-
-def _lib(name=""):
-    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
-    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
 
 
 # --------------------------------------------------------------------------
@@ -253,7 +239,7 @@ def _check_owner(owner):
 
 def ruleset_document():
     """``nft -j list ruleset``: the whole ruleset, counters included."""
-    return _lib("nft").read()
+    return qf_nft.read()
 
 
 # runs in a fresh, empty network namespace: each step file in order, then the text listing
@@ -297,14 +283,13 @@ def _listdir(directory):
         raise CommandExecutionError("cannot list %s: %s" % (directory, exc)) from exc
 
 
-def backup(directory=None, keep=None, owner="local", document=None):
+def backup(directory, keep=None, owner="local", document=None):
     """
     Save the live ruleset (``document``, an ``nft -j list ruleset`` already
     read, or a fresh read), keep the newest ``keep`` backups of ``owner``
-    (None: ``DEFAULT_DIR``, ``DEFAULT_KEEP``).  Returns ``{"path", "removed"}``.
+    (None: ``DEFAULT_KEEP``) in ``directory``.  Returns ``{"path", "removed"}``.
     """
     _check_owner(owner)
-    directory = directory or DEFAULT_DIR
     try:
         keep = int(DEFAULT_KEEP if keep is None else keep)
     except (TypeError, ValueError):
@@ -323,7 +308,7 @@ def backup(directory=None, keep=None, owner="local", document=None):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise CommandExecutionError("cannot create %s: %s" % (directory, exc)) from exc
-    _lib("files").write_atomic(path, text, mode=0o600, makedirs=False)
+    qf_files.write_atomic(path, text, mode=0o600, makedirs=False)
     removed = []
     for old in to_prune(_listdir(directory), owner, keep):
         try:
@@ -336,10 +321,9 @@ def backup(directory=None, keep=None, owner="local", document=None):
     return {"path": path, "removed": removed}
 
 
-def backups(directory=None, owner="local"):
+def backups(directory, owner="local"):
     """The backups of ``owner``, newest first: ``[{"name", "path", "bytes"}]``."""
     _check_owner(owner)
-    directory = directory or DEFAULT_DIR
     out = []
     for name in reversed(owned(_listdir(directory), owner)):
         path = os.path.join(directory, name)
@@ -351,13 +335,12 @@ def backups(directory=None, owner="local"):
     return out
 
 
-def revert(directory=None, owner="local", name=None):
+def revert(directory, owner="local", name=None):
     """
     Replace the whole live ruleset with a backup (default: the newest) in one
     checked transaction.  Returns ``{"reverted_to", "path"}``.
     """
     _check_owner(owner)
-    directory = directory or DEFAULT_DIR
     mine = owned(_listdir(directory), owner)
     if name is None:
         if not mine:
@@ -367,7 +350,7 @@ def revert(directory=None, owner="local", name=None):
         raise CommandExecutionError(
             "%r is not a backup of %s in %s (see qubes_firewall.backups)" % (name, owner, directory))
     path = os.path.join(directory, name)
-    saved = _lib("files").read(path)
+    saved = qf_files.read(path)
     if saved is None:
         raise CommandExecutionError("%s vanished" % path)
     try:
@@ -379,41 +362,8 @@ def revert(directory=None, owner="local", name=None):
     if any(concat_data(item) for item in document["nftables"]):
         # nft 1.0.6 cannot load these maps from JSON: load nft's text instead
         script = "flush ruleset\n" + scratch_text(document)
-        nft = _lib("nft")
-        nft.check(script)
-        nft.load(script)
+        qf_nft.check(script)
+        qf_nft.load(script)
     else:
-        _lib("nft").load_json(revert_document(document))
+        qf_nft.load_json(revert_document(document))
     return {"reverted_to": name, "path": path}
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_backup``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_backup.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

@@ -9,7 +9,7 @@ over the two ways dom0 can talk to Qubes.
   option ``qubes_firewall_backend: cli`` asks for it.
 
 Every function returns plain data (strings, bools, lists, dicts), the same for
-both implementations, so the pure dom0 planner (``qubes_firewall_dom0``) never
+both implementations, so the pure dom0 planner (``_qubes_firewall_dom0``) never
 sees which one ran.  Qubes' refusals (``... does not provide network``,
 ``Loops in network are unsupported``, a bad rule) become
 :class:`CommandExecutionError` with Qubes' own message.
@@ -18,20 +18,15 @@ Firewall rules travel as Qubes' canonical rule lines (``qvm-firewall --raw VM
 list``, ``Rule.rule``), e.g. ``action=accept proto=tcp dsthost=example.com
 dstports=443-443``.
 
-Loaded by Salt as ``qubes_firewall_qubes``.
+``Qubes(opts, context)`` holds one run's reads.
 """
 
 import copy
-import functools
 import os
 import re
 import subprocess
-import types
 
 from salt.exceptions import CommandExecutionError
-
-__virtualname__ = "qubes_firewall_qubes"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 # One qvm-ls call reads all of these for every qube.
 INVENTORY_FIELDS = ("name", "klass", "netvm", "provides_network", "ip", "state", "template", "kernel")
@@ -40,7 +35,7 @@ FEATURES = ("os", "service.qubes-firewall", "service.custom-persist")
 RUNNING_STATES = ("Running", "Paused", "Transient", "Suspended")
 RELEASE_FILE = "/etc/qubes-release"
 _TIMEOUT = 300
-# __context__ key of what this run read from Qubes (a property write drops all
+# context key of what this run read from Qubes (a property write drops all
 # of it, a qvm-firewall write that qube's list)
 CACHE_KEY = "qubes_firewall_qubes.cache"
 
@@ -61,10 +56,6 @@ RULE_GRAMMAR = {
 }
 RULE_ORDER = ("action", "proto", "dst4", "dst6", "dsthost", "dstports", "icmptype", "specialtarget",
               "expire", "comment")
-
-
-def __virtual__():
-    return __virtualname__
 
 
 # --------------------------------------------------------------------------
@@ -136,51 +127,6 @@ def _qubesadmin():
     except ImportError:
         return None
     return qubesadmin
-
-
-def backend():
-    """
-    The implementation in use: ``qubesadmin`` or ``cli``.
-    """
-    wanted = (__opts__ or {}).get("qubes_firewall_backend", "auto")
-    if wanted == "cli":
-        return "cli"
-    if _qubesadmin() is not None:
-        return "qubesadmin"
-    if wanted == "qubesadmin":
-        raise CommandExecutionError("qubes_firewall_backend is qubesadmin, but it cannot be imported")
-    return "cli"
-
-
-def _context():
-    try:
-        return __context__
-    except NameError:  # outside Salt's loader: nothing is shared
-        return {}
-
-
-def _cache():
-    """What this run read from Qubes, shared by every state of the run through __context__."""
-    ctx = _context()
-    name = backend()
-    cache = ctx.get(CACHE_KEY)
-    if not isinstance(cache, dict) or cache.get("backend") != name:
-        cache = {"backend": name, "impl": None, "inventory": None, "features": {}, "firewall": {}}
-        ctx[CACHE_KEY] = cache
-    return cache
-
-
-def _impl():
-    cache = _cache()
-    if cache["impl"] is None:
-        cache["impl"] = _Admin(_qubesadmin()) if cache["backend"] == "qubesadmin" else _Cli()
-    return cache["impl"]
-
-
-def invalidate():
-    """Forget what this run read from Qubes (every write calls it)."""
-    _context().pop(CACHE_KEY, None)
-    return True
 
 
 def _entry(name, klass, netvm, provides, ip, state, template, kernel):
@@ -402,188 +348,193 @@ class _Admin:
 # --------------------------------------------------------------------------
 
 
-def inventory():
+class Qubes:
     """
-    Every qube Qubes knows (dom0 included), read once per run:
-    ``{name: {name, klass, netvm, provides_network, ip, state, running,
-    template, kernel, disposable}}``. ``netvm``, ``ip``, ``template`` and
-    ``kernel`` are None when Qubes has none.
+    This run's view of Qubes: the minion options (``_qubes_firewall_backend``,
+    ``qubes_firewall_release_file``) and the run's context dict, where what the
+    run read from Qubes is kept (a property write drops all of it, a
+    qvm-firewall write that qube's list).
     """
-    cache = _cache()
-    if cache["inventory"] is None:
-        cache["inventory"] = _impl().inventory()
-    return copy.deepcopy(cache["inventory"])
 
+    def __init__(self, opts, context):
+        self.opts = opts or {}
+        self.context = context if context is not None else {}
 
-def set_pref(vm, prop, value):
-    """
-    Set a qube property (``netvm``: a name or None to disconnect;
-    ``provides_network``: a bool). Qubes' refusal raises CommandExecutionError.
-    """
-    try:
-        _impl().set_pref(vm, prop, value)
-    finally:
-        invalidate()
-    return True
+    def backend(self):
+        """
+        The implementation in use: ``qubesadmin`` or ``cli``.
+        """
+        wanted = self.opts.get("qubes_firewall_backend", "auto")
+        if wanted == "cli":
+            return "cli"
+        if _qubesadmin() is not None:
+            return "qubesadmin"
+        if wanted == "qubesadmin":
+            raise CommandExecutionError("qubes_firewall_backend is qubesadmin, but it cannot be imported")
+        return "cli"
 
+    def _cache(self):
+        """What this run read from Qubes, shared by every state of the run through the context."""
+        ctx = self.context
+        name = self.backend()
+        cache = ctx.get(CACHE_KEY)
+        if not isinstance(cache, dict) or cache.get("backend") != name:
+            cache = {"backend": name, "impl": None, "inventory": None, "features": {}, "firewall": {}}
+            ctx[CACHE_KEY] = cache
+        return cache
 
-def reset_pref(vm, prop):
-    """Reset a qube property to Qubes' default (``qvm-prefs -D VM PROP``)."""
-    try:
-        _impl().reset_pref(vm, prop)
-    finally:
-        invalidate()
-    return True
+    def _impl(self):
+        cache = self._cache()
+        if cache["impl"] is None:
+            cache["impl"] = _Admin(_qubesadmin()) if cache["backend"] == "qubesadmin" else _Cli()
+        return cache["impl"]
 
+    def invalidate(self):
+        """Forget what this run read from Qubes (every write calls it)."""
+        self.context.pop(CACHE_KEY, None)
+        return True
 
-def features(vm):
-    """
-    The features of the qube this formula looks at (``FEATURES``: ``os``,
-    ``service.qubes-firewall``, ``service.custom-persist``) as
-    ``{name: value}``, read once per run.
-    """
-    cache = _cache()
-    if vm not in cache["features"]:
-        cache["features"][vm] = _impl().features(vm)
-    return dict(cache["features"][vm])
+    def inventory(self):
+        """
+        Every qube Qubes knows (dom0 included), read once per run:
+        ``{name: {name, klass, netvm, provides_network, ip, state, running,
+        template, kernel, disposable}}``. ``netvm``, ``ip``, ``template`` and
+        ``kernel`` are None when Qubes has none.
+        """
+        cache = self._cache()
+        if cache["inventory"] is None:
+            cache["inventory"] = self._impl().inventory()
+        return copy.deepcopy(cache["inventory"])
 
-
-def get_firewall(vm):
-    """The qube's qvm-firewall list as Qubes' rule lines, in order (read once per run)."""
-    cache = _cache()
-    if vm not in cache["firewall"]:
-        cache["firewall"][vm] = _impl().get_firewall(vm)
-    return list(cache["firewall"][vm])
-
-
-def set_firewall(vm, rules):
-    """
-    Replace the qube's whole qvm-firewall list with ``rules``, each a list of
-    ``(key, value)`` pairs (one argument per element on a command line, never
-    a string split on spaces). Every rule is checked against the strict
-    grammar before the first write; with qubesadmin the list is replaced in
-    one ``admin.vm.firewall.Set``, with the tools a failure puts the old list
-    back.
-    """
-    for index, fields in enumerate(rules):
-        if isinstance(fields, str) or not isinstance(fields, (list, tuple)):
-            raise CommandExecutionError(
-                "qvm-firewall %s: rule %d must be a list of (key, value) elements, not a line to "
-                "split; nothing changed" % (vm, index))
-    rules = [[tuple(pair) if isinstance(pair, (list, tuple)) else (pair,) for pair in fields]
-             for fields in rules]
-    for index, fields in enumerate(rules):
-        problem = rule_problem(fields)
-        if problem:
-            raise CommandExecutionError(
-                "qvm-firewall %s: rule %d (%s): %s; nothing changed" % (vm, index, line_of(
-                    [p for p in fields if isinstance(p, tuple) and len(p) == 2]), problem))
-    impl = _impl()
-    old = get_firewall(vm)
-    try:
-        impl.set_firewall(vm, rules, old)
-    finally:
-        # a qvm-firewall list changes nothing else: only that list is read again
-        _cache()["firewall"].pop(vm, None)
-    return True
-
-
-def is_default(vm, prop):
-    """Does ``vm`` follow Qubes' default for ``prop`` (``qvm-prefs VM`` shows ``D``)?"""
-    return _impl().is_default(vm, prop)
-
-
-def reconnect(netvm, test=False):
-    """
-    Re-attach the running clients of ``netvm`` (the Qubes firewall manual page's "Reconnecting qubes
-    after a NetVM reboot": ``qvm-prefs CLIENT netvm NETVM``), network
-    providers (sys-firewall) first. A client that follows Qubes' default netvm
-    keeps following it: after the set that re-attaches it, its netvm is reset
-    to the default (the same qube, so Qubes does not re-attach again). Returns
-    the clients, in order. With ``test=True`` nothing is written.
-    """
-    inv = inventory()
-    if netvm not in inv:
-        raise CommandExecutionError("no such qube: %s" % netvm)
-    clients = sorted(
-        (q for q in inv.values() if q["netvm"] == netvm and q["running"]),
-        key=lambda q: (not q["provides_network"], q["name"]),
-    )
-    if clients and not inv[netvm]["running"]:
-        raise CommandExecutionError(
-            "%s is not running (%s): start it first, then reconnect its clients"
-            % (netvm, inv[netvm]["state"])
-        )
-    names = [q["name"] for q in clients]
-    if not test:
-        impl = _impl()
-        defaults = {name: impl.is_default(name, "netvm") for name in names}
+    def set_pref(self, vm, prop, value):
+        """
+        Set a qube property (``netvm``: a name or None to disconnect;
+        ``provides_network``: a bool). Qubes' refusal raises CommandExecutionError.
+        """
         try:
-            for name in names:
-                impl.set_pref(name, "netvm", netvm)
-                if defaults[name]:
-                    impl.reset_pref(name, "netvm")
+            self._impl().set_pref(vm, prop, value)
         finally:
-            invalidate()
-    return names
+            self.invalidate()
+        return True
 
+    def reset_pref(self, vm, prop):
+        """Reset a qube property to Qubes' default (``qvm-prefs -D VM PROP``)."""
+        try:
+            self._impl().reset_pref(vm, prop)
+        finally:
+            self.invalidate()
+        return True
 
-def qubes_release(path=None):
-    """
-    The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, from
-    ``/etc/qubes-release`` (``Qubes release 4.3.0 (R4.3)``; the minion option
-    ``qubes_firewall_release_file`` names another file, for tests). Raises
-    CommandExecutionError when it cannot be read or names another release.
-    """
-    path = path or (__opts__ or {}).get("qubes_firewall_release_file") or RELEASE_FILE
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(4096)
-    except OSError as exc:
-        raise CommandExecutionError(
-            "cannot read %s (%s): is this dom0? Give qubes_firewall:lookup:qubes_release "
-            "in the pillar instead" % (path, exc.strerror or exc)) from exc
-    match = re.search(r"\bR?([0-9]+)\.([0-9]+)", text)
-    release = "%s.%s" % match.groups() if match else None
-    if release not in ("4.2", "4.3"):
-        raise CommandExecutionError(
-            "%s says %s: this formula knows Qubes 4.2 and 4.3" % (path, text.strip()[:80] or "nothing"))
-    return release
+    def features(self, vm):
+        """
+        The features of the qube this formula looks at (``FEATURES``: ``os``,
+        ``service.qubes-firewall``, ``service.custom-persist``) as
+        ``{name: value}``, read once per run.
+        """
+        cache = self._cache()
+        if vm not in cache["features"]:
+            cache["features"][vm] = self._impl().features(vm)
+        return dict(cache["features"][vm])
 
+    def get_firewall(self, vm):
+        """The qube's qvm-firewall list as Qubes' rule lines, in order (read once per run)."""
+        cache = self._cache()
+        if vm not in cache["firewall"]:
+            cache["firewall"][vm] = self._impl().get_firewall(vm)
+        return list(cache["firewall"][vm])
 
-def release_known():
-    """True when this machine has a release file to detect the release from."""
-    path = (__opts__ or {}).get("qubes_firewall_release_file") or RELEASE_FILE
-    return os.path.exists(path)
+    def set_firewall(self, vm, rules):
+        """
+        Replace the qube's whole qvm-firewall list with ``rules``, each a list of
+        ``(key, value)`` pairs (one argument per element on a command line, never
+        a string split on spaces). Every rule is checked against the strict
+        grammar before the first write; with qubesadmin the list is replaced in
+        one ``admin.vm.firewall.Set``, with the tools a failure puts the old list
+        back.
+        """
+        for index, fields in enumerate(rules):
+            if isinstance(fields, str) or not isinstance(fields, (list, tuple)):
+                raise CommandExecutionError(
+                    "qvm-firewall %s: rule %d must be a list of (key, value) elements, not a line to "
+                    "split; nothing changed" % (vm, index))
+        rules = [[tuple(pair) if isinstance(pair, (list, tuple)) else (pair,) for pair in fields]
+                 for fields in rules]
+        for index, fields in enumerate(rules):
+            problem = rule_problem(fields)
+            if problem:
+                raise CommandExecutionError(
+                    "qvm-firewall %s: rule %d (%s): %s; nothing changed" % (vm, index, line_of(
+                        [p for p in fields if isinstance(p, tuple) and len(p) == 2]), problem))
+        impl = self._impl()
+        old = self.get_firewall(vm)
+        try:
+            impl.set_firewall(vm, rules, old)
+        finally:
+            # a qvm-firewall list changes nothing else: only that list is read again
+            self._cache()["firewall"].pop(vm, None)
+        return True
 
+    def is_default(self, vm, prop):
+        """Does ``vm`` follow Qubes' default for ``prop`` (``qvm-prefs VM`` shows ``D``)?"""
+        return self._impl().is_default(vm, prop)
 
-# ---- internal API ----
+    def reconnect(self, netvm, test=False):
+        """
+        Re-attach the running clients of ``netvm`` (the Qubes firewall manual page's "Reconnecting qubes
+        after a NetVM reboot": ``qvm-prefs CLIENT netvm NETVM``), network
+        providers (sys-firewall) first. A client that follows Qubes' default netvm
+        keeps following it: after the set that re-attaches it, its netvm is reset
+        to the default (the same qube, so Qubes does not re-attach again). Returns
+        the clients, in order. With ``test=True`` nothing is written.
+        """
+        inv = self.inventory()
+        if netvm not in inv:
+            raise CommandExecutionError("no such qube: %s" % netvm)
+        clients = sorted(
+            (q for q in inv.values() if q["netvm"] == netvm and q["running"]),
+            key=lambda q: (not q["provides_network"], q["name"]),
+        )
+        if clients and not inv[netvm]["running"]:
+            raise CommandExecutionError(
+                "%s is not running (%s): start it first, then reconnect its clients"
+                % (netvm, inv[netvm]["state"])
+            )
+        names = [q["name"] for q in clients]
+        if not test:
+            impl = self._impl()
+            defaults = {name: impl.is_default(name, "netvm") for name in names}
+            try:
+                for name in names:
+                    impl.set_pref(name, "netvm", netvm)
+                    if defaults[name]:
+                        impl.reset_pref(name, "netvm")
+            finally:
+                self.invalidate()
+        return names
 
+    def qubes_release(self, path=None):
+        """
+        The Qubes release of this dom0, ``"4.2"`` or ``"4.3"``, from
+        ``/etc/qubes-release`` (``Qubes release 4.3.0 (R4.3)``; the minion option
+        ``qubes_firewall_release_file`` names another file, for tests). Raises
+        CommandExecutionError when it cannot be read or names another release.
+        """
+        path = path or self.opts.get("qubes_firewall_release_file") or RELEASE_FILE
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read(4096)
+        except OSError as exc:
+            raise CommandExecutionError(
+                "cannot read %s (%s): is this dom0? Give qubes_firewall:lookup:qubes_release "
+                "in the pillar instead" % (path, exc.strerror or exc)) from exc
+        match = re.search(r"\bR?([0-9]+)\.([0-9]+)", text)
+        release = "%s.%s" % match.groups() if match else None
+        if release not in ("4.2", "4.3"):
+            raise CommandExecutionError(
+                "%s says %s: this formula knows Qubes 4.2 and 4.3" % (path, text.strip()[:80] or "nothing"))
+        return release
 
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_qubes``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_qubes.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)
+    def release_known(self):
+        """True when this machine has a release file to detect the release from."""
+        path = self.opts.get("qubes_firewall_release_file") or RELEASE_FILE
+        return os.path.exists(path)

@@ -1,7 +1,7 @@
 """
 Status and drift of one qube's rules: pure functions over the planner's plan
-(``qubes_firewall_plan.QubePlan``), the live state parsed from ``nft -j``
-(``qubes_firewall_nft.live_state``) and the persisted files
+(``_qubes_firewall_plan.QubePlan``), the live state parsed from ``nft -j``
+(``_qubes_firewall_nft.live_state``) and the persisted files
 (``qubes_firewall.persisted_files``: ``{path: (old, new)}``).
 
 - ``status``: every rule of the chains the formula owns and every element of
@@ -13,22 +13,13 @@ Status and drift of one qube's rules: pure functions over the planner's plan
   (hand edits in owned chains and sets), a chain with another hook, missing
   or duplicated jumps, a lost or edited boot block.
 
-Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_report``.
+Nothing here touches the system.
 """
 
-import functools
 import json
-import types
-
-__virtualname__ = "qubes_firewall_report"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 # what each kind of owned set holds, by name prefix
 _SET_ROLES = (("qf-nat-", "dnat"), ("qf-redir-", "redirect"), ("qf-fwd-", "forward"), ("qf-in-", "input"))
-
-
-def __virtual__():
-    return __virtualname__
 
 
 def origin_of(comment):
@@ -409,7 +400,7 @@ def nft_change(summary, rule_count):
     The nft part of a state's ``changes``, compact and by pillar entry: which
     entries get rules or elements added, removed or changed (both), with the
     counts of rules and elements added, removed and kept (planned and already
-    loaded).  ``summary``: ``qubes_firewall_nft.transaction``'s; ``rule_count``:
+    loaded).  ``summary``: ``_qubes_firewall_nft.transaction``'s; ``rule_count``:
     the plan's (0 when the formula removes everything).
     """
     counts = summary.get("counts", {})
@@ -458,35 +449,3 @@ def qube_summary_line(qube, record, test=False):
     if not parts:
         parts.append("nothing to change")
     return "%s: %s" % (qube, "; ".join(parts))
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_report``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_report.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

@@ -4,7 +4,7 @@ pillar alone, before anything is applied, by walking the first packet of a new
 connection hop by hop through the Qubes netvm chain (the same in 4.2 and 4.3):
 
 - in each qube, the formula's own chains as the planner
-  (``qubes_firewall_plan.plan_qube``) writes them: the ``qf-nat`` chain, then
+  (``_qubes_firewall_plan.plan_qube``) writes them: the ``qf-nat`` chain, then
   ``qf-input`` or ``qf-forward``; their statements (nft JSON) and the sets
   and maps they look up are evaluated as nft would, never re-derived;
 - Qubes' base chains around them: new traffic into a qube is dropped (from
@@ -12,7 +12,7 @@ connection hop by hop through the Qubes netvm chain (the same in 4.2 and 4.3):
   client is dropped unless ``qf-forward`` accepts it; forwarding up or out is
   allowed, masqueraded as the hop;
 - in a netvm, the qvm-firewall list of the client the packet comes from
-  (``qubes_firewall_dom0.firewall_verdict`` on the pillar's list; a qube
+  (``_qubes_firewall_dom0.firewall_verdict`` on the pillar's list; a qube
   without a ``firewall`` list in the pillar keeps Qubes' default, accept).
 
 Nodes are qube names, or an outside name (``outside``, ``lan``, ``wan``,
@@ -22,33 +22,21 @@ to outside, it leaves through the source's uplink.  The outside interface and
 source address are unknown to the pillar: give ``interface`` / ``source_ip``,
 or rules that depend on them are listed as ``conditions``.
 
-Pure; reaches the planner and the qvm-firewall evaluator through
-``__salt__``.  Loaded by Salt as ``qubes_firewall_flow``.
+Pure; imports the planner and the qvm-firewall evaluator.
 """
 
 import fnmatch
-import functools
 import ipaddress
 import time
-import types
 
-__virtualname__ = "qubes_firewall_flow"
-__load__ = ["lib"]  # everything else is internal: see lib()
+import _qubes_firewall_dom0 as qf_dom0
+import _qubes_firewall_plan as qf_plan
 
 OUTSIDE_NAMES = ("outside", "lan", "wan", "internet")
 # symbolic addresses the pillar cannot know
 OUTSIDE_ADDR = "<outside>"  # an address in the outside world
 _LOCAL_PREFIX = "<local:"  # an uplink's own address on the outside network
 MAX_HOPS = 64
-
-
-def __virtual__():
-    return __virtualname__
-
-
-def _lib(name=""):
-    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
-    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
 
 
 class FlowError(ValueError):
@@ -191,7 +179,7 @@ class _Walk:
 
     def plan(self, qube):
         if qube not in self.plans:
-            self.plans[qube] = _lib("plan").plan_qube(self.model, qube)
+            self.plans[qube] = qf_plan.plan_qube(self.model, qube)
         return self.plans[qube]
 
     def chain(self, qube, name):
@@ -278,14 +266,14 @@ def _dnat(walk, node, packet):
 def _firewall_list(walk, client, netvm, packet):
     """The client's qvm-firewall list, applied in its netvm; True when it accepts."""
     qube = walk.model.qubes[client]
-    lines = _lib("dom0").wanted_firewall(qube)
+    lines = qf_dom0.wanted_firewall(qube)
     if lines is None:
         walk.step("%s: qubes-firewall: %s's qvm-firewall list is not in the pillar (Qubes' default: accept)"
                   % (netvm, client))
         return True
     dest = packet["daddr"]
     ip = None if dest.startswith("<") else dest
-    action, index = _lib("dom0").firewall_verdict(lines, walk.proto, packet["dport"], ip, walk.now)
+    action, index = qf_dom0.firewall_verdict(lines, walk.proto, packet["dport"], ip, walk.now)
     which = "rule %d (%s)" % (index, lines[index]) if index is not None else "the implicit drop at its end"
     if ip is None and any("dsthost=" in line for line in lines):
         walk.notes.append("%s's qvm-firewall rules for named hosts were not evaluated: the outside "
@@ -488,35 +476,3 @@ def check_text(answer):
     if answer["notes"]:
         lines += ["", "notes:"] + ["  - " + n for n in answer["notes"]]
     return "\n".join(lines)
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_flow``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_flow.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

@@ -1,6 +1,6 @@
 """
 The pillar's topology as a picture: Graphviz DOT and Mermaid text, from the
-validated model (``qubes_firewall_model.Model``).
+validated model (``_qubes_firewall_model.Model``).
 
 - every qube with its role: ``uplink`` (netvm none), ``service`` (a network
   service qube: VPN, DNS, IPS), ``firewall`` (provides network), ``client``;
@@ -12,21 +12,12 @@ validated model (``qubes_firewall_model.Model``).
 - each qubes.ConnectTCP binding as a dotted edge client -> server (qrexec,
   no IP networking).
 
-Pure; loaded by Salt as ``qubes_firewall_diagram``.
+Pure.
 """
 
-import functools
 import re
-import types
-
-__virtualname__ = "qubes_firewall_diagram"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 OUTSIDE = "(outside)"  # not a valid qube name: never collides
-
-
-def __virtual__():
-    return __virtualname__
 
 
 def role(model, name):
@@ -212,35 +203,3 @@ def render(model, fmt="mermaid"):
     if fmt == "dot":
         return dot(model)
     raise ValueError("unknown diagram format %r (mermaid or dot)" % fmt)
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_diagram``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_diagram.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

@@ -1,11 +1,10 @@
 """
 The planner of qubes-firewall-formula: pure functions from the validated model
-(``qubes_firewall_model``) and the addresses map to one qube's plan: the
+(``_qubes_firewall_model``) and the addresses map to one qube's plan: the
 nftables objects the formula owns in that qube, every rule and set element
 traced to its pillar origin, and the shell block that replays them at boot.
 
-Nothing here touches the system.  Loaded by Salt as ``qubes_firewall_plan``;
-imported directly by the unit tests.
+Nothing here touches the system.
 
 Where rules live: objects named ``qf-*`` in ``table ip
 qubes``.  ``qf-input`` and ``qf-forward`` are reached by one jump each from
@@ -32,11 +31,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-import types
 from typing import Optional, Tuple
-
-__virtualname__ = "qubes_firewall_plan"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 FAMILY = "ip"
 TABLE_NAME = "qubes"
@@ -718,35 +713,3 @@ def plan_dict(plan):
         },
         "notes": list(plan.notes),
     }
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_plan``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_plan.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

@@ -18,26 +18,20 @@ ruleset with a plan.
   nothing is applied and the ruleset stays as it was.  ``check(script)``:
   ``nft -c -f -``, for test mode.
 
-Loaded by Salt as ``qubes_firewall_nft``.  Owned objects are compared by
+Owned objects are compared by
 content: each rule's statements and comment as nft JSON (counter values and
 handles aside) against the plan's JSON of the same rule
-(``qubes_firewall_plan.Rule.key``), each element's key, value and comment.
+(``_qubes_firewall_plan.Rule.key``), each element's key, value and comment.
 """
 
-import functools
 import json
 import re
 import subprocess
-import types
 
+import _qubes_firewall_plan as qf_plan
 from salt.exceptions import CommandExecutionError
 
-__virtualname__ = "qubes_firewall_nft"
-__load__ = ["lib"]  # everything else is internal: see lib()
-
 FAMILY, TABLE = "ip", "qubes"
-OWNED_PREFIX = "qf-"
-JUMPS = (("custom-input", "qf-input"), ("custom-forward", "qf-forward"))
 NFT = "nft"
 _SAFE_KEY = re.compile(r"\A[A-Za-z0-9.:_-]{1,64}\Z")
 
@@ -114,7 +108,7 @@ def live_state(doc):
         if not obj or obj.get("family") != FAMILY or obj.get("table") != TABLE:
             continue
         if kind in ("set", "map"):
-            if obj["name"].startswith(OWNED_PREFIX):
+            if obj["name"].startswith(qf_plan.OWNED_PREFIX):
                 head = {k: v for k, v in obj.items()
                         if k not in ("family", "name", "table", "handle", "elem")}
                 if isinstance(head.get("map"), list):
@@ -129,12 +123,12 @@ def live_state(doc):
                 sets[obj["name"]] = {"kind": kind, "head": _canonical(head), "elements": elements}
             continue
         if kind == "chain":
-            if obj["name"].startswith(OWNED_PREFIX):
+            if obj["name"].startswith(qf_plan.OWNED_PREFIX):
                 hook = None
                 if "hook" in obj:
                     hook = (obj.get("type"), obj.get("hook"), obj.get("prio"), obj.get("policy"))
                 chains[obj["name"]] = {"hook": hook, "rules": []}
-            elif obj["name"] in dict(JUMPS):
+            elif obj["name"] in dict(qf_plan.JUMPS):
                 customs.append(obj["name"])
             continue
         exprs = obj.get("expr", [])
@@ -145,10 +139,10 @@ def live_state(doc):
                 "counters": _counters(exprs),
                 "key": _canonical([obj.get("comment", ""), _zero_counters(exprs)]),
             })
-        elif obj["chain"] in dict(JUMPS):
+        elif obj["chain"] in dict(qf_plan.JUMPS):
             if len(exprs) == 1 and "jump" in exprs[0]:
                 target = exprs[0]["jump"].get("target")
-                if target == dict(JUMPS)[obj["chain"]]:
+                if target == dict(qf_plan.JUMPS)[obj["chain"]]:
                     jumps.setdefault((obj["chain"], target), []).append(obj["handle"])
     return {"chains": chains, "sets": sets, "jumps": jumps, "custom_chains": customs}
 
@@ -223,31 +217,8 @@ def _remove_all(live):
     return "\n".join(cmds) + "\n", summary.result()
 
 
-def transaction(plan, live):
-    """
-    ``plan``: a ``qubes_firewall_plan.QubePlan`` (its objects render their own
-    nft commands), or None: remove everything the formula owns here;
-    ``live``: from ``live_state``.  Returns ``(script, summary)``: the one nft
-    script that makes the live owned objects equal the plan, compared by
-    content (every rule's statements and comment, every element's key, value
-    and comment; counter values and handles aside), or ("", {}) when they
-    already are.  A chain whose rules differ is emptied and refilled; a set or
-    map whose elements differ gets those elements deleted and added.
-    ``summary``: counts and the items that change.
-    """
-    if plan is None:
-        return _remove_all(live)
-    summary = _Summary()
-    missing_custom = [c for c, _ in plan.jumps if c not in live["custom_chains"]]
-    if missing_custom:
-        raise CommandExecutionError(
-            "table ip qubes has no %s chain: is this a Qubes qube with its base firewall loaded?"
-            % " or ".join(missing_custom)
-        )
-    live_sets = live.get("sets", {})
-    planned_sets = {s.name: s for s in plan.sets}
-    planned_chains = {c.name: c for c in plan.chains}
-    # sets and maps: new, replaced (another declaration), stale
+def _set_changes(plan, live_sets):
+    """Sets and maps: ``(new, replaced (another declaration), stale names)``."""
     new_sets, replaced_sets = [], []
     for item in plan.sets:
         current = live_sets.get(item.name)
@@ -257,9 +228,13 @@ def transaction(plan, live):
               or not all(_deletable(k) for k in current["elements"])):
             # another declaration, or an element no delete command of ours can name: recreate it
             replaced_sets.append(item)
-    stale_sets = sorted(set(live_sets) - set(planned_sets))
-    gone_sets = {s.name for s in replaced_sets} | set(stale_sets)
-    # chains: new, recreated (another hook), refilled (other rules), stale
+    stale_sets = sorted(set(live_sets) - {s.name for s in plan.sets})
+    return new_sets, replaced_sets, stale_sets
+
+
+def _chain_changes(plan, live, gone_sets):
+    """Chains: ``(new, recreated (another hook), refilled (other rules), stale names)``."""
+    planned_chains = {c.name for c in plan.chains}
     new_chains, recreated, refilled = [], [], []
     for chain in plan.chains:
         current = live["chains"].get(chain.name)
@@ -270,11 +245,13 @@ def transaction(plan, live):
         elif ([r["key"] for r in current["rules"]] != [r.key for r in chain.rules]
               or any(_uses(r, gone_sets) for r in current["rules"])):
             refilled.append(chain)
-    stale_chains = sorted(set(live["chains"]) - set(planned_chains))
-    recreated_names = {c.name for c in recreated}
-    pre, cmds = [], []
-    # jumps into a chain that is deleted go first, and come back below
-    jump_targets_gone = recreated_names | set(stale_chains)
+    stale_chains = sorted(set(live["chains"]) - planned_chains)
+    return new_chains, recreated, refilled, stale_chains
+
+
+def _removals(live, live_sets, replaced_sets, stale_sets, recreated, refilled, stale_chains, jump_targets_gone):
+    """The commands that go first: jumps into a chain that is deleted (they come back later), flushes, deletes."""
+    pre = []
     for (custom, target), handles in sorted(live["jumps"].items()):
         if target in jump_targets_gone:
             for handle in handles:
@@ -287,6 +264,12 @@ def transaction(plan, live):
         pre.append("delete chain %s %s %s" % (FAMILY, TABLE, name))
     for name in [s.name for s in replaced_sets] + stale_sets:
         pre.append("delete %s %s %s %s" % (live_sets[name]["kind"], FAMILY, TABLE, name))
+    return pre
+
+
+def _set_commands(plan, live_sets, new_sets, replaced_sets, stale_sets, summary):
+    """The sets and maps, declared afresh or with the elements that differ deleted and added."""
+    cmds = []
     for item in new_sets + replaced_sets:
         cmds.append(item.add_command())
     summary.add("sets_added", *[s.name for s in new_sets])
@@ -317,6 +300,11 @@ def transaction(plan, live):
         if add:
             cmds.append(item.element_command("add", add))
             summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in add])
+    return cmds
+
+
+def _chain_commands(live, new_chains, recreated, refilled, stale_chains, summary):
+    cmds = []
     for chain in new_chains + recreated:
         cmds += chain.commands(fresh=True)[:1] + chain.rule_commands()
     for chain in refilled:
@@ -334,6 +322,12 @@ def transaction(plan, live):
         summary.add("rules_added", *["%s: %s" % (chain.name, r.comment) for r in chain.rules if r.key not in have])
     for name in stale_chains:
         summary.add("rules_removed", *[_describe_live_rule(name, r) for r in live["chains"][name]["rules"]])
+    return cmds
+
+
+def _jump_commands(plan, live, jump_targets_gone, summary):
+    """One jump rule per (Qubes chain, our chain): added when missing, duplicates deleted."""
+    cmds = []
     for custom, target in plan.jumps:
         handles = live["jumps"].get((custom, target), [])
         if target in jump_targets_gone:
@@ -344,6 +338,40 @@ def transaction(plan, live):
         for handle in handles[1:]:
             cmds.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
             summary.add("jumps_removed", "%s -> %s (duplicate, handle %d)" % (custom, target, handle))
+    return cmds
+
+
+def transaction(plan, live):
+    """
+    ``plan``: a ``_qubes_firewall_plan.QubePlan`` (its objects render their own
+    nft commands), or None: remove everything the formula owns here;
+    ``live``: from ``live_state``.  Returns ``(script, summary)``: the one nft
+    script that makes the live owned objects equal the plan, compared by
+    content (every rule's statements and comment, every element's key, value
+    and comment; counter values and handles aside), or ("", {}) when they
+    already are.  A chain whose rules differ is emptied and refilled; a set or
+    map whose elements differ gets those elements deleted and added.
+    ``summary``: counts and the items that change.
+    """
+    if plan is None:
+        return _remove_all(live)
+    summary = _Summary()
+    missing_custom = [c for c, _ in plan.jumps if c not in live["custom_chains"]]
+    if missing_custom:
+        raise CommandExecutionError(
+            "table ip qubes has no %s chain: is this a Qubes qube with its base firewall loaded?"
+            % " or ".join(missing_custom)
+        )
+    live_sets = live.get("sets", {})
+    new_sets, replaced_sets, stale_sets = _set_changes(plan, live_sets)
+    gone_sets = {s.name for s in replaced_sets} | set(stale_sets)
+    new_chains, recreated, refilled, stale_chains = _chain_changes(plan, live, gone_sets)
+    jump_targets_gone = {c.name for c in recreated} | set(stale_chains)
+    pre = _removals(live, live_sets, replaced_sets, stale_sets, recreated, refilled, stale_chains,
+                    jump_targets_gone)
+    cmds = _set_commands(plan, live_sets, new_sets, replaced_sets, stale_sets, summary)
+    cmds += _chain_commands(live, new_chains, recreated, refilled, stale_chains, summary)
+    cmds += _jump_commands(plan, live, jump_targets_gone, summary)
     # stale chains were never jump targets of ours (only qf-input/qf-forward are)
     cmds = pre + cmds
     if not cmds:
@@ -429,35 +457,3 @@ def load_json(document):
     text = json.dumps(document)
     _load(text, check_only=True, as_json=True)
     return _load(text, check_only=False, as_json=True)
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_nft``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_nft.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

@@ -16,22 +16,15 @@ integers in range, interface names, host names, absolute normalised paths), and
 every string that survives contains no whitespace, quote, control character or
 separator that could end its field in any of those outputs.
 
-Loaded by Salt as the execution module ``qubes_firewall_model`` (other modules
-reach it through ``__salt__``) and imported directly by the unit tests.
+Plain Python: the other files and the unit tests import it directly.
 """
 
 import dataclasses
 import difflib
-import functools
 import ipaddress
 import math
 import re
-import types
 from typing import Mapping, Optional, Tuple
-
-__virtualname__ = "qubes_firewall_model"
-__load__ = ["lib"]  # everything else is internal: see lib()
-
 
 ROOT = "qubes_firewall"
 
@@ -300,7 +293,7 @@ def show(value):
     """
     ``value`` as a YAML reader would write it, short and quoted ('web', 443,
     true, null, [a, b], {a: 1}): for other modules' messages, which must never
-    show a Python repr (reach it as ``__salt__["qubes_firewall_model.lib"]().show``).
+    show a Python repr.
     """
     return _show(value)
 
@@ -506,16 +499,27 @@ def _ifname(value, path, errors):
     return value
 
 
-def _path(value, path, errors):
-    """An absolute, normalised path (a trailing / is dropped), or None (error added)."""
+def normal_path(value):
+    """
+    ``value`` as an absolute, normalised path (a trailing / is dropped), or
+    None: the formula's one path grammar (the pillar's ``lookup`` paths, and
+    the directories the run falls back to while the pillar is invalid).
+    """
     if isinstance(value, str) and value.startswith("/") and value != "/":
         body = value[1:-1] if value.endswith("/") else value[1:]
         parts = body.split("/")
         if all(_PATH_COMPONENT.match(p) and p.strip(".") for p in parts):
             return "/" + "/".join(parts)
-    errors.add(path, "must be an absolute, normalised path (components of A-Z a-z 0-9 _ . -; no //, "
-               "no . or .. components), got %s" % _show(value))
     return None
+
+
+def _path(value, path, errors):
+    """An absolute, normalised path (a trailing / is dropped), or None (error added)."""
+    out = normal_path(value)
+    if out is None:
+        errors.add(path, "must be an absolute, normalised path (components of A-Z a-z 0-9 _ . -; no //, "
+                   "no . or .. components), got %s" % _show(value))
+    return out
 
 
 def _release(value, path, errors):
@@ -685,6 +689,93 @@ def _unknown_qube(value, path, errors, known, why):
     errors.add(path, "unknown qube %s%s (%s)" % (_show(value), _did_you_mean(value, sorted(known)), why))
 
 
+def _qube_spec(name, spec, qpath, errors):
+    """One qube's settings: ``(netvm, provides, service, firewall, dvm, custom_persist, template)``, or None."""
+    ok, netvm = _netvm(spec["netvm"], qpath + ["netvm"], errors)
+    if not ok:
+        return None
+    provides = None
+    if spec.get("provides_network") is not None:
+        provides = _bool(spec["provides_network"], qpath + ["provides_network"], errors)
+    service = False
+    if spec.get("service") is not None:
+        service = bool(_bool(spec["service"], qpath + ["service"], errors))
+    firewall = None
+    if "firewall" in spec:
+        rules = _list(spec["firewall"], qpath + ["firewall"], errors)
+        if rules is not None:
+            firewall = tuple(
+                r for r in (
+                    _firewall_rule(rule, qpath + ["firewall", i], errors, name)
+                    for i, rule in enumerate(rules)
+                ) if r is not None
+            )
+    dvm = None
+    if spec.get("dispvm_template") is not None:
+        dvm = _qube_name(spec["dispvm_template"], qpath + ["dispvm_template"], errors)
+        if dvm == name:
+            errors.add(qpath + ["dispvm_template"], "a qube cannot be its own disposable template")
+    custom_persist = False
+    if spec.get("custom_persist") is not None:
+        custom_persist = bool(_bool(spec["custom_persist"], qpath + ["custom_persist"], errors))
+    template = None
+    if spec.get("template") is not None:
+        template = _qube_name(spec["template"], qpath + ["template"], errors)
+        if template == name:
+            errors.add(qpath + ["template"], "a qube cannot be its own template")
+    elif custom_persist:
+        errors.add(qpath + ["template"],
+                   "required when custom_persist is true: with custom-persist Qubes runs no "
+                   "/rw/config scripts (rc.local, qubes-firewall-user-script), so the rules are "
+                   "replayed from the template's /etc; name the template %s boots from" % name)
+    return (netvm, provides, service, firewall, dvm, custom_persist, template)
+
+
+def _qube_topology(parsed, path, errors):
+    """The qubes, checked against each other: netvms exist and provide network."""
+    used_as_netvm = {spec[0] for spec in parsed.values() if spec[0]}
+    qubes = {}
+    for name, (netvm, provides, service, firewall, dvm, custom_persist, template) in parsed.items():
+        qpath = path + [name]
+        if netvm is not None:
+            if netvm == name:
+                errors.add(qpath + ["netvm"], "a qube cannot be its own netvm")
+            elif netvm not in parsed:
+                _unknown_qube(netvm, qpath + ["netvm"], errors, parsed,
+                              "every netvm must be listed under %s:qubes" % ROOT)
+            elif parsed[netvm][1] is False:
+                errors.add(
+                    qpath + ["netvm"],
+                    "'%s' does not provide network (%s:qubes:%s:provides_network is false)"
+                    % (netvm, ROOT, netvm),
+                )
+        if service and provides is False:
+            errors.add(qpath + ["service"], "a network service qube must provide network")
+        effective = provides if provides is not None else (name in used_as_netvm or service)
+        if dvm is not None and dvm in parsed:
+            errors.add(qpath + ["dispvm_template"],
+                       "'%s' is listed under %s:qubes; a disposable template runs no qube's network" % (dvm, ROOT))
+        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm, custom_persist, template)
+    return qubes
+
+
+def _netvm_cycles(qubes, path, errors):
+    """No netvm cycle."""
+    for name in sorted(qubes):
+        seen = [name]
+        current = qubes[name].netvm
+        while current is not None and current in qubes:
+            if current in seen:
+                if current == name:
+                    errors.add(
+                        path + [name, "netvm"],
+                        "netvm cycle: %s" % " -> ".join(seen + [current]),
+                    )
+                break
+            seen.append(current)
+            current = qubes[current].netvm
+
+
 def _qubes(raw, errors, has_connect_tcp=False):
     """
     The topology.  ``qubes`` may be absent or empty only in a pillar that has
@@ -711,82 +802,12 @@ def _qubes(raw, errors, has_connect_tcp=False):
         spec = _mapping(spec, qpath, errors, allowed=_QUBE_KEYS, required=("netvm",))
         if spec is None:
             continue
-        ok, netvm = _netvm(spec["netvm"], qpath + ["netvm"], errors)
-        if not ok:
-            continue
-        provides = None
-        if spec.get("provides_network") is not None:
-            provides = _bool(spec["provides_network"], qpath + ["provides_network"], errors)
-        service = False
-        if spec.get("service") is not None:
-            service = bool(_bool(spec["service"], qpath + ["service"], errors))
-        firewall = None
-        if "firewall" in spec:
-            rules = _list(spec["firewall"], qpath + ["firewall"], errors)
-            if rules is not None:
-                firewall = tuple(
-                    r for r in (
-                        _firewall_rule(rule, qpath + ["firewall", i], errors, name)
-                        for i, rule in enumerate(rules)
-                    ) if r is not None
-                )
-        dvm = None
-        if spec.get("dispvm_template") is not None:
-            dvm = _qube_name(spec["dispvm_template"], qpath + ["dispvm_template"], errors)
-            if dvm == name:
-                errors.add(qpath + ["dispvm_template"], "a qube cannot be its own disposable template")
-        custom_persist = False
-        if spec.get("custom_persist") is not None:
-            custom_persist = bool(_bool(spec["custom_persist"], qpath + ["custom_persist"], errors))
-        template = None
-        if spec.get("template") is not None:
-            template = _qube_name(spec["template"], qpath + ["template"], errors)
-            if template == name:
-                errors.add(qpath + ["template"], "a qube cannot be its own template")
-        elif custom_persist:
-            errors.add(qpath + ["template"],
-                       "required when custom_persist is true: with custom-persist Qubes runs no "
-                       "/rw/config scripts (rc.local, qubes-firewall-user-script), so the rules are "
-                       "replayed from the template's /etc; name the template %s boots from" % name)
-        parsed[name] = (netvm, provides, service, firewall, dvm, custom_persist, template)
-
+        spec = _qube_spec(name, spec, qpath, errors)
+        if spec is not None:
+            parsed[name] = spec
     # topology: netvms exist, provide network, no cycles
-    used_as_netvm = {spec[0] for spec in parsed.values() if spec[0]}
-    qubes = {}
-    for name, (netvm, provides, service, firewall, dvm, custom_persist, template) in parsed.items():
-        qpath = path + [name]
-        if netvm is not None:
-            if netvm == name:
-                errors.add(qpath + ["netvm"], "a qube cannot be its own netvm")
-            elif netvm not in parsed:
-                _unknown_qube(netvm, qpath + ["netvm"], errors, parsed,
-                              "every netvm must be listed under %s:qubes" % ROOT)
-            elif parsed[netvm][1] is False:
-                errors.add(
-                    qpath + ["netvm"],
-                    "'%s' does not provide network (%s:qubes:%s:provides_network is false)"
-                    % (netvm, ROOT, netvm),
-                )
-        if service and provides is False:
-            errors.add(qpath + ["service"], "a network service qube must provide network")
-        effective = provides if provides is not None else (name in used_as_netvm or service)
-        if dvm is not None and dvm in parsed:
-            errors.add(qpath + ["dispvm_template"],
-                       "'%s' is listed under %s:qubes; a disposable template runs no qube's network" % (dvm, ROOT))
-        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm, custom_persist, template)
-    for name in sorted(qubes):
-        seen = [name]
-        current = qubes[name].netvm
-        while current is not None and current in qubes:
-            if current in seen:
-                if current == name:
-                    errors.add(
-                        path + [name, "netvm"],
-                        "netvm cycle: %s" % " -> ".join(seen + [current]),
-                    )
-                break
-            seen.append(current)
-            current = qubes[current].netvm
+    qubes = _qube_topology(parsed, path, errors)
+    _netvm_cycles(qubes, path, errors)
     return qubes
 
 
@@ -1029,35 +1050,3 @@ def errors(pillar, pillar_keys=()):
 def to_dict(model):
     """The model as plain data (for Salt output and golden files)."""
     return dataclasses.asdict(model)
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_model``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_model.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

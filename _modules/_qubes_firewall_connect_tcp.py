@@ -19,12 +19,10 @@ Two halves, both derived from the same validated model entries
 The pure part (``policy_body``, ``units``, ``rc_local_body``, ``commands``)
 takes model objects and returns text; the I/O part (``lint_policy``,
 ``verify_units``, ``policy_plan``, ``write_policy``, ``binding_plan``,
-``write_bindings``, ``runtime_plan``, ``runtime_apply``) is at the end, and
-reaches the other modules only through ``__salt__``.  Loaded by Salt as
-``qubes_firewall_connect_tcp``.
+``write_bindings``, ``runtime_plan``, ``runtime_apply``) is at the end and
+takes what it needs (the model, the minion id, directories) as arguments.
 """
 
-import functools
 import grp
 import os
 import re
@@ -32,12 +30,10 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import types
 
+import _qubes_firewall_files as qf_files
+import _qubes_firewall_model as qf_model
 from salt.exceptions import CommandExecutionError
-
-__virtualname__ = "qubes_firewall_connect_tcp"
-__load__ = ["lib"]  # everything else is internal: see lib()
 
 BLOCK = "connect-tcp"
 SERVICE = "qubes.ConnectTCP"
@@ -47,7 +43,6 @@ UNIT_PREFIX = "qf-connect-tcp-"
 _UNIT_FILE = re.compile(r"\Aqf-connect-tcp-([0-9]{1,5})-(.+)(\.socket|@\.service)\Z")
 SYSTEMD_RUN_DIR = "/run/systemd/system"
 POLICY_MODE = 0o664
-DEFAULT_POLICY_FILE = "/etc/qubes/policy.d/30-user-networking.policy"
 POLICY_GROUP = "qubes"
 UNIT_MODE = 0o644
 RC_LOCAL_HEADER = "#!/bin/sh\n"
@@ -57,15 +52,6 @@ POLICY_HEADER = (
     "# qubes_firewall:connect_tcp pillar; lines outside it are yours.\n"
 )
 _UNIT_HEADER = "# Managed by Salt (qubes_firewall:connect_tcp); edits are overwritten.\n"
-
-
-def __virtual__():
-    return __virtualname__
-
-
-def _lib(name=""):
-    """The internal API (``lib()``) of the formula's module ``qubes_firewall[_NAME]``."""
-    return __salt__["qubes_firewall%s.lib" % ("_" + name if name else "")]()
 
 
 # --------------------------------------------------------------------------
@@ -238,7 +224,7 @@ def lint_policy(path, text):
     return "qubes-policy-lint accepts the new policy."
 
 
-def verify_units(unit_texts):
+def verify_units(unit_texts, scratch):
     """
     Check unit files (``{file name: text}``) with ``systemd-analyze verify``
     when it is installed.  Returns a note; raises CommandExecutionError with
@@ -252,7 +238,6 @@ def verify_units(unit_texts):
     if analyze is None:
         return "systemd-analyze is not installed: units not verified."
     missing_qrexec = shutil.which("qrexec-client-vm") is None
-    scratch = _lib().scratch_dir()
     try:
         os.makedirs(scratch, mode=0o700, exist_ok=True)
     except OSError as exc:
@@ -285,17 +270,16 @@ def verify_units(unit_texts):
 # --------------------------------------------------------------------------
 
 
-def policy_plan():
+def policy_plan(model):
     """
     ``{"path", "old", "new"}`` for the policy file: its text now and with the
     ``connect-tcp`` block the pillar wants (``None`` = file absent).  A file
     left holding nothing but the formula's header is removed.
     """
-    model = _lib().model()
     path = model.lookup.policy_file
-    old = _lib("files").read(path)
+    old = qf_files.read(path)
     try:
-        new = _lib("files").replace_block(
+        new = qf_files.replace_block(
             old, BLOCK, policy_body(model.connect_tcp), POLICY_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s" % (path, exc)) from exc
@@ -309,7 +293,7 @@ def _policy_left(text):
     return text
 
 
-def policy_absent_plan():
+def policy_absent_plan(raw, errors, model=None):
     """
     ``{"path", "old", "new"}`` for removing the formula's ``connect-tcp``
     block from the policy file: the user's lines stay byte for byte, and the
@@ -319,23 +303,21 @@ def policy_absent_plan():
     invalid one its ``lookup:policy_file`` when that value itself is valid
     (else the default).
     """
-    path = DEFAULT_POLICY_FILE
-    raw = __pillar__.get("qubes_firewall")
+    path = qf_model.DEFAULT_POLICY_FILE
     if isinstance(raw, dict):
-        errors = _lib().pillar_errors()
         if not errors:
-            path = _lib().model().lookup.policy_file
+            path = model.lookup.policy_file
         else:
             lookup = raw.get("lookup")
             given = lookup.get("policy_file") if isinstance(lookup, dict) else None
             if isinstance(given, str) and not any(
                     e.startswith("qubes_firewall:lookup") for e in errors):
                 path = given
-    old = _lib("files").read(path)
+    old = qf_files.read(path)
     if old is None:
         return {"path": path, "old": None, "new": None}
     try:
-        new = _lib("files").replace_block(old, BLOCK, None, POLICY_HEADER)
+        new = qf_files.replace_block(old, BLOCK, None, POLICY_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s; nothing changed" % (path, exc)) from exc
     if new != old:
@@ -351,7 +333,7 @@ def write_policy(path, text):
         group = POLICY_GROUP
     except KeyError:
         pass
-    return _lib("files").write_atomic(path, text, mode=POLICY_MODE, group=group)
+    return qf_files.write_atomic(path, text, mode=POLICY_MODE, group=group)
 
 
 # --------------------------------------------------------------------------
@@ -361,35 +343,28 @@ def write_policy(path, text):
 
 def _owned_units(rw_config, qube):
     """File names in ``rw_config`` that are units of ``qube``'s bindings (any qube's for None)."""
-    try:
-        names = os.listdir(rw_config)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise CommandExecutionError("cannot list %s: %s" % (rw_config, exc)) from exc
     out = []
-    for name in names:
+    for name in qf_files.listdir(rw_config):
         match = _UNIT_FILE.match(name)
         if match and (qube is None or match.group(2) == qube):
             out.append(name)
     return sorted(out)
 
 
-def owned_unit_files(directory=None):
+def owned_unit_files(directory):
     """
     The binding unit files the formula wrote in ``directory`` (default: the
     running systemd's ``/run/systemd/system``), for any client: what
     ``qubes_firewall.clean`` removes.
     """
-    return _owned_units(directory or _systemd_dir(), None)
+    return _owned_units(directory, None)
 
 
-def clean_runtime_plan():
+def clean_runtime_plan(run_dir):
     """
     A ``runtime_plan`` that stops and removes every binding unit of the
     running systemd (skipped when systemd does not run here).
     """
-    run_dir = _systemd_dir()
     plan = {"skip": None, "install": [], "remove": [], "restart": [], "start": [], "stop": []}
     if not os.path.isdir(run_dir) or shutil.which("systemctl") is None:
         plan["skip"] = "systemd is not running here (no %s)" % run_dir
@@ -399,7 +374,7 @@ def clean_runtime_plan():
     return plan
 
 
-def binding_plan(qube=None):
+def binding_plan(model, qube):
     """
     What the client qube ``qube`` (default: this minion) should hold:
     ``{"qube", "rw_config", "units": {file name: text}, "files": {path:
@@ -408,10 +383,8 @@ def binding_plan(qube=None):
     ``<rw_config>/rc.local``; only files that differ are listed.  ``commands`` lists the one-off commands of its
     non-persistent entries.
     """
-    model = _lib().model()
-    qube = qube or _lib().minion_id()
     rw_config = model.lookup.rw_config
-    read = _lib("files").read
+    read = qf_files.read
     wanted = units(model.connect_tcp, qube)
     files = {}
     for name in sorted(set(wanted) | set(_owned_units(rw_config, qube))):
@@ -422,11 +395,11 @@ def binding_plan(qube=None):
     rc_local = os.path.join(rw_config, "rc.local")
     old = read(rc_local)
     try:
-        new = _lib("files").replace_block(
+        new = qf_files.replace_block(
             old, BLOCK, rc_local_body(model.connect_tcp, qube, rw_config), RC_LOCAL_HEADER)
     except ValueError as exc:
         raise CommandExecutionError("%s: %s" % (rc_local, exc)) from exc
-    mode = _lib("files").mode_of(rc_local)
+    mode = qf_files.mode_of(rc_local)
     if new is not None and (old != new or (mode is not None and not mode & 0o100)):
         # rc.local runs only when executable
         files[rc_local] = {"old": old, "new": new, "mode": 0o755 if mode is None else mode | 0o111}
@@ -445,9 +418,9 @@ def write_bindings(files):
     """Write the files of a ``binding_plan`` (``new`` None removes one) and set their modes."""
     for path, item in sorted(files.items()):
         if item["old"] != item["new"]:
-            _lib("files").write_atomic(path, item["new"], mode=item["mode"])
+            qf_files.write_atomic(path, item["new"], mode=item["mode"])
         if item["new"] is not None:
-            _lib("files").ensure_mode(path, item["mode"])
+            qf_files.ensure_mode(path, item["mode"])
     return True
 
 
@@ -456,17 +429,12 @@ def write_bindings(files):
 # --------------------------------------------------------------------------
 
 
-def _systemd_dir():
-    # The minion option exists for tests, so that they never touch the host's systemd.
-    return __opts__.get("qubes_firewall_systemd_run_dir", SYSTEMD_RUN_DIR)
-
-
 def _systemctl(*args):
     rc, output = _run(["systemctl"] + list(args))
     return rc, output.strip()
 
 
-def runtime_plan(unit_texts, qube=None):
+def runtime_plan(unit_texts, qube, run_dir):
     """
     The actions that make the running systemd match ``unit_texts`` (the
     wanted ``{file name: text}`` of ``qube``): ``{"skip": reason or None,
@@ -475,14 +443,12 @@ def runtime_plan(unit_texts, qube=None):
     chroot) is a reason to skip: the rc.local block starts the units at the
     next boot.
     """
-    qube = qube or _lib().minion_id()
-    run_dir = _systemd_dir()
     plan = {"skip": None, "install": [], "remove": [], "restart": [], "start": [], "stop": []}
     if not os.path.isdir(run_dir) or shutil.which("systemctl") is None:
         plan["skip"] = ("systemd is not running here (no %s): the units start at the next boot "
                         "from rc.local" % run_dir)
         return plan
-    read = _lib("files").read
+    read = qf_files.read
     for name in _owned_units(run_dir, qube):
         if name not in unit_texts:
             plan["remove"].append(name)
@@ -501,9 +467,8 @@ def runtime_plan(unit_texts, qube=None):
     return plan
 
 
-def runtime_actions(plan):
+def runtime_actions(plan, run_dir):
     """The plan as command-like lines, for ``changes`` and test mode."""
-    run_dir = _systemd_dir()
     out = ["rm %s/%s" % (run_dir, n) for n in plan["remove"]]
     out = ["systemctl stop %s" % n for n in plan["stop"]] + out
     out += ["install %s/%s" % (run_dir, n) for n in plan["install"]]
@@ -514,10 +479,9 @@ def runtime_actions(plan):
     return out
 
 
-def runtime_apply(plan, unit_texts):
+def runtime_apply(plan, unit_texts, run_dir):
     """Carry out a ``runtime_plan``; raises CommandExecutionError on the first failure."""
-    run_dir = _systemd_dir()
-    write = _lib("files").write_atomic
+    write = qf_files.write_atomic
 
     def check(*args):
         rc, output = _systemctl(*args)
@@ -537,35 +501,3 @@ def runtime_apply(plan, unit_texts):
     if plan["start"]:
         check("start", *plan["start"])
     return True
-
-
-# ---- internal API ----
-
-
-def lib():
-    """
-    Internal API of the formula, not for users: the functions of
-    ``qubes_firewall_connect_tcp``, for the formula's other modules and states, which call
-    ``__salt__["qubes_firewall_connect_tcp.lib"]().FUNCTION(...)``.  Each function runs in
-    the Salt loader that loaded this module, as a ``__salt__[...]`` call does,
-    so ``__salt__``, ``__opts__``, ``__pillar__`` and ``__context__`` work
-    inside it.
-    """
-    return _Lib(globals())
-
-
-class _Lib:
-    """A module's functions by name, each run in the Salt loader that loaded it."""
-
-    def __init__(self, scope):
-        self._scope = scope
-        loader = getattr(scope.get("__salt__"), "loader", None)  # Salt's NamedLoaderContext
-        self._loader = loader() if callable(loader) else None  # None: loaded without Salt (tests)
-
-    def __getattr__(self, name):
-        func = self._scope.get(name)
-        if name.startswith("_") or not isinstance(func, types.FunctionType):
-            raise AttributeError("%s has no function %s" % (self._scope.get("__virtualname__"), name))
-        if self._loader is None:
-            return func
-        return functools.partial(self._loader.run, func)

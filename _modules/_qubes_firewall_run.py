@@ -1,0 +1,555 @@
+"""
+One run of the formula on this minion: the shell between Salt and the core.
+
+``Run(opts, pillar, context)`` takes what Salt's loader gives a module or a
+state (``__opts__``, ``__pillar__``, ``__context__``) explicitly, so the
+execution module ``qubes_firewall`` and the states share one implementation
+and one context: the pillar is read here only (``__pillar__``: Salt 3008
+masks values that ``pillar.get`` returns inside modules), validated by
+``_qubes_firewall_model`` once, each qube planned by ``_qubes_firewall_plan``
+once, and nft read once per run; the results are kept in the context, the
+model and plans keyed by the pillar's content so that a changed pillar in a
+long-lived process is parsed again.  I/O goes through ``_qubes_firewall_nft``,
+``_qubes_firewall_files``, ``_qubes_firewall_qubes`` (dom0) and
+``_qubes_firewall_connect_tcp``.
+"""
+
+import fcntl
+import json
+import os
+import time
+
+import _qubes_firewall_backup as qf_backup
+import _qubes_firewall_connect_tcp as qf_connect_tcp
+import _qubes_firewall_dom0 as qf_dom0
+import _qubes_firewall_files as qf_files
+import _qubes_firewall_model as qf_model
+import _qubes_firewall_nft as qf_nft
+import _qubes_firewall_persist as qf_persist
+import _qubes_firewall_plan as qf_plan
+import _qubes_firewall_qubes as qf_qubes
+import _qubes_firewall_report as qf_report
+from salt.exceptions import CommandExecutionError
+
+LOCK_FILE = "lock"
+SCRATCH_DIR = "scratch"
+CTX_PARSED = "qubes_firewall.parsed"
+CTX_NFT = "qubes_firewall.nft"
+CTX_LOCK = "qubes_firewall.lock"
+_LOCKS = {}  # lock path -> open file: held until the process exits
+
+
+def safe_dir(value, default):
+    """``value`` when it is a plain absolute path (the pillar's grammar), else ``default``."""
+    return qf_model.normal_path(value) or default
+
+
+def pillar_key(raw):
+    try:
+        return json.dumps(raw, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(raw)
+
+
+def _step_text(step):
+    value = step["new"]
+    if step["prop"] == "netvm" and value is None:
+        value = "none"
+    return "%s %s=%s" % (step["qube"], step["prop"], value)
+
+
+class Run:
+    """One run's opts, pillar and context (a dict shared by its modules and states)."""
+
+    def __init__(self, opts, pillar, context):
+        self.opts = opts
+        self.pillar = pillar
+        self.context = context
+        self.qubes = qf_qubes.Qubes(opts, context)
+
+    def raw_pillar(self):
+        return self.pillar.get("qubes_firewall")
+
+    def parsed(self):
+        """The run's parse of the pillar: ``{"key", "model", "errors", "plans"}``, made once."""
+        raw = self.raw_pillar()
+        key = pillar_key(raw)
+        ctx = self.context
+        entry = ctx.get(CTX_PARSED)
+        if entry is not None and entry["key"] == key:
+            return entry
+        entry = {"key": key, "model": None, "errors": [], "plans": {}}
+        parse = qf_model.parse
+        try:
+            entry["model"] = parse(raw, pillar_keys=[str(k) for k in self.pillar])
+        except ValueError as exc:
+            entry["errors"] = list(getattr(exc, "errors", None) or [str(exc)])
+        ctx[CTX_PARSED] = entry
+        return entry
+
+    def pillar_errors(self):
+        """``qubes_firewall.pillar_errors``: every problem of the pillar, each naming its path."""
+        return list(self.parsed()["errors"])
+
+    def model(self):
+        """
+        The validated pillar model (raises CommandExecutionError naming every bad
+        pillar path).  Parsed once per run.
+        """
+        entry = self.parsed()
+        if entry["errors"]:
+            raise CommandExecutionError("invalid pillar:\n  " + "\n  ".join(entry["errors"]))
+        return entry["model"]
+
+    def minion_id(self):
+        """The minion id: under qubesctl the qube's name, ``dom0`` in dom0."""
+        return self.opts["id"]
+
+    def qube_plan(self, qube=None):
+        """
+        The plan (``_qubes_firewall_plan.QubePlan``) of ``qube`` (default: this
+        minion), or None when the pillar does not name it.  For states; on the
+        command line use ``show_plan``.
+        """
+        qube = qube or self.minion_id()
+        mdl = self.model()
+        if qube not in mdl.qubes:
+            return None
+        return self.plan(mdl, qube)
+
+    def plan(self, mdl, qube):
+        """The planner's plan of ``qube`` in the validated model ``mdl``, computed once per run."""
+        plans = self.parsed()["plans"]
+        if qube not in plans:
+            try:
+                plans[qube] = (qf_plan.plan_qube(mdl, qube), None)
+            except ValueError as exc:
+                plans[qube] = (None, str(exc))
+        plan, error = plans[qube]
+        if error is not None:
+            raise CommandExecutionError(error)
+        return plan
+
+    def preflight(self, qube=None):
+        """
+        Every reason this minion's run must not write anything: the pillar's
+        problems, then (in a qube) the planner's refusals for this qube and for
+        the qubes whose boot replay it writes (the named disposables and the
+        custom-persist qubes of this template).  Empty when the run may go on.
+        """
+        problems = self.pillar_errors()
+        if problems:
+            return problems
+        qube = qube or self.minion_id()
+        if qube == "dom0":
+            return []
+        mdl = self.model()
+        names = [qube] if qube in mdl.qubes else []
+        names += mdl.disposables_of(qube) + list(mdl.template_children(qube))
+        for name in names:
+            try:
+                self.plan(mdl, name)
+            except CommandExecutionError as exc:
+                problems += [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        return problems
+
+    def raw_lookup(self, key, default):
+        """``lookup:KEY`` from the model, or straight from the raw pillar when it is invalid."""
+        entry = self.parsed()
+        raw = self.raw_pillar()
+        lookup = raw.get("lookup") if isinstance(raw, dict) else None
+        if entry["model"] is not None and isinstance(lookup, dict) and key in lookup:
+            return getattr(entry["model"].lookup, key, default)
+        return safe_dir(lookup.get(key) if isinstance(lookup, dict) else None, default)
+
+    def state_dir(self):
+        """
+        The formula's directory on this minion (``lookup:state_dir``, default
+        the minion option ``qubes_firewall_state_dir``, else
+        ``/var/lib/qubes-firewall-formula``): its lock and scratch files.  Taken
+        from the raw pillar (when it is a plain absolute path) or the default
+        while the pillar is invalid, so that even a broken pillar's run locks.
+        """
+        default = safe_dir(self.opts.get("qubes_firewall_state_dir"), qf_model.DEFAULT_STATE_DIR)
+        return self.raw_lookup("state_dir", default)
+
+    def lock(self, timeout=None):
+        """
+        Take this minion's lock, ``<state_dir>/lock`` (``fcntl.flock``), waiting
+        up to ``timeout`` seconds (minion option ``qubes_firewall_lock_timeout``,
+        default 600) for another run to finish.  Held until this process exits
+        (a killed run releases it too).  Returns ``{"path", "waited"}``
+        (seconds).
+        """
+        path = os.path.join(self.state_dir(), LOCK_FILE)
+        if path in _LOCKS:
+            return {"path": path, "waited": 0.0}
+        if timeout is None:
+            timeout = self.opts.get("qubes_firewall_lock_timeout", 600)
+        timeout = float(timeout)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            handle = open(path, "a+")  # noqa: SIM115 (held until the process exits)
+        except OSError as exc:
+            raise CommandExecutionError("cannot open the lock %s: %s" % (path, exc)) from exc
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - start >= timeout:
+                    handle.close()
+                    raise CommandExecutionError(
+                        "another qubes_firewall run holds %s (waited %d s); try again when it has finished"
+                        % (path, timeout)) from None
+                time.sleep(0.05)
+            except OSError as exc:
+                handle.close()
+                raise CommandExecutionError("cannot lock %s: %s" % (path, exc)) from exc
+        _LOCKS[path] = handle
+        self.context[CTX_LOCK] = path
+        return {"path": path, "waited": round(time.monotonic() - start, 3)}
+
+    def scratch_dir(self):
+        """``<state_dir>/scratch``: the run's temporary files (what a killed run left there is stale)."""
+        return os.path.join(self.state_dir(), SCRATCH_DIR)
+
+    def stale_scratch(self):
+        """Files and directories a killed run left in ``self.scratch_dir()``."""
+        path = self.scratch_dir()
+        return [os.path.join(path, name) for name in qf_files.listdir(path)]
+
+    def remove_stale_scratch(self):
+        """Remove ``self.stale_scratch()`` (call it only with the lock held)."""
+        return [item for item in self.stale_scratch() if qf_files.remove(item)]
+
+    def forget_run(self):
+        """Drop what this run read from the system (the nft document): the next read is fresh."""
+        self.context.pop(CTX_NFT, None)
+
+    def nft_document(self):
+        """The live ruleset (``nft -j list ruleset``), read once per run; a load forgets it."""
+        ctx = self.context
+        if CTX_NFT not in ctx:
+            ctx[CTX_NFT] = qf_nft.read()
+        return ctx[CTX_NFT]
+
+    def live_state(self):
+        """``_qubes_firewall_nft.live_state`` of the run's one nft read."""
+        return qf_nft.live_state(self.nft_document())
+
+    def load(self, script):
+        """Load one nft transaction (atomic: all or nothing) and forget the run's read."""
+        try:
+            return qf_nft.load(script)
+        finally:
+            self.forget_run()
+
+    def owned_transaction(self, plan, live):
+        """
+        ``(script, summary)`` making the owned part of the live ruleset match
+        ``plan``; a qube the pillar does not name (``plan`` None) or names with
+        nothing to do (no rules) gets everything the formula owns removed.
+        ``("", {})`` when nothing differs.
+        """
+        if not qf_persist.has_rules(plan):
+            return self.remove_owned(live)
+        return qf_nft.transaction(plan, live)
+
+    def persisted_files(self, qube=None):
+        """
+        ``{path: (old_text, new_text)}`` for the files that replay rules at boot.
+        A qube's own rules go in a managed block ``rules`` of
+        ``qubes-firewall-user-script`` when it provides network, of ``rc.local``
+        otherwise.  A named disposable (``dispvm_template`` in the pillar) gets its
+        /rw from its disposable template at each start: its block ``rules:NAME``
+        is written by the run on the template, and its own run writes none.  A
+        custom-persist qube's rules are replayed from its template (see
+        ``template_files``), so its own run writes no block either, nor does a
+        qube with no rules.  Blocks that are no longer wanted are removed; a
+        ``rules:NAME`` block is left alone while NAME is a disposable of another
+        template.  Reads only.
+        """
+        qube = qube or self.minion_id()
+        mdl = self.model()
+        return qf_persist.boot_files(mdl, qube, lambda name: self.plan(mdl, name))
+
+    def template_files(self, qube=None):
+        """
+        custom-persist: Qubes runs no /rw/config script in a qube with the
+        ``custom-persist`` service, so the run on its template (``template:`` in
+        the pillar; ``qube`` defaults to this minion) writes, in the template's
+        root filesystem, per custom-persist qube NAME:
+
+        - a network qube: ``<etc_qubes>/qubes-firewall.d/qubes-firewall-formula-NAME``,
+          which the qubes-firewall service runs at each start, from the template;
+        - another qube: ``<etc_qubes>/qubes-firewall-formula/NAME.sh`` run by the
+          enabled unit ``<systemd_dir>/qubes-firewall-formula-NAME.service``
+          after Qubes' base nft tables are loaded.
+
+        Each script replays NAME's rules only in the qube named NAME.  Files of
+        qubes that no longer need them are removed.  Returns ``{path: (old,
+        new)}`` for the files that differ, ``new`` None for removal and
+        ``"->TARGET"`` for the symlink that enables a unit.  Reads only.
+        """
+        qube = qube or self.minion_id()
+        mdl = self.model()
+        return qf_persist.template_files(mdl, qube, lambda name: self.plan(mdl, name))
+
+    def write_template_files(self, files):
+        """
+        Carry out ``template_files`` (or clean) changes: scripts 0755, units
+        0644, a symlink for ``"->TARGET"``, ``None`` removes.  Removals first.
+        """
+        return qf_persist.write_template_files(files)
+
+    def clean_paths(self):
+        """rw_config, etc_qubes, systemd_dir: from the pillar when it says so, else the defaults."""
+        return (self.raw_lookup("rw_config", qf_model.DEFAULT_RW_CONFIG), self.raw_lookup("etc_qubes", qf_model.DEFAULT_ETC_QUBES),
+                self.raw_lookup("systemd_dir", qf_model.DEFAULT_SYSTEMD_DIR))
+
+    def clean_plan(self):
+        """
+        What ``state.apply qubes_firewall.clean`` removes in this qube, found by
+        the formula's ownership marks, not from the pillar (which may be broken
+        or gone): ``{"nft": (script, summary), "files": {path: (old, new)},
+        "runtime": a qubes_firewall_connect_tcp runtime plan}``.  Reads only: every managed block
+        (``qubes_firewall:*``) of ``rc.local`` and ``qubes-firewall-user-script``
+        (a file left holding only ``#!/bin/sh`` is removed), the ConnectTCP unit
+        files in ``rw_config`` and the running systemd, the custom-persist
+        scripts and units of a template, and the owned nft chains and jumps.
+        """
+        rw_config, etc_qubes, systemd_dir = self.clean_paths()
+        files = qf_persist.clean_boot_files(rw_config)
+        for name in qf_connect_tcp.owned_unit_files(rw_config):
+            path = os.path.join(rw_config, name)
+            files[path] = (qf_files.read(path), None)
+        for path, text in qf_persist.owned_persist_files(etc_qubes, systemd_dir, self.minion_id()).items():
+            files[path] = (text, None)
+        script, summary = self.remove_owned(self.live_state())
+        return {"nft": (script, summary), "files": files, "runtime": qf_connect_tcp.clean_runtime_plan(self.systemd_run_dir())}
+
+    def inventory(self):
+        """
+        Every qube Qubes knows, read in one call (see
+        ``_qubes_firewall_qubes.inventory``).
+        """
+        return self.qubes.inventory()
+
+    def addresses(self, names=None):
+        """``qubes_firewall.addresses``: ``{qube: ip}`` from Qubes for ``names`` (default: the pillar's qubes)."""
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        if names is None:
+            raw = self.raw_pillar()
+            qubes = raw.get("qubes") if isinstance(raw, dict) else None
+            if isinstance(qubes, dict) and qubes:
+                names = [str(n) for n in qubes]
+        return qf_dom0.addresses(self.inventory(), names)
+
+    def qubes_release(self):
+        """``qubes_firewall.qubes_release``: this dom0's release, from Qubes."""
+        return self.qubes.qubes_release()
+
+    def given_release(self):
+        raw = self.raw_pillar()
+        lookup = raw.get("lookup") if isinstance(raw, dict) else None
+        return lookup.get("qubes_release") if isinstance(lookup, dict) else None
+
+    def rule_problems(self, model_):
+        out = []
+        for name, qube in sorted(model_.qubes.items()):
+            for index, rule in enumerate(qube.firewall or ()):
+                problem = qf_qubes.rule_problem(qf_dom0.rule_fields(rule))
+                if problem:
+                    out.append("qubes_firewall:qubes:%s:firewall:%d: %s; correct the rule"
+                               % (name, index, problem))
+        return out
+
+    def dom0_problems(self):
+        """``qubes_firewall.dom0_problems``: every reason the pillar cannot be applied to this Qubes."""
+        model_ = self.model()
+        inv = self.inventory()
+        given = self.given_release()
+        out = []
+        if given is not None and self.qubes.release_known():
+            try:
+                out += qf_dom0.release_problems(given, self.qubes_release())
+            except CommandExecutionError as exc:
+                out.append("qubes_firewall:lookup:qubes_release: %s, but %s" % (given, exc))
+        feats = {}
+        lists = {}
+        if all(name in inv for name in model_.qubes):
+            feats = {name: self.qubes.features(name) for name in qf_dom0.needed_features(model_, inv)}
+            lists = {name: self.qubes.get_firewall(name) for name in qf_dom0.needed_firewalls(model_)}
+        out += qf_dom0.problems(model_, inv, feats, lists)
+        if not all(name in inv for name in model_.qubes):
+            return out
+        out += self.rule_problems(model_)
+        planned = qf_dom0.planning_model(model_, inv)
+        for problem in qf_plan.check_model(planned):
+            if problem not in out:
+                out.append(problem)
+        return out
+
+    def dom0_prefs_plan(self):
+        """
+        The ordered ``netvm`` / ``provides_network`` changes that make Qubes match
+        the pillar: ``[{qube, prop, old, new}, ...]``; empty when it matches
+        (values reached through Qubes' defaults count). Reads only.
+        """
+        try:
+            return qf_dom0.prefs_steps(self.model(), self.inventory())
+        except ValueError as exc:
+            raise CommandExecutionError(str(exc)) from exc
+
+    def dom0_apply_prefs(self, steps):
+        """
+        Apply ``dom0_prefs_plan`` steps in order. Returns the steps done; on a
+        refusal raises CommandExecutionError naming the steps done before it.
+        """
+        done = []
+        for step in steps:
+            try:
+                self.qubes.set_pref(step["qube"], step["prop"], step["new"])
+            except CommandExecutionError as exc:
+                raise CommandExecutionError(
+                    "%s (done before: %s)" % (exc, ", ".join(_step_text(s) for s in done) or "nothing"),
+                    info={"done": done},
+                ) from exc
+            done.append(step)
+        return done
+
+    def dom0_firewall_plan(self):
+        """
+        ``{qube: {"old": [...], "new": [...]}}``: the qvm-firewall lists (canonical
+        rule lines) to replace, for the qubes whose pillar list differs. Reads only.
+        """
+        model_ = self.model()
+        inv = self.inventory()
+        managed = [n for n, q in sorted(model_.qubes.items()) if q.firewall is not None and n in inv]
+        live = {name: self.qubes.get_firewall(name) for name in managed}
+        return qf_dom0.firewall_changes(model_, live)
+
+    def dom0_apply_firewall(self, plan):
+        """
+        Replace each planned qube's whole qvm-firewall list (``plan[qube]["rules"]``:
+        rule elements, checked before the first write). Returns the qubes done.
+        """
+        done = []
+        for name in sorted(plan):
+            self.qubes.set_firewall(name, plan[name]["rules"])
+            done.append(name)
+        return done
+
+    def reconnect(self, netvm, test=False):
+        """``qubes_firewall.reconnect``: re-attach the running clients of ``netvm``."""
+        return self.qubes.reconnect(netvm, test=test)
+
+    def backup_args(self):
+        return {
+            "directory": self.opts.get("qubes_firewall_backup_dir") or os.path.join(self.state_dir(), "backups"),
+            "owner": self.minion_id(),
+        }
+
+    def backup(self, document=None):
+        """``qubes_firewall.backup``: save ``document`` (default: a fresh read) and keep the newest N."""
+        return qf_backup.backup(keep=self.opts.get("qubes_firewall_backup_keep"),
+                                     document=document, **self.backup_args())
+
+    def backups(self):
+        """``qubes_firewall.backups``: this minion's saved rulesets, newest first."""
+        return qf_backup.backups(**self.backup_args())
+
+    def revert(self, name=None):
+        """``qubes_firewall.revert``: replace the live ruleset with a saved one in one checked transaction."""
+        return qf_backup.revert(name=name, **self.backup_args())
+
+    def remove_owned(self, live):
+        """The transaction that removes everything the formula owns in this qube's ruleset."""
+        return qf_nft.transaction(None, live)
+
+    # ---- connect_tcp ----
+
+    def systemd_run_dir(self):
+        # The minion option exists for tests, so that they never touch the host's systemd.
+        return self.opts.get("qubes_firewall_systemd_run_dir", qf_connect_tcp.SYSTEMD_RUN_DIR)
+
+    def policy_plan(self):
+        return qf_connect_tcp.policy_plan(self.model())
+
+    def policy_absent_plan(self):
+        raw = self.raw_pillar()
+        errors = self.pillar_errors() if isinstance(raw, dict) else []
+        mdl = self.model() if isinstance(raw, dict) and not errors else None
+        return qf_connect_tcp.policy_absent_plan(raw, errors, mdl)
+
+    def binding_plan(self, qube=None):
+        return qf_connect_tcp.binding_plan(self.model(), qube or self.minion_id())
+
+    def verify_units(self, unit_texts):
+        return qf_connect_tcp.verify_units(unit_texts, self.scratch_dir())
+
+    def runtime_plan(self, unit_texts, qube=None):
+        return qf_connect_tcp.runtime_plan(unit_texts, qube or self.minion_id(), self.systemd_run_dir())
+
+    def runtime_actions(self, plan):
+        return qf_connect_tcp.runtime_actions(plan, self.systemd_run_dir())
+
+    def runtime_apply(self, plan, unit_texts):
+        return qf_connect_tcp.runtime_apply(plan, unit_texts, self.systemd_run_dir())
+
+    def connect_tcp_commands(self, qube=None):
+        return [
+            {"origin": origin, "client": client, "command": command}
+            for origin, client, command in qf_connect_tcp.commands(self.model().connect_tcp, qube)
+        ]
+
+    # ---- operations ----
+
+    def live_fresh(self):
+        # a command of its own (not a state run): read afresh, a long-lived minion may keep the context
+        self.forget_run()
+        return self.live_state()
+
+    def drift(self):
+        """The data of ``qubes_firewall.drift``; sets the run's retcode to 1 when anything drifted."""
+        qube = self.minion_id()
+        plan = self.qube_plan()
+        live = self.live_fresh()
+        files = self.persisted_files()
+
+        def block_of(text):
+            return qf_files.get_block(text, "rules")
+
+        if qf_persist.has_rules(plan):
+            out = qf_report.drift(plan, live, files, block_of)
+            if out["live"]:
+                try:
+                    out["fix"] = self.owned_transaction(plan, live)[0]
+                except CommandExecutionError as exc:
+                    out["fix"] = str(exc)
+        else:
+            out = self._leftovers(qube, plan, live, files, block_of)
+        bindings = self.binding_plan()
+        out["connect_tcp"] = sorted(bindings["files"])
+        out["template"] = sorted(self.template_files())
+        out["drifted"] = bool(out["live"] or out["persisted"] or out["connect_tcp"] or out["template"])
+        if out["drifted"]:
+            self.context["retcode"] = 1
+        return out
+
+    def _leftovers(self, qube, plan, live, files, block_of):
+        script, summary = self.owned_transaction(plan, live)
+        out = {"qube": qube, "live": [], "persisted": qf_report.persisted_drift(files, block_of)}
+        if plan is None:
+            out["comment"] = "%s is not named in the qubes_firewall:qubes pillar" % qube
+        for kind, items in sorted(summary.items()):
+            if kind == "counts":
+                continue
+            for item in items:
+                out["live"].append({"kind": "leftover " + kind.replace("_", " "), "detail": item})
+        if script:
+            out["fix"] = script
+        return out
