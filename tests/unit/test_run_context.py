@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from tests.modules import REPO, SaltDict, load_file
+from tests import examples
+from tests.modules import SaltDict, load_file
 
 MODULES = ("qubes_firewall_model", "qubes_firewall_plan", "qubes_firewall_nft", "qubes_firewall_files",
            "qubes_firewall", "qubes_firewall_connect_tcp", "qubes_firewall_report")
@@ -60,7 +60,9 @@ class Run:
 
 @pytest.fixture
 def pillar(tmp_path):
-    data = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+    data = examples.sls("full")
+    # sys-firewall as a plain qube (a disposable's run leaves its /rw alone)
+    data["qubes_firewall"]["qubes"]["sys-firewall"].pop("dispvm_template")
     data["qubes_firewall"]["lookup"] = {"rw_config": str(tmp_path / "rw"), "state_dir": str(tmp_path / "state"),
                                         "etc_qubes": str(tmp_path / "etc"), "systemd_dir": str(tmp_path / "systemd")}
     return data
