@@ -124,3 +124,23 @@ def test_the_targets_cover_every_qube_that_needs_a_run(name):
     assert targets(name) == needed
     assert dom0_mod.boot_holders(model) <= needed
     assert "addresses" not in raw
+
+
+def test_fake_qvm_create_as_qubes_does(tmp_path):
+    """Next free qid, halted, default netvm; a named disposable gets a 10.138 address; refusals kept."""
+    path = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.default_world())
+    assert fakequbes.run_command(path, "qvm-create --template debian-13-xfce --label orange build") == 0
+    assert fakequbes.run_command(path, "qvm-create -C DispVM -t default-dvm -l green "
+                                       "--property provides_network=True sys-fw-dvm") == 0
+    world = fakequbes.World(str(path))
+    build = world.qube("build")
+    assert (build["qid"], build["klass"], build["state"], build["template"]) == (11, "AppVM", "Halted",
+                                                                                 "debian-13-xfce")
+    assert world.get("build", "netvm") == "sys-firewall" and world.is_default("build", "netvm")
+    assert world.get("build", "ip") == "10.137.0.11"
+    assert world.get("sys-fw-dvm", "ip").startswith("10.138.") and world.get("sys-fw-dvm", "provides_network")
+    assert fakequbes.run_command(path, "qvm-create --template debian-13-xfce --label red build") == 1
+    assert fakequbes.run_command(path, "qvm-create -C DispVM -t work -l red disp") == 1
+    # vault provides no network: the property fails, the qube stays (as qvm-create does)
+    assert fakequbes.run_command(path, "qvm-create -l red --property netvm=vault x") == 2
+    assert fakequbes.World(str(path)).exists("x")
