@@ -1,16 +1,25 @@
 # A whole machine in one pillar: the VPN sandwich of the manual page, a port
 # forward from the LAN to `web`, `work` talking to `build`.  `scripts/demo.sh`
 # builds this topology in network namespaces and applies the formula in every
-# emulated qube.
+# emulated qube.  Each key is explained in the one-scenario examples next to
+# this file (vpn-sandwich.sls, port-forward.sls, qube-to-qube.sls).
+#
+# On a default Qubes 4.3 install the formula changes only this: sys-vpn and
+# sys-firewall-2 provide network, sys-firewall-2 uses sys-vpn, and `work` and
+# `build` use sys-firewall-2.
+#
+# 1. Create the qubes this machine adds (the others come with Qubes), in dom0:
+#   [user@dom0 ~]$ qvm-create --template fedora-42-xfce --label orange sys-vpn
+#   [user@dom0 ~]$ qvm-create --template fedora-42-xfce --label green sys-firewall-2
+#   [user@dom0 ~]$ qvm-create --template fedora-42-xfce --label purple build
+#   [user@dom0 ~]$ qvm-create --template debian-13-xfce --label orange web
+# 2. Save this file as /srv/user_pillar/qubes_firewall.sls, without addresses
+#    (dom0 hands them to the qubes: docs/addresses.md), then apply it in dom0
+#    and in every qube it lists plus default-dvm (which keeps the rules of the
+#    disposable sys-firewall):
+#   [user@dom0 ~]$ sudo qubesctl state.apply qubes_firewall
+#   [user@dom0 ~]$ sudo qubesctl --skip-dom0 --targets=default-dvm,sys-net,sys-firewall,sys-vpn,sys-firewall-2,work,build,web state.apply qubes_firewall
 qubes_firewall:
-  addresses:                   # on Qubes leave them out: dom0 fills them in (docs/addresses.md)
-    sys-net: 10.137.0.5
-    sys-firewall: 10.137.0.6
-    sys-vpn: 10.137.0.7
-    sys-firewall-2: 10.137.0.8
-    work: 10.137.0.9
-    build: 10.137.0.10
-    web: 10.137.0.11
   qubes:
     sys-net:
       netvm: none
@@ -18,6 +27,7 @@ qubes_firewall:
     sys-firewall:
       netvm: sys-net
       provides_network: true
+      dispvm_template: default-dvm   # delete if sys-firewall is not a disposable
     sys-vpn:
       netvm: sys-firewall
       provides_network: true

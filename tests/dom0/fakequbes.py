@@ -6,7 +6,7 @@ explicit properties, features and qvm-firewall lists.  Two faces read and
 write it, so both backends of ``qubes_firewall_qubes`` meet the same Qubes:
 
 - the command-line tools ``qvm-ls``, ``qvm-prefs``, ``qvm-firewall``,
-  ``qvm-features``, ``qvm-service`` (``cli_main``; installed on PATH by
+  ``qvm-features``, ``qvm-service``, ``qvm-create`` (``cli_main``; installed on PATH by
   ``install_tools``), printing what the real ones print (core-admin-client tools):
   values, ``-`` for none, errors on stderr as ``TOOL: error: ...``, exit 2 for
   usage errors (unknown property, unknown rule key, no such domain), a Python
@@ -16,6 +16,11 @@ write it, so both backends of ``qubes_firewall_qubes`` meet the same Qubes:
 Qubes' refusals are kept (core-admin ``qubes/vm/mix/net.py``): a netvm that
 does not provide network, loops, a running qube attached to a stopped netvm,
 ``provides_network`` off while clients are attached.
+
+Two worlds: ``seed_world`` (the qubes of the manual page on a 4.2 machine,
+sys-firewall an AppVM) and ``default_world`` (a default 4.3 install, sys-firewall
+a disposable of default-dvm, to which the pillar examples add their qubes with
+``qvm-create``).
 
 Each tool invocation is appended to $QUBES_FAKE_LOG (one JSON argv per line)
 so tests can count calls; each qube (re)attachment to a netvm is recorded in
@@ -33,7 +38,7 @@ import tempfile
 
 STATE_ENV = "QUBES_FAKE_STATE"
 LOG_ENV = "QUBES_FAKE_LOG"
-TOOLS = ("qvm-ls", "qvm-prefs", "qvm-firewall", "qvm-features", "qvm-service")
+TOOLS = ("qvm-ls", "qvm-prefs", "qvm-firewall", "qvm-features", "qvm-service", "qvm-create")
 RUNNING = ("Running", "Paused", "Transient")
 PROPERTIES = ("ip", "kernel", "klass", "label", "name", "netvm", "provides_network", "qid", "template")
 WRITABLE = ("ip", "kernel", "label", "netvm", "provides_network")
@@ -640,13 +645,76 @@ def qvm_service(world, argv):
     return 0
 
 
+def qvm_create(world, argv):
+    """
+    qvm-create [--class CLASS] [--template T] --label L [--property NAME=VALUE ...] NAME:
+    a new, halted qube with the next free qid (a DispVM also gets a dispid),
+    as core-admin-client's qvm-create does; its properties are set with
+    qvm-prefs' checks (one that fails leaves the qube created, exit 2).
+    """
+    parser = _Parser(prog="qvm-create")
+    parser.add_argument("--class", "-C", dest="klass", default="AppVM",
+                        choices=("AppVM", "DispVM", "StandaloneVM", "TemplateVM"))
+    parser.add_argument("--template", "-t", default=None)
+    parser.add_argument("--label", "-l", required=True)
+    parser.add_argument("--property", "--prop", "-p", dest="props", action="append", default=[])
+    parser.add_argument("VMNAME")
+    args = parser.parse_args(argv)
+    if world.exists(args.VMNAME):
+        return _error("qvm-create", "VM {} already exists".format(args.VMNAME), 1)
+    template = args.template
+    if args.klass in ("AppVM", "DispVM"):
+        template = template or (world.data["global"].get("default_dispvm") if args.klass == "DispVM"
+                                else world.data["global"].get("default_template"))
+        if not template or not world.exists(template):
+            return _error("qvm-create", "no such template: {!r}".format(template), 1)
+        if args.klass == "DispVM" and not world.qube(template).get("template_for_dispvms"):
+            return _error("qvm-create", "template for DispVM ({}) needs to be an AppVM with "
+                          "template_for_dispvms=True".format(template), 1)
+    elif args.klass == "TemplateVM":
+        template = None
+    qids = [q["qid"] for q in world.data["qubes"].values()]
+    entry = _qube(args.klass, max(qids + [0]) + 1, state="Halted", template=template)
+    entry["props"]["label"] = args.label
+    if args.klass == "DispVM":
+        dispids = [q.get("dispid", 0) for q in world.data["qubes"].values()]
+        entry["dispid"] = max(dispids + [0]) + 211  # Qubes draws it at random; any unused one
+    world.data["qubes"][args.VMNAME] = entry
+    world.save()
+    retcode = 0
+    for prop in args.props:
+        key, _, value = prop.partition("=")
+        try:
+            world.set(args.VMNAME, key.replace("-", "_"), value)
+        except QubesException as exc:
+            # the qube stays (core-admin-client qvm_create.py)
+            sys.stderr.write("Error setting property {} (but VM created): {!s}\n".format(key, exc))
+            retcode = 2
+    return retcode
+
+
+def run_command(path, command):
+    """Run one dom0 command line (``qvm-create ...``) of the fake tools on the world at ``path``."""
+    import shlex
+
+    argv = shlex.split(command)
+    tool = argv[0]
+    if tool not in TOOLS:
+        raise ValueError("not a fake Qubes tool: %r" % command)
+    world = World(str(path))
+    return TOOL_FUNCS[tool](world, argv[1:])
+
+
 def cli_main(tool, argv):
     if os.environ.get(LOG_ENV):
         with open(os.environ[LOG_ENV], "a") as handle:
             handle.write(json.dumps([tool] + list(argv)) + "\n")
     world = World()
-    return {"qvm-ls": qvm_ls, "qvm-prefs": qvm_prefs, "qvm-firewall": qvm_firewall,
-            "qvm-features": qvm_features, "qvm-service": qvm_service}[tool](world, list(argv))
+    return TOOL_FUNCS[tool](world, list(argv))
+
+
+TOOL_FUNCS = {"qvm-ls": qvm_ls, "qvm-prefs": qvm_prefs, "qvm-firewall": qvm_firewall,
+              "qvm-features": qvm_features, "qvm-service": qvm_service, "qvm-create": qvm_create}
 
 
 def install_tools(bindir):
@@ -694,6 +762,43 @@ def seed_world():
             "build": _qube("AppVM", 10, state="Halted", kernel="6.6.48-1.fc37"),
             "web": _qube("AppVM", 11, kernel="6.6.48-1.fc37"),
             "personal": _qube("AppVM", 12, state="Halted", kernel="6.6.48-1.fc37"),
+        },
+    }
+
+
+def default_world():
+    """
+    A default Qubes 4.3 install, as its installer leaves it: sys-net, a
+    disposable sys-firewall (a named DispVM of default-dvm, the installer's
+    default), a disposable sys-usb, default-dvm and the app qubes work,
+    personal, untrusted and vault, on the templates fedora-42-xfce (the
+    default) and debian-13-xfce; default_netvm sys-firewall.  Right after
+    boot: the service qubes run, the others are halted.
+    """
+    kernel = "6.12.47-1.qubes.fc41"
+    fedora = "fedora-42-xfce"
+    return {
+        "global": {"default_netvm": "sys-firewall", "default_template": fedora,
+                   "default_dispvm": "default-dvm", "updatevm": "sys-firewall", "clockvm": "sys-net"},
+        "events": [],
+        "qubes": {
+            fedora: _qube("TemplateVM", 1, state="Halted", template=None, props={"label": "black"}),
+            "debian-13-xfce": _qube("TemplateVM", 2, state="Halted", template=None, props={"label": "black"}),
+            "sys-net": _qube("AppVM", 3, template=fedora, kernel=kernel,
+                             props={"netvm": None, "provides_network": True, "label": "red"}),
+            "default-dvm": _qube("AppVM", 4, state="Halted", template=fedora, kernel=kernel,
+                                 props={"label": "red"}, template_for_dispvms=True),
+            "sys-firewall": _qube("DispVM", 5, template="default-dvm", kernel=kernel, dispid=4917,
+                                  props={"netvm": "sys-net", "provides_network": True, "label": "green"}),
+            "sys-usb": _qube("DispVM", 6, template="default-dvm", kernel=kernel, dispid=2306,
+                             props={"netvm": None, "label": "red"}),
+            "work": _qube("AppVM", 7, state="Halted", template=fedora, kernel=kernel, props={"label": "blue"}),
+            "personal": _qube("AppVM", 8, state="Halted", template=fedora, kernel=kernel,
+                              props={"label": "yellow"}),
+            "untrusted": _qube("AppVM", 9, state="Halted", template=fedora, kernel=kernel,
+                               props={"label": "red"}),
+            "vault": _qube("AppVM", 10, state="Halted", template=fedora, kernel=kernel,
+                           props={"netvm": None, "label": "black"}),
         },
     }
 

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from saltfactories.utils.functional import Loaders
 
+from tests import examples
 from tests.dom0 import fakequbes
 from tests.modules import REPO, load
 from tests.saltfactories_support import formula_minion, write_pillar_tree
@@ -36,7 +37,7 @@ DOM0 = ("addresses", "diagram", "dom0_problems", "qubes_release", "reconnect")
 # names (revert of sys-net's DNAT map, through nft's text, is tested in tests/ops/test_ops_lab.py)
 QUBE = "web"
 SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
-FULL = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+FULL = examples.sls("full")
 
 
 def examples():

@@ -11,13 +11,12 @@ run changes nothing).  Every Salt directory lives in the test's tmp_path.
 import copy
 
 import pytest
-import yaml
 from saltfactories.utils.functional import Loaders
 
-from tests.modules import REPO
+from tests import examples
 from tests.saltfactories_support import formula_minion, states_by_id, write_pillar_tree
 
-EXAMPLE = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+EXAMPLE = examples.sls("full")
 
 
 def pillar_with(tmp_path, **changes):

@@ -2,8 +2,7 @@
 
 import pathlib
 
-import yaml
-
+from tests import examples
 from tests.modules import REPO, core, files, model, nft, plan
 
 dom0 = core("dom0")
@@ -18,8 +17,8 @@ FIXTURES = REPO / "tests" / "unit" / "fixtures"
 
 
 def example(name):
-    """The ``qubes_firewall`` value of ``pillar.example/<name>.sls``."""
-    return yaml.safe_load((REPO / "pillar.example" / ("%s.sls" % name)).read_text())["qubes_firewall"]
+    """The ``qubes_firewall`` value of ``pillar.example/<name>.sls``, with the lab's addresses."""
+    return examples.example(name)
 
 
 def example_model(name="full"):

@@ -5,16 +5,17 @@ import os
 import pathlib
 
 import pytest
-import yaml
 
-from tests.modules import REPO, model, plan
+from tests import examples
+from tests.modules import model, plan
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
-EXAMPLES = ["full", "port-forward", "qube-to-qube", "vpn-sandwich"]
+EXAMPLES = ["default-43", "full", "port-forward", "qube-to-qube", "vpn-sandwich"]
 
 
 def load_example(name):
-    return yaml.safe_load((REPO / "pillar.example" / ("%s.sls" % name)).read_text())["qubes_firewall"]
+    """The example with the lab's addresses (tests/examples.py)."""
+    return examples.example(name)
 
 
 def parse(pillar):
@@ -181,7 +182,7 @@ def test_qubes_off_the_path_get_no_forward_rules():
 def test_connection_in_a_shared_firewall_qube():
     """Seed: forward rule in the shared netvm, input rule in the target, one way only."""
     mdl = parse(load_example("qube-to-qube"))
-    fw = chains_of(plan.plan_qube(mdl, "sys-firewall-2"))
+    fw = chains_of(plan.plan_qube(mdl, "sys-firewall"))
     (rule,) = fw["qf-forward"].rules
     assert rule.body == ("iifgroup 2 ip saddr 10.137.0.9 ip daddr 10.137.0.10 tcp dport 22 "
                          "ct state new counter accept")

@@ -39,11 +39,10 @@ def test_runtime_modules_compile_and_plan_under_python39():
                    + files, check=True)
     import json
 
-    import yaml
-
+    from tests import examples
     from tests.modules import model, plan
 
-    pillar = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())["qubes_firewall"]
+    pillar = examples.example("full")
     out = subprocess.run([PY39, "-c", SMOKE % {"repo": REPO}], input=json.dumps(pillar), text=True,
                          capture_output=True, check=True).stdout
     m = model.parse(pillar)

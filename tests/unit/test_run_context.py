@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from tests.modules import REPO, core, load_file
+from tests import examples
+from tests.modules import core, load_file
 
 qf_model, qf_plan, qf_nft, qf_run = core("model"), core("plan"), core("nft"), core("run")
 
@@ -54,7 +54,9 @@ class Run:
 
 @pytest.fixture
 def pillar(tmp_path):
-    data = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+    data = examples.sls("full")
+    # sys-firewall as a plain qube (a disposable's run leaves its /rw alone)
+    data["qubes_firewall"]["qubes"]["sys-firewall"].pop("dispvm_template")
     data["qubes_firewall"]["lookup"] = {"rw_config": str(tmp_path / "rw"), "state_dir": str(tmp_path / "state"),
                                         "etc_qubes": str(tmp_path / "etc"), "systemd_dir": str(tmp_path / "systemd")}
     return data
