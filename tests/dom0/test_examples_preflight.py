@@ -12,11 +12,12 @@ import subprocess
 
 import fakequbes
 import pytest
-from conftest import Dom0, FakeQubes, load_file
+from conftest import Dom0, FakeQubes
 
 from tests import examples
+from tests.modules import core
 
-dom0_mod = load_file("_modules/qubes_firewall_dom0.py", "qf_examples_dom0")
+dom0_mod = core("dom0")
 
 # What applying each example changes in a default install once its qubes are
 # created: exactly the qvm-prefs the scenario needs, nothing on the qubes that
@@ -116,7 +117,7 @@ def test_example_on_a_default_install(name, tmp_path, monkeypatch, backend):
 def test_the_targets_cover_every_qube_that_needs_a_run(name):
     """Every listed qube (its owned chains), the templates keeping boot replays, persistent ConnectTCP clients."""
     raw = examples.raw(name)
-    model = load_file("_modules/qubes_firewall_model.py", "qf_examples_model").parse(examples.example(name))
+    model = core("model").parse(examples.example(name))
     needed = set(model.qubes)
     needed |= {q.dispvm_template for q in model.qubes.values() if q.dispvm_template}
     needed |= {q.template for q in model.qubes.values() if q.custom_persist}
