@@ -26,6 +26,7 @@ import shutil
 import time
 import types
 
+import _qubes_firewall_fleet as _fleet
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "qubes_firewall"
@@ -1121,3 +1122,170 @@ class _Lib:
         if self._loader is None:
             return func
         return functools.partial(self._loader.run, func)
+
+
+# ---- fleet: one pillar tree for many machines (docs/fleet.md) ----
+# The pure part (the merge rule, targets, the fleet view's row) is
+# _qubes_firewall_fleet; these are its shell.
+
+PUBLIC += ("fleet_pillar", "targets", "fleet_status")
+__load__ = list(PUBLIC) + ["lib"]
+FLEET_KEY = "qubes_firewall_fleet"
+_DATA_OUTPUTTERS = ("json", "yaml", "pprint", "raw")
+
+
+def _fleet_machines(directory):
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return "none"
+    return ", ".join(n.rsplit(".", 1)[0] for n in names if n.endswith((".yaml", ".yml"))) or "none"
+
+
+def _fleet_read(path, what):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fleet.FleetError("cannot read %s %s: %s" % (what, path, getattr(exc, "strerror", None) or exc)) from None
+
+
+def _fleet_build(shared_file, machine_file, ask_qubes):
+    """(pillar, info) of ``fleet_pillar``; raises FleetError with the machine and the file in the message."""
+    machines = os.path.join(os.path.dirname(machine_file), "machines")
+    link = os.readlink(machine_file) if os.path.islink(machine_file) else None
+    named = _fleet.machine_name({}, link) if link else None
+    info = {"machine": named, "machine_file": machine_file, "shared_file": shared_file}
+    where = "machine %s (%s)" % (named, os.path.realpath(machine_file)) if named else "this machine"
+    if not os.path.exists(machine_file):
+        if link:
+            raise _fleet.FleetError("machine %s: %s links to %s, which does not exist (machines: %s)"
+                                    % (named, machine_file, link, _fleet_machines(machines)))
+        raise _fleet.FleetError(
+            "%s is missing: on each machine link it to the machine's file once, e.g. `sudo ln -s "
+            "machines/laptop.yaml %s` (machines: %s)" % (machine_file, machine_file, _fleet_machines(machines)))
+    try:
+        data = _fleet.load_yaml(_fleet_read(machine_file, "the machine file"), "the machine file")
+        name = _fleet.machine_name(data, link)
+        if not name:
+            raise _fleet.FleetError("name the machine: `machine: NAME` in %s, or link the file" % machine_file)
+        info["machine"] = name
+        where = "machine %s (%s)" % (name, os.path.realpath(machine_file))
+        shared = _fleet.load_yaml(_fleet_read(shared_file, "the shared file"), "the shared file %s" % shared_file)
+        built = _fleet.machine_pillar(shared, data, name)
+    except _fleet.FleetError as exc:
+        raise _fleet.FleetError("%s: %s" % (where, exc)) from None
+    pillar = built[_fleet.ROOT]
+    info["dropped"] = built["dropped"]
+    qubes = pillar.get("qubes")
+    if ask_qubes and isinstance(qubes, dict):
+        try:
+            if "addresses" not in pillar:
+                pillar["addresses"] = addresses(sorted(str(q) for q in qubes))
+            lookup = pillar.get("lookup")
+            if lookup is None or isinstance(lookup, dict):
+                lookup = dict(lookup or {})
+                lookup.setdefault("qubes_release", qubes_release())
+                pillar["lookup"] = lookup
+        except CommandExecutionError as exc:
+            raise _fleet.FleetError("%s: cannot ask Qubes for the addresses: %s" % (where, exc)) from None
+    return pillar, info
+
+
+def fleet_pillar(shared_file, machine_file, ask_qubes=True):
+    """
+    The pillar of this machine in a fleet (docs/fleet.md): the shared
+    topology (``shared_file``) with this machine's file (``machine_file``,
+    a link to ``machines/NAME.yaml``) merged onto it, plus, with
+    ``ask_qubes``, every qube's address and the Qubes release asked from
+    Qubes.  Returns ``{"qubes_firewall": ..., "qubes_firewall_fleet":
+    {"machine", "machine_file", "shared_file", "dropped"}}``.  Never raises:
+    a missing or broken file, an unknown machine or a merge that cannot be
+    made gives ``{"qubes_firewall": {"error": MESSAGE}}`` naming the machine
+    and the file, which fails this formula's runs only (the pillar still
+    renders for every other formula).  Called by the fleet's pillar file in
+    dom0; on the command line it shows what this machine's pillar is.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.fleet_pillar /srv/user_pillar/qubes_firewall_shared.yaml /srv/user_pillar/qubes_firewall_machine.yaml
+    """
+    info = {"machine": None, "machine_file": machine_file, "shared_file": shared_file}
+    try:
+        pillar, info = _fleet_build(str(shared_file), str(machine_file), ask_qubes)
+    except _fleet.FleetError as exc:
+        info["error"] = str(exc)
+        return {_fleet.ROOT: {"error": str(exc)}, FLEET_KEY: info}
+    except Exception as exc:  # noqa: BLE001 (a pillar must render, whatever happened here)
+        info["error"] = "fleet_pillar failed: %s: %s" % (type(exc).__name__, exc)
+        return {_fleet.ROOT: {"error": info["error"]}, FLEET_KEY: info}
+    return {_fleet.ROOT: pillar, FLEET_KEY: info}
+
+
+def targets():
+    """
+    The qubes this pillar needs ``state.apply qubes_firewall`` (or
+    ``qubes_firewall.clean``) in, as qubesctl's ``--targets`` value: the
+    templates of custom-persist qubes, the disposable templates of named
+    disposables, the pillar's qubes from the uplink down, the ConnectTCP
+    clients.  Run it in dom0 with salt-call's ``--out=newline_values_only``
+    (qubesctl passes options to dom0's salt-call only with ``--dom0-only``,
+    or after the function name) to get the bare list.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.targets
+        sudo qubesctl --targets=$(sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.targets) state.apply qubes_firewall
+    """
+    model()  # raises, naming every problem of the pillar
+    return ",".join(_fleet.targets(_raw_pillar()))
+
+
+def fleet_status(fmt=None):
+    """
+    This machine's row of the fleet view, in dom0: the machine (the fleet's
+    machine name, else the host name), a one-line verdict, dom0's drift
+    (netvm and provides_network, qvm-firewall lists, the ConnectTCP policy
+    that ``state.apply qubes_firewall`` would change) and the targets.
+    Reads only.  ``fmt=row`` (the default): one tab-separated line, for a
+    table of every machine (docs/fleet.md); ``fmt=json``: one line of JSON;
+    ``fmt=data`` (or ``--out=json``/``--out=yaml``): the row as data, with
+    ``details``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.fleet_status
+        sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.fleet_status
+        sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.fleet_status fmt=json
+    """
+    if fmt not in (None, "", "row", "json", "data"):
+        raise CommandExecutionError("fmt must be row, json or data, got %r" % (fmt,))
+    info = __pillar__.get(FLEET_KEY)
+    machine = info.get("machine") if isinstance(info, dict) else None
+    machine = machine or __grains__.get("host") or minion_id()
+    errors = pillar_errors()
+    names, problems, prefs, firewall, policy = [], [], [], [], False
+    if not errors:
+        names = _fleet.targets(_raw_pillar())
+        try:
+            problems = dom0_problems()
+            if not problems:
+                prefs = dom0_prefs_plan()
+                firewall = sorted(dom0_firewall_plan())
+                plan = _lib("connect_tcp").policy_plan()
+                policy = plan["old"] != plan["new"]
+        except CommandExecutionError as exc:
+            problems = [" ".join(str(exc).split())]
+    row = _fleet.status_row(machine, names, errors, problems, prefs, firewall, policy)
+    if fmt == "data" or (not fmt and (__opts__.get("output") or "") in _DATA_OUTPUTTERS):
+        return row
+    if fmt == "json":
+        return _fleet.row_json(row)
+    return _fleet.row_text(row)
+

@@ -27,7 +27,8 @@ from tests.saltfactories_support import formula_minion, write_pillar_tree
 
 # the functions a user calls: growing this list is a decision, not an accident
 PUBLIC = ("addresses", "backup", "backups", "check", "connect_tcp_commands", "diagram", "dom0_problems", "drift",
-          "pillar_errors", "qubes_release", "reconnect", "revert", "show_plan", "status")
+          "fleet_pillar", "fleet_status", "pillar_errors", "qubes_release", "reconnect", "revert", "show_plan",
+          "status", "targets")
 INTERNAL = ("backup", "connect_tcp", "diagram", "dom0", "files", "flow", "model", "nft", "plan", "qubes", "report")
 SURFACE = sorted(["qubes_firewall.%s" % f for f in PUBLIC + ("lib",)]
                  + ["qubes_firewall_%s.lib" % m for m in INTERNAL])
