@@ -143,7 +143,7 @@ def merge_list(kind, base, patch, path):
             raise FleetError("%s: %s again (also %s)" % (_path(here), _identity_text(kind, ident),
                                                          _path(path + [seen[ident]])))
         seen[ident] = index
-        matches = [i for i, item in enumerate(base) if identity(kind, item) == ident]
+        matches = [i for i, item in enumerate(base) if item is not None and identity(kind, item) == ident]
         if len(matches) > 1:
             raise FleetError("%s: the shared %s has %d entries with %s: say which one in the shared file "
                              "(merge them, or tell them apart by %s)"

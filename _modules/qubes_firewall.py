@@ -1230,16 +1230,18 @@ def targets():
     ``qubes_firewall.clean``) in, as qubesctl's ``--targets`` value: the
     templates of custom-persist qubes, the disposable templates of named
     disposables, the pillar's qubes from the uplink down, the ConnectTCP
-    clients.  Run it in dom0 with salt-call's ``--out=newline_values_only``
-    (qubesctl passes options to dom0's salt-call only with ``--dom0-only``,
-    or after the function name) to get the bare list.
+    clients.  With ``--out=newline_values_only`` it prints the bare list
+    (qubesctl hands options to dom0's salt-call only after ``--dom0-only``),
+    so one line applies dom0, then every target: ``sudo qubesctl
+    --targets=$(sudo qubesctl --dom0-only --out=newline_values_only
+    qubes_firewall.targets) state.apply qubes_firewall`` (docs/fleet.md).
 
     CLI Example:
 
     .. code-block:: bash
 
+        sudo qubesctl qubes_firewall.targets
         sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.targets
-        sudo qubesctl --targets=$(sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.targets) state.apply qubes_firewall
     """
     model()  # raises, naming every problem of the pillar
     return ",".join(_fleet.targets(_raw_pillar()))

@@ -317,6 +317,16 @@ def test_three_machines_that_differ_in_the_lab(rendered, tmp_path):
                 flab.lab.serve_tcp("media", 8096)
             results = check_flows(flab.lab, FLOWS[machine])
             assert all(got == flow.expect for flow, got in results), machine + "\n" + matrix_text(results)
+        # a hand edit on the laptop's sys-net: its drift says so, the desk's sys-net is clean
+        doc = labs["laptop"].lab.nft_json("sys-net")
+        owned = sorted({item["chain"]["name"] for item in doc["nftables"] if "chain" in item
+                        and item["chain"]["table"] == "qubes" and item["chain"]["name"].startswith("qf")})
+        assert owned
+        for chain in owned:
+            labs["laptop"].lab.run("sys-net", ["nft", "flush", "chain", "ip", "qubes", chain])
+        for machine, drifted in (("laptop", True), ("desk", False)):
+            rc, out, proc = labs[machine].minion("sys-net").run("qubes_firewall.drift")
+            assert isinstance(out, dict) and out["drifted"] is drifted and (rc != 0) is drifted, (machine, out)
     finally:
         for flab in labs.values():
             flab.close()
