@@ -188,7 +188,7 @@ def _drop_removed(shared, removed):
     return out, dropped
 
 
-def machine_pillar(shared, machine, name=None):
+def machine_pillar(shared, machine):
     """
     The pillar of one machine: ``{"qubes_firewall": merged, "dropped": [...]}``.
     ``shared``: the shared file's data (``{"qubes_firewall": {...}}``);

@@ -1162,8 +1162,8 @@ def _fleet_build(shared_file, machine_file, ask_qubes):
             raise _fleet.FleetError("machine %s: %s links to %s, which does not exist (machines: %s)"
                                     % (named, machine_file, link, _fleet_machines(machines)))
         raise _fleet.FleetError(
-            "%s is missing: on each machine link it to the machine's file once, e.g. `sudo ln -s "
-            "machines/laptop.yaml %s` (machines: %s)" % (machine_file, machine_file, _fleet_machines(machines)))
+            "%s is missing: link it to this machine's file, once: `sudo ln -s machines/NAME.yaml %s` "
+            "(NAME one of: %s)" % (machine_file, machine_file, _fleet_machines(machines)))
     try:
         data = _fleet.load_yaml(_fleet_read(machine_file, "the machine file"), "the machine file")
         name = _fleet.machine_name(data, link)
@@ -1172,7 +1172,7 @@ def _fleet_build(shared_file, machine_file, ask_qubes):
         info["machine"] = name
         where = "machine %s (%s)" % (name, os.path.realpath(machine_file))
         shared = _fleet.load_yaml(_fleet_read(shared_file, "the shared file"), "the shared file %s" % shared_file)
-        built = _fleet.machine_pillar(shared, data, name)
+        built = _fleet.machine_pillar(shared, data)
     except _fleet.FleetError as exc:
         raise _fleet.FleetError("%s: %s" % (where, exc)) from None
     pillar = built[_fleet.ROOT]

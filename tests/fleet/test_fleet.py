@@ -172,8 +172,8 @@ def test_a_target_qube_gets_the_same_pillar_as_dom0(salt_factories, tmp_path, re
 
 BROKEN = {
     # what the machine file is -> what the message must say
-    "missing": (dict(link=None), ["/qubes_firewall_machine.yaml is missing", "sudo ln -s machines/laptop.yaml",
-                                  "machines: desk, laptop, studio"]),
+    "missing": (dict(link=None), ["/qubes_firewall_machine.yaml is missing: link it to this machine's file, "
+                                  "once: `sudo ln -s machines/NAME.yaml ", "(NAME one of: desk, laptop, studio)"]),
     "unknown machine": (dict(link="lapotp"), ["machine lapotp: ", "links to machines/lapotp.yaml, which does "
                                               "not exist (machines: desk, laptop, studio)"]),
     "not yaml": (dict(machine_text="machine: laptop\nqubes_firewall:\n  qubes: [a\n"),
