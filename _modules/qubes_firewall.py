@@ -33,7 +33,8 @@ __virtualname__ = "qubes_firewall"
 # The functions a user calls (``salt-call sys.doc qubes_firewall``), and
 # ``lib`` for the formula's states; every other function is internal.
 PUBLIC = ("status", "drift", "check", "diagram", "show_plan", "backup", "backups", "revert", "reconnect",
-          "addresses", "qubes_release", "connect_tcp_commands", "pillar_errors", "dom0_problems")
+          "addresses", "qubes_release", "connect_tcp_commands", "pillar_errors", "dom0_problems",
+          "fleet_pillar", "targets", "fleet_status")
 __load__ = list(PUBLIC) + ["lib"]
 
 DEFAULT_STATE_DIR = "/var/lib/qubes-firewall-formula"
@@ -1128,8 +1129,6 @@ class _Lib:
 # The pure part (the merge rule, targets, the fleet view's row) is
 # _qubes_firewall_fleet; these are its shell.
 
-PUBLIC += ("fleet_pillar", "targets", "fleet_status")
-__load__ = list(PUBLIC) + ["lib"]
 FLEET_KEY = "qubes_firewall_fleet"
 _DATA_OUTPUTTERS = ("json", "yaml", "pprint", "raw")
 
@@ -1230,18 +1229,18 @@ def targets():
     ``qubes_firewall.clean``) in, as qubesctl's ``--targets`` value: the
     templates of custom-persist qubes, the disposable templates of named
     disposables, the pillar's qubes from the uplink down, the ConnectTCP
-    clients.  With ``--out=newline_values_only`` it prints the bare list
-    (qubesctl hands options to dom0's salt-call only after ``--dom0-only``),
+    clients.  With ``--out=newline_values_only`` after it (qubesctl hands
+    what follows the function to dom0's salt-call) it prints the bare list,
     so one line applies dom0, then every target: ``sudo qubesctl
-    --targets=$(sudo qubesctl --dom0-only --out=newline_values_only
-    qubes_firewall.targets) state.apply qubes_firewall`` (docs/fleet.md).
+    --targets=$(sudo qubesctl qubes_firewall.targets
+    --out=newline_values_only) state.apply qubes_firewall`` (docs/fleet.md).
 
     CLI Example:
 
     .. code-block:: bash
 
         sudo qubesctl qubes_firewall.targets
-        sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.targets
+        sudo qubesctl qubes_firewall.targets --out=newline_values_only
     """
     model()  # raises, naming every problem of the pillar
     return ",".join(_fleet.targets(_raw_pillar()))
@@ -1263,8 +1262,8 @@ def fleet_status(fmt=None):
     .. code-block:: bash
 
         sudo qubesctl qubes_firewall.fleet_status
-        sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.fleet_status
-        sudo qubesctl --dom0-only --out=newline_values_only qubes_firewall.fleet_status fmt=json
+        sudo qubesctl qubes_firewall.fleet_status --out=newline_values_only
+        sudo qubesctl qubes_firewall.fleet_status fmt=json --out=newline_values_only
     """
     if fmt not in (None, "", "row", "json", "data"):
         raise CommandExecutionError("fmt must be row, json or data, got %r" % (fmt,))

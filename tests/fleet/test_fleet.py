@@ -231,10 +231,10 @@ def has_outputter(name):
 
 def test_targets_as_the_documented_one_liner_gets_them(salt_factories, tmp_path, rendered):
     """
-    ``sudo qubesctl --targets=$(sudo qubesctl --dom0-only --out=newline_values_only
-    qubes_firewall.targets) state.apply qubes_firewall``: qubesctl hands
-    ``--dom0-only ...`` to dom0's salt-call as it is; what it prints is the
-    --targets value, templates first.
+    ``sudo qubesctl --targets=$(sudo qubesctl qubes_firewall.targets
+    --out=newline_values_only) state.apply qubes_firewall``: qubesctl hands
+    what follows the function to dom0's ``salt-call --local`` as it is; what
+    that prints is the --targets value, templates first.
     """
     want = {"laptop": "sys-net,sys-firewall,sys-firewall-2,web,build,work",
             "desk": "sys-net,sys-firewall,media,sys-vpn,web,sys-firewall-2,build,work",
@@ -246,7 +246,7 @@ def test_targets_as_the_documented_one_liner_gets_them(salt_factories, tmp_path,
                                 qubes_firewall_release_file=str(dom0.release_file))
         out = "newline_values_only" if has_outputter("newline_values_only") else "txt"
         ret = minion.salt_call_cli(environ=dom0.env, timeout=300).run(
-            "--local", "--out=%s" % out, "qubes_firewall.targets")
+            "--local", "qubes_firewall.targets", "--out=%s" % out)
         assert ret.returncode == 0, ret
         line = ret.stdout.strip() if out == "newline_values_only" else ret.stdout.strip().split(" ", 1)[1]
         assert line == want[machine], (machine, ret.stdout)
