@@ -1005,6 +1005,11 @@ def _parse(pillar, pillar_keys):
         if ROOT in (pillar_keys or ()):
             raise PillarError(["%s: is empty: give at least %s:qubes (see pillar.example/)" % (ROOT, ROOT)])
         raise PillarError([_missing(pillar_keys)])
+    if isinstance(pillar, Mapping) and "error" in pillar:
+        # a pillar file that could not build the pillar says why (pillar.example/fleet): that, and only that
+        message = pillar["error"]
+        raise PillarError(["%s:error: %s" % (ROOT, " ".join(message.split()) if isinstance(message, str)
+                                              else _show(message))])
     raw = _mapping(pillar, [ROOT], errors, allowed=_TOP_KEYS)
     if raw is None:
         raise PillarError(errors.items)

@@ -23,6 +23,7 @@ import _qubes_firewall_backup as qf_backup
 import _qubes_firewall_connect_tcp as qf_connect_tcp
 import _qubes_firewall_dom0 as qf_dom0
 import _qubes_firewall_files as qf_files
+import _qubes_firewall_fleet as qf_fleet
 import _qubes_firewall_model as qf_model
 import _qubes_firewall_nft as qf_nft
 import _qubes_firewall_persist as qf_persist
@@ -37,6 +38,9 @@ CTX_PARSED = "qubes_firewall.parsed"
 CTX_NFT = "qubes_firewall.nft"
 CTX_LOCK = "qubes_firewall.lock"
 _LOCKS = {}  # lock path -> open file: held until the process exits
+
+
+FLEET_KEY = "qubes_firewall_fleet"  # the fleet's own pillar key: machine, files, dropped entries
 
 
 def safe_dir(value, default):
@@ -553,3 +557,60 @@ class Run:
         if script:
             out["fix"] = script
         return out
+
+    # ---- fleet (docs/fleet.md) ----
+
+    def fleet_pillar(self, shared_file, machine_file, ask_qubes=True):
+        """``qubes_firewall.fleet_pillar``: never raises; an error becomes ``qubes_firewall:error``."""
+        info = {"machine": None, "machine_file": machine_file, "shared_file": shared_file}
+        try:
+            pillar, info = qf_fleet.read_machine(str(shared_file), str(machine_file))
+            where = info.pop("where")
+            qubes = pillar.get("qubes")
+            if ask_qubes and isinstance(qubes, dict):
+                self._fleet_ask_qubes(pillar, qubes, where)
+        except qf_fleet.FleetError as exc:
+            info.pop("where", None)
+            info["error"] = str(exc)
+            return {qf_fleet.ROOT: {"error": str(exc)}, FLEET_KEY: info}
+        except Exception as exc:  # noqa: BLE001 (a pillar must render, whatever happened here)
+            info["error"] = "fleet_pillar failed: %s: %s" % (type(exc).__name__, exc)
+            return {qf_fleet.ROOT: {"error": info["error"]}, FLEET_KEY: info}
+        return {qf_fleet.ROOT: pillar, FLEET_KEY: info}
+
+    def _fleet_ask_qubes(self, pillar, qubes, where):
+        try:
+            if "addresses" not in pillar:
+                pillar["addresses"] = self.addresses(sorted(str(q) for q in qubes))
+            lookup = pillar.get("lookup")
+            if lookup is None or isinstance(lookup, dict):
+                lookup = dict(lookup or {})
+                lookup.setdefault("qubes_release", self.qubes_release())
+                pillar["lookup"] = lookup
+        except CommandExecutionError as exc:
+            raise qf_fleet.FleetError("%s: cannot ask Qubes for the addresses: %s" % (where, exc)) from None
+
+    def targets(self):
+        """``qubes_firewall.targets``: the qubesctl --targets list of this pillar, comma-separated."""
+        self.model()  # raises, naming every problem of the pillar
+        return ",".join(qf_fleet.targets(self.raw_pillar()))
+
+    def fleet_row(self, host):
+        """``qubes_firewall.fleet_status``'s row for this machine (reads only)."""
+        info = self.pillar.get(FLEET_KEY)
+        machine = info.get("machine") if isinstance(info, dict) else None
+        machine = machine or host or self.minion_id()
+        errors = self.pillar_errors()
+        names, problems, prefs, firewall, policy = [], [], [], [], False
+        if not errors:
+            names = qf_fleet.targets(self.raw_pillar())
+            try:
+                problems = self.dom0_problems()
+                if not problems:
+                    prefs = self.dom0_prefs_plan()
+                    firewall = sorted(self.dom0_firewall_plan())
+                    plan = self.policy_plan()
+                    policy = plan["old"] != plan["new"]
+            except CommandExecutionError as exc:
+                problems = [" ".join(str(exc).split())]
+        return qf_fleet.status_row(machine, names, errors, problems, prefs, firewall, policy)

@@ -14,6 +14,7 @@ read between them.
 
 import _qubes_firewall_diagram as qf_diagram
 import _qubes_firewall_files as qf_files
+import _qubes_firewall_fleet as qf_fleet
 import _qubes_firewall_flow as qf_flow
 import _qubes_firewall_plan as qf_plan
 import _qubes_firewall_report as qf_report
@@ -24,10 +25,12 @@ __virtualname__ = "qubes_firewall"
 # The functions a user calls (``salt-call sys.doc qubes_firewall``); every other
 # function is internal.
 PUBLIC = ("status", "drift", "check", "diagram", "show_plan", "backup", "backups", "revert", "reconnect",
-          "addresses", "qubes_release", "connect_tcp_commands", "pillar_errors", "dom0_problems")
+          "addresses", "qubes_release", "connect_tcp_commands", "pillar_errors", "dom0_problems",
+          "fleet_pillar", "targets", "fleet_status")
 __load__ = list(PUBLIC)
 
 # outputters that print data for a program, not for a person
+_DATA_OUTPUTTERS = ("json", "yaml", "pprint", "raw")  # fleet_status: a row as data
 _MACHINE_OUTPUTTERS = ("json", "yaml", "pprint", "raw", "txt", "newline_values_only", "profile")
 
 
@@ -352,3 +355,63 @@ def connect_tcp_commands(qube=None):
         salt-call qubes_firewall.connect_tcp_commands qube=untrusted
     """
     return _run().connect_tcp_commands(qube)
+
+
+# ---- fleet: one pillar tree for many machines (docs/fleet.md) ----
+
+
+def fleet_pillar(shared_file, machine_file, ask_qubes=True):
+    """
+    This machine's pillar in a fleet (docs/fleet.md): the shared topology
+    with this machine's file merged on, and (``ask_qubes``) the addresses and
+    Qubes release from Qubes.  Never raises: a broken file gives
+    ``{"qubes_firewall": {"error": MESSAGE}}`` naming the machine and the
+    file, which fails this formula only.  Called by the fleet's pillar file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.fleet_pillar /srv/user_pillar/qubes_firewall_shared.yaml /srv/user_pillar/qubes_firewall_machine.yaml
+    """
+    return _run().fleet_pillar(shared_file, machine_file, ask_qubes)
+
+
+def targets():
+    """
+    The qubes this pillar needs a run in, as qubesctl's ``--targets`` value:
+    custom-persist templates, disposable templates, the pillar's qubes from
+    the uplink down, the ConnectTCP clients.  Salt's options go after the
+    function: ``sudo qubesctl --targets=$(sudo qubesctl qubes_firewall.targets
+    --out=newline_values_only) state.apply qubes_firewall``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.targets
+        sudo qubesctl qubes_firewall.targets --out=newline_values_only
+    """
+    return _run().targets()
+
+
+def fleet_status(fmt=None):
+    """
+    This machine's row of the fleet view (dom0, reads only): machine, a
+    one-line verdict, dom0's drift, the targets.  ``fmt=row`` (default): one
+    tab-separated line; ``fmt=json``: one line of JSON; ``fmt=data`` (or
+    ``--out=json``): the row with ``details``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        sudo qubesctl qubes_firewall.fleet_status --out=newline_values_only
+        sudo qubesctl qubes_firewall.fleet_status fmt=json --out=newline_values_only
+    """
+    if fmt not in (None, "", "row", "json", "data"):
+        raise CommandExecutionError("fmt must be row, json or data, got %r" % (fmt,))
+    row = _run().fleet_row(__grains__.get("host"))
+    if fmt == "data" or (not fmt and (__opts__.get("output") or "") in _DATA_OUTPUTTERS):
+        return row
+    return qf_fleet.row_json(row) if fmt == "json" else qf_fleet.row_text(row)

@@ -29,7 +29,8 @@ from tests.saltfactories_support import formula_minion, write_pillar_tree
 
 # the functions a user calls: growing this list is a decision, not an accident
 PUBLIC = ("addresses", "backup", "backups", "check", "connect_tcp_commands", "diagram", "dom0_problems", "drift",
-          "pillar_errors", "qubes_release", "reconnect", "revert", "show_plan", "status")
+          "fleet_pillar", "fleet_status", "pillar_errors", "qubes_release", "reconnect", "revert", "show_plan",
+          "status", "targets")
 SURFACE = sorted("qubes_firewall.%s" % f for f in PUBLIC)
 # run in dom0 (against the fake Qubes) when an example does not say where
 DOM0 = ("addresses", "diagram", "dom0_problems", "qubes_release", "reconnect")
