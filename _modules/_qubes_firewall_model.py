@@ -981,7 +981,7 @@ def _check_forward_paths(model, errors):
         taken.setdefault(key, fwd.name)
 
 
-_TOP_KEYS = ("lookup", "addresses", "qubes", "connections", "connect_tcp", "port_forwards")
+_TOP_KEYS = ("lookup", "addresses", "qubes", "connections", "connect_tcp", "port_forwards", "error")
 
 
 def _missing(pillar_keys):

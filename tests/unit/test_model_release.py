@@ -235,7 +235,7 @@ def test_the_pillar_itself_must_be_a_mapping(top):
 
 @pytest.mark.parametrize("raw,expected", [
     (dict(BASE, qube={}), "qubes_firewall:qube: unknown key; did you mean qubes? (allowed keys: addresses, "
-                          "connect_tcp, connections, lookup, port_forwards, qubes)"),
+                          "connect_tcp, connections, error, lookup, port_forwards, qubes)"),
     (dict(BASE, port_forward=[]), "qubes_firewall:port_forward: unknown key; did you mean port_forwards?"),
     (dict(BASE, lookup={"rw-config": "/rw"}), "qubes_firewall:lookup:rw-config: unknown key; did you mean rw_config?"),
     (dict(BASE, lookup={"release": "4.2"}), "qubes_firewall:lookup:release: unknown key; did you mean qubes_release?"),
