@@ -101,6 +101,20 @@ def salt_script(python: str, name: str) -> str:
     return str(pathlib.Path(python).parent / name)
 
 
+_thin_lock = threading.Lock()
+
+
+def shared_thin(python: str, cache: pathlib.Path) -> pathlib.Path:
+    """<cache>/thin: Salt's thin as ``salt.utils.thin.gen_thin`` builds it into a
+    master's cachedir (thin.tgz, version, code-checksum), built once."""
+    with _thin_lock:
+        thin = cache / "thin"
+        if not (thin / "thin.tgz").exists():
+            subprocess.run([python, "-c", "import sys, salt.utils.thin; salt.utils.thin.gen_thin(sys.argv[1])",
+                            str(cache)], check=True, capture_output=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        return thin
+
+
 # ----------------------------------------------------------------- /srv and the pillar
 
 
@@ -230,13 +244,17 @@ class QubesctlLab:
         assert run.line("work") == "work: OK"
     """
 
-    def __init__(self, lab, topology: dict, workdir, python: Optional[str] = None, lab_paths=None):
+    def __init__(self, lab, topology: dict, workdir, python: Optional[str] = None, lab_paths=None,
+                 thin_cache=None):
         self.lab = lab
         self.release = lab.release
         self.topology = dict(topology)
         self.topology.pop("addresses", None)  # on Qubes dom0 asks Qubes (docs/addresses.md)
         self.workdir = pathlib.Path(workdir)
         self.python = python or salt_python(self.release)
+        # Salt's thin tarball, built once and put into each fresh management
+        # disposable's cache (None: each builds its own, as on Qubes; ~10 s of CPU)
+        self.thin_cache = pathlib.Path(thin_cache) if thin_cache else None
         self.root = self.workdir / "machine"
         self.srv = self.root / "srv"
         self.log_dir = self.root / "var" / "log" / "qubes"
@@ -368,13 +386,16 @@ class QubesctlLab:
             if extmods.exists():
                 shutil.rmtree(extmods)
             (srv / "_extmods").rename(extmods)
+        if self.thin_cache is not None:
+            shared = shared_thin(self.python, self.thin_cache)
+            shutil.copytree(shared, mgmt / "cache" / "master" / "thin")
         etc = mgmt / "etc-salt"
         etc.mkdir(parents=True, exist_ok=True)
         key = etc / "ssh-key"  # qrexec needs none; an existing file keeps salt-ssh from ssh-keygen
         key.write_text("")
         master.update({
             "verify_env": False,
-            "root_dir": str(mgmt / "root"),
+            "root_dir": str(mgmt),  # the paths below are inside it, so Salt leaves them as they are
             "cachedir": str(mgmt / "cache" / "master"),
             "pki_dir": str(mgmt / "pki"),
             "sock_dir": str(mgmt / "sock"),
