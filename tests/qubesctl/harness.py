@@ -48,6 +48,7 @@ What stands in for Qubes, and why:
   or ``scripts/bootstrap.sh VERSION``.
 """
 
+import argparse
 import concurrent.futures
 import dataclasses
 import datetime
@@ -230,6 +231,31 @@ class TargetRun:
         if start < 0:
             raise AssertionError("%s printed no JSON:\n%s" % (self.vm, text))
         return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+# ----------------------------------------------------------------- qubesctl's command line
+
+
+class QubesctlUsage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise QubesctlUsage(message)
+
+
+def qubesctl_parser() -> argparse.ArgumentParser:
+    """qubesctl's own options (qubes-mgmt-salt ``qubesctl``), the ones the lab
+    emulates; the command is everything from the first non-option on, and an
+    option qubesctl does not know (``--out=...`` before the command) is refused
+    as qubesctl refuses it."""
+    parser = _Parser(prog="qubesctl")
+    parser.add_argument("--show-output", action="store_true")
+    parser.add_argument("--skip-dom0", action="store_true")
+    parser.add_argument("--targets", action="store")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    return parser
 
 
 # ----------------------------------------------------------------- the machine
@@ -502,20 +528,12 @@ class QubesctlLab:
 
     def qubesctl(self, *argv: str) -> Run:
         """``sudo qubesctl [--skip-dom0] [--targets=a,b] [--show-output] COMMAND...``"""
-        argv = list(argv)
-        skip_dom0 = show_output = False
-        targets: List[str] = []
-        while argv and argv[0].startswith("--"):
-            opt = argv.pop(0)
-            if opt == "--skip-dom0":
-                skip_dom0 = True
-            elif opt == "--show-output":
-                show_output = True
-            elif opt.startswith("--targets="):
-                targets = opt.split("=", 1)[1].split(",")
-            else:
-                raise ValueError("qubesctl option not emulated: %s" % opt)
-        command = argv
+        try:
+            args = qubesctl_parser().parse_args(list(argv))
+        except QubesctlUsage as exc:
+            return Run(2, "qubesctl: error: %s\n" % exc)
+        skip_dom0, show_output, command = args.skip_dom0, args.show_output, args.command
+        targets = args.targets.split(",") if args.targets else []
         out: List[str] = []
         dom0 = None
         if not skip_dom0:
