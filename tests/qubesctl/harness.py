@@ -174,24 +174,26 @@ def write_user_pillar(srv: pathlib.Path, topology: dict, lab_paths: Dict[str, di
 
 
 def fake_world(lab, topology: dict) -> dict:
-    """dom0's Qubes for the lab: every lab qube running with its lab address and
-    wiring; the templates the topology names (and disposable templates) halted."""
+    """dom0's Qubes before the formula: every lab qube exists and runs, not yet
+    wired (no netvm, provides_network off: dom0's run wires them), with the qid
+    that gives it its lab address once it has a netvm (Qubes' 10.137.0.<qid>);
+    the templates the lab names, and the topology's other qubes, halted."""
     qubes = {}
-    qid = 2
-    pillar_qubes = topology.get("qubes") or {}
     for name in lab.order:
         spec = lab.spec(name)
         template = spec.template or "debian-12-xfce"
-        qubes.setdefault(template, fakequbes._qube("TemplateVM", 0, state="Halted", template=None))
-        props = {"netvm": spec.netvm, "provides_network": bool(spec.provides_network), "ip": lab.ip(name)}
-        qubes[name] = fakequbes._qube("AppVM", 0, template=template, props=props, kernel="6.6.48-1.fc37")
-    for name, settings in pillar_qubes.items():
-        if name not in qubes:  # a template or disposable template of the topology
-            klass = "TemplateVM" if isinstance(settings, dict) and settings.get("klass") == "TemplateVM" else "AppVM"
-            qubes[name] = fakequbes._qube(klass, 0, state="Halted", template=None if klass == "TemplateVM" else "debian-12-xfce")
+        qubes.setdefault(template, fakequbes._qube("TemplateVM", None, state="Halted", template=None))
+        prefix, _, last = lab.ip(name).rpartition(".")
+        if prefix != "10.137.0":
+            raise ValueError("the fake Qubes gives %s 10.137.0.<qid>, not %s" % (name, lab.ip(name)))
+        qubes[name] = fakequbes._qube("AppVM", int(last), template=template, props={"netvm": None},
+                                      kernel="6.6.48-1.fc37")
+    for name in topology.get("qubes") or {}:
+        qubes.setdefault(name, fakequbes._qube("AppVM", None, state="Halted"))
+    free = iter(n for n in range(2, 10000) if n not in {q["qid"] for q in qubes.values()})
     for name in sorted(qubes):
-        qubes[name]["qid"] = qid
-        qid += 1
+        if qubes[name]["qid"] is None:
+            qubes[name]["qid"] = next(free)
     return {"global": {"default_netvm": None}, "events": [], "qubes": qubes}
 
 

@@ -9,8 +9,8 @@ state in each lab qube.
     sudo qubesctl state.apply qubes_firewall
     sudo qubesctl --skip-dom0 --targets=QUBES state.apply qubes_firewall
 
-test=True changes nothing anywhere and announces exactly the states the real
-run then changes; the run converges in every qube (its flows pass); a second
+test=True (dom0's, then the qubes', once dom0 wired them) changes nothing and
+announces exactly the states the real run then changes; the run converges in every qube (its flows pass); a second
 run changes nothing; ``state.apply qubes_firewall.clean`` takes the qubes back
 to what Qubes booted.
 """
@@ -74,28 +74,34 @@ def machine_state(m):
 def test_apply_is_announced_honestly_converges_and_stays(machine):
     m = machine
     qc = m.qc
+    everything = {}
+
+    # dom0: look first (changes nothing), then apply: it changes what it announced
     before = machine_state(m)
-
-    # look first: dom0 and every qube, test=True
-    look = qc.qubesctl("--show-output", m.targets(), "state.apply", "qubes_firewall", "test=True", "--out=json")
+    look = qc.qubesctl("state.apply", "qubes_firewall", "test=True", "--out=json")
     assert look.returncode == 0, look.stdout
-    assert machine_state(m) == before, "test=True changed something"
-    announced = {q: would_change(qube_states(look, q)) for q in m.qubes}
-    announced["dom0"] = would_change(dom0_states(look))
-    assert any(announced[q] for q in m.qubes), announced
-
-    # dom0 first, then the qubes (README: step 3), as two commands
-    first = qc.qubesctl("--show-output", "state.apply", "qubes_firewall", "--out=json")
+    assert machine_state(m) == before, "test=True in dom0 changed something"
+    announced = everything["dom0"] = would_change(dom0_states(look)) - {"qubes_firewall-summary"}
+    first = qc.qubesctl("state.apply", "qubes_firewall", "--out=json")
     assert first.returncode == 0, first.stdout
-    assert changed(dom0_states(first)) == announced["dom0"] - {"qubes_firewall-summary"}, first.stdout
+    assert changed(dom0_states(first)) - {"qubes_firewall-summary"} == announced, first.stdout
+
+    # the qubes: look first (changes nothing), then apply: each changes what it announced
+    before = machine_state(m)
+    look = qc.qubesctl("--skip-dom0", "--show-output", m.targets(), "state.apply", "qubes_firewall", "test=True",
+                       "--out=json")
+    assert look.returncode == 0, look.stdout
+    assert machine_state(m) == before, "test=True in the qubes changed something"
+    for q in m.qubes:
+        everything[q] = would_change(qube_states(look, q)) - {"qubes_firewall-summary"}
     applied = qc.qubesctl("--skip-dom0", "--show-output", m.targets(), "state.apply", "qubes_firewall", "--out=json")
     assert applied.returncode == 0, applied.stdout
     for q in m.qubes:
         states = qube_states(applied, q)
         failed = {sid: s["comment"] for sid, s in states.items() if s["result"] is False}
         assert not failed, (q, failed)
-        assert changed(states) - {"qubes_firewall-summary"} == announced[q] - {"qubes_firewall-summary"}, (
-            q, changed(states), announced[q])
+        assert changed(states) - {"qubes_firewall-summary"} == everything[q], (q, changed(states), everything[q])
+    assert any(everything.values()), everything
 
     # the flows the example promises
     servers, flows = SCENARIOS[m.name]
@@ -107,7 +113,7 @@ def test_apply_is_announced_honestly_converges_and_stays(machine):
         m.lab.stop_servers()
     assert all(got == flow.expect for flow, got in results), "\n" + matrix_text(results)
 
-    # a second run: qubesctl's one line per qube, and nothing changes
+    # a second run, dom0 and the qubes in one command: one line per qube, and nothing changes
     converged = machine_state(m)
     again = qc.qubesctl(m.targets(), "state.apply", "qubes_firewall")
     assert again.returncode == 0, again.stdout
