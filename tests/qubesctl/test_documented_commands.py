@@ -260,3 +260,11 @@ def test_a_failing_target_says_where_its_log_is(full):
     assert run.stdout == "web: ERROR (exit code %d, details in %s)\n" % (run.targets["web"].exit_code, log), run.stdout
     text = log.read_text()
     assert "calling 'qubes_firewall.no_such_function'..." in text and "output: " in text and "exit code: " in text
+
+
+def test_the_target_runs_the_thin_with_its_own_python3(full):
+    """The qube runs Salt's thin with its system python3 (Debian 12: 3.11, Debian 13: 3.13)."""
+    run, out = in_qubes(full, ["web"], "grains.get", "pythonversion")
+    rc, version = out["web"]
+    own = full.lab.run("web", ["/usr/bin/python3", "-c", "import sys; print(list(sys.version_info[:3]))"]).stdout
+    assert rc == 0 and version[:3] == json.loads(own), (version, own)
