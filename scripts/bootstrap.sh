@@ -65,9 +65,10 @@ fi
 # The formula as an installed Salt extension: a non-editable install, built from a copy of
 # what the wheel ships (pyproject.toml), so the build leaves nothing in the checkout.
 # Reinstalled when one of those files changes (their hashes are the stamp).
+cd "$here"
 shipped=(pyproject.toml VERSION README.md packaging/saltext/*.py _modules/*.py _states/*.py)
 fstamp="$venv/.formula"
-fwant="$(cd "$here" && sha256sum "${shipped[@]}")"
+fwant="$(sha256sum "${shipped[@]}")"
 if [ "$(cat "$fstamp" 2>/dev/null)" != "$fwant" ]; then
     echo "bootstrap: installing the formula into $venv" >&2
     src="$(mktemp -d)"

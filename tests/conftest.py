@@ -8,12 +8,15 @@ For every test directory:
   CI run that lacks something fails instead of passing on fewer tests
   (scripts/test.sh installs everything the suite needs);
 - under ``CI=true`` golden files are never rewritten (QF_UPDATE_GOLDEN=1 is a
-  usage error there: a test that rewrites its expectation cannot fail).
+  usage error there: a test that rewrites its expectation cannot fail), and
+  hypothesis keeps no example database (the legs of scripts/test.sh run side by
+  side on one checkout; each test's own settings bound its examples).
 """
 
 import os
 
 import pytest
+from hypothesis import settings
 
 pytest_plugins = ["tests.saltfactories_support"]
 
@@ -35,9 +38,14 @@ def _no_skip(report):
     return report
 
 
+settings.register_profile("ci", database=None)
+
+
 def pytest_configure(config):
     if _ci() and os.environ.get(GOLDEN_ENV):
         raise pytest.UsageError("%s is set under CI=true: golden files are never rewritten in CI" % GOLDEN_ENV)
+    if _ci():
+        settings.load_profile("ci")
 
 
 @pytest.hookimpl(wrapper=True)
