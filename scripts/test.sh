@@ -208,6 +208,10 @@ for name in $legs; do
         t=$SECONDS
         run_leg "$name" > "$work/$name.log" 2>&1
         echo $((SECONDS - t)) > "$work/$name.time"
+        # CPU seconds of everything the leg ran (user + system, reaped children)
+        times > "$work/$name.times"
+        awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] }
+             printf "%d", n }' "$work/$name.times" > "$work/$name.cpu"
         touch "$work/$name.done"
     ) &
     running=$((running + 1))
@@ -216,7 +220,7 @@ while [ "$running" -gt 0 ]; do finish_one; done
 
 # ---- summary -----------------------------------------------------------------------------
 echo
-echo "leg       stack     salt        qubes      result  passed failed   time"
+echo "leg       stack     salt        qubes      result  passed failed   time    cpu"
 total_passed=0
 total_failed=0
 failed_legs=()
@@ -225,8 +229,8 @@ for name in $legs; do
     read -r p f < "$work/$name.counts" 2>/dev/null || { p=0; f=1; }
     verdict=ok
     [ "$f" = 0 ] || { verdict=FAILED; failed_legs+=("$name"); }
-    printf '%-9s %-9s salt-%-5s  qubes-%s  %-7s %6s %6s %5ss\n' "$name" "$stack" "$version" "$release" "$verdict" \
-        "$p" "$f" "$(cat "$work/$name.time" 2>/dev/null || echo '?')"
+    printf '%-9s %-9s salt-%-5s  qubes-%s  %-7s %6s %6s %5ss %5ss\n' "$name" "$stack" "$version" "$release" "$verdict" \
+        "$p" "$f" "$(cat "$work/$name.time" 2>/dev/null || echo '?')" "$(cat "$work/$name.cpu" 2>/dev/null || echo '?')"
     total_passed=$((total_passed + p))
     total_failed=$((total_failed + f))
 done
@@ -234,7 +238,7 @@ if [ "${#prepare_failed[@]}" -gt 0 ]; then
     echo "prepare FAILED: ${prepare_failed[*]}"
     total_failed=$((total_failed + ${#prepare_failed[@]}))
 fi
-echo "total $((SECONDS - start_all))s (counts: pytest tests, plus one per linter)"
+echo "total $((SECONDS - start_all))s (counts: pytest tests, plus one per linter; cpu: user + system seconds)"
 [ "${#failed_legs[@]}" -gt 0 ] && echo "FAILED legs: ${failed_legs[*]}"
 echo "$total_passed passed, $total_failed failed"
 [ "$total_failed" = 0 ]
