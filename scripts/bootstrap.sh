@@ -3,7 +3,7 @@
 # the path of the virtualenv's python for Salt VERSION (3006, 3007 or 3008).
 #   scripts/bootstrap.sh 3008
 # Idempotent: installs only what is missing.  Needs root for apt (nftables, iproute2,
-# python3-venv, graphviz, rpm; gcc and the Python headers on Python >= 3.13, where Salt builds
+# python3-venv, graphviz, rpm, systemd; gcc and the Python headers on Python >= 3.13, where Salt builds
 # a dependency from source).  The venv lives in .venv/salt-VERSION inside the checkout, or
 # in $QF_VENV_DIR/salt-VERSION (the test matrix keeps the venvs of other stacks there).
 # It checks that the installed Salt is exactly the pinned one, then installs this checkout
@@ -23,6 +23,7 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 [ -f /etc/protocols ] || need_apt+=(netbase)   # nft resolves protocol names there
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)   # the diagram test checks DOT text with dot
 command -v rpmbuild >/dev/null 2>&1 || need_apt+=(rpm)   # tests/packaging builds the RPM
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)   # verifies the ConnectTCP units
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if command -v python3 >/dev/null 2>&1; then
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

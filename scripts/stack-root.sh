@@ -19,9 +19,10 @@ case "$suite" in
     # What a lab root must hold: nft and ip for the lab, a Python with venv and a compiler
     # (Salt on Python 3.13 builds a dependency from source), ca-certificates for pip,
     # netbase (/etc/protocols: nft resolves protocol names such as ipv6-icmp there),
-    # graphviz (the diagram test checks the DOT text with dot), rpm (tests/packaging).
+    # graphviz (the diagram test checks the DOT text with dot), rpm (tests/packaging),
+    # systemd (systemd-analyze verifies the ConnectTCP units).
     trixie|bookworm)
-        packages="nftables,iproute2,netbase,python3,python3-venv,python3-dev,gcc,ca-certificates,procps,graphviz,rpm" ;;
+        packages="nftables,iproute2,netbase,python3,python3-venv,python3-dev,gcc,ca-certificates,procps,graphviz,rpm,systemd" ;;
     # Python 3.9 for tests/unit/test_python39.py: the runtime modules compile and plan there.
     bullseye)
         packages="python3,netbase" ;;
