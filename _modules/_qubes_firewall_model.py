@@ -614,7 +614,15 @@ def _dsthost(value, key, path, errors):
         errors.add(path, "must be an address, network or host name, got %s" % _show(value))
         return None
     if key == "dst6" or (key == "dsthost" and ":" in value):
-        return _ipv6_network(value, path, errors)
+        net = _ipv6_network(value, path, errors)
+        if net is not None and net.endswith("/0"):
+            # Qubes takes an IPv6 /0 destination as no destination at all: the rule then
+            # matches any destination (QubesOS issue 9323)
+            errors.add(path, "%s would silently match any destination in Qubes (QubesOS issue 9323): "
+                             "leave dsthost, dst4 and dst6 out to mean any, or give a narrower "
+                             "network (like 2000::/3)" % _show(value))
+            return None
+        return net
     if key == "dst4" or re.fullmatch(r"[0-9./]+", value):
         return _ipv4_network(value, path, errors)
     return _host_name(value, path, errors)

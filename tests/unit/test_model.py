@@ -186,3 +186,16 @@ def test_hostile_strings_are_rejected_with_a_path_or_rendered_safely(field, valu
                 assert rule.text.count('"') % 2 == 0
         block = plan.persist_block(p)
         assert "`" not in block and "$(" not in block.replace("$(qubesdb-read /name 2>/dev/null)", "")
+
+
+@pytest.mark.parametrize("key, value", [("dst6", "::/0"), ("dsthost", "::/0"), ("dst6", "0::0/0")])
+def test_an_ipv6_destination_of_any_address_is_refused(key, value):
+    """Qubes takes dst6=::/0 as no destination: the rule would silently match any (QubesOS issue 9323)."""
+    pillar = with_change(["qubes", "work", "firewall", 0], {"action": "accept", key: value})
+    errors = errors_of(pillar)
+    assert len(errors) == 1 and errors[0].startswith(
+        "qubes_firewall:qubes:work:firewall:0:%s: " % key), errors
+    assert "any destination" in errors[0] and "9323" in errors[0] and value in errors[0]
+    # a narrower network, and the same rule without a destination, are fine
+    assert model.errors(with_change(["qubes", "work", "firewall", 0], {"action": "accept", key: "2000::/3"})) == []
+    assert model.errors(with_change(["qubes", "work", "firewall", 0], {"action": "accept"})) == []
