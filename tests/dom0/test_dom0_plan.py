@@ -29,12 +29,12 @@ def inventory_of(world):
         q = world.qube(name)
         if q["klass"] == "AdminVM":
             out[name] = {"name": name, "klass": "AdminVM", "netvm": None, "provides_network": False,
-                         "ip": None, "state": "Running", "running": True, "template": None,
+                         "ip": None, "ip6": None, "state": "Running", "running": True, "template": None,
                          "kernel": None, "disposable": False}
             continue
         out[name] = {"name": name, "klass": q["klass"], "netvm": world.get(name, "netvm"),
                      "provides_network": bool(world.get(name, "provides_network")),
-                     "ip": world.get(name, "ip"), "state": world.state(name),
+                     "ip": world.get(name, "ip"), "ip6": world.get(name, "ip6"), "state": world.state(name),
                      "running": world.running(name), "template": q.get("template"),
                      "kernel": q.get("kernel"), "disposable": q["klass"] == "DispVM"}
     return out
