@@ -354,6 +354,19 @@ def test_addresses_from_the_inventory(world):
     assert "dom0" not in everything and everything["sys-net"] == "10.137.0.5"
 
 
+def test_ipv6_addresses_from_the_inventory_only_where_ipv6_is_in_effect(world):
+    assert dom0.addresses(inventory_of(world), family=6) == {}
+    world.set_feature("sys-firewall", "ipv6", "1")
+    world.set_feature("web", "ipv6", "")
+    inv = inventory_of(world)
+    got = dom0.addresses(inv, ["sys-net", "sys-firewall", "work", "web", "dom0"], family=6)
+    assert got == {"sys-firewall": inv["sys-firewall"]["ip6"], "work": inv["work"]["ip6"]}
+    assert got["work"] == "fd09:24ef:4179::a89:%x" % world.qube("work")["qid"]
+    assert dom0.addresses(inv, ["work"], family="6") == {"work": got["work"]}
+    with pytest.raises(ValueError, match="family must be 4 or 6"):
+        dom0.addresses(inv, family=5)
+
+
 def _disposable_sys_firewall(inv):
     inv["sys-firewall"].update(klass="DispVM", template="default-dvm", disposable=True)
 
