@@ -708,14 +708,18 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
 # --------------------------------------------------------------------------
 
 
-def addresses(inventory, names=None):
+def addresses(inventory, names=None, family=4):
     """
     ``{qube: ip}`` from the inventory for ``names`` (default: every qube
     with an address, dom0 excluded). Qubes without an address are left out.
+    ``family`` 6: ``{qube: ip6}``, the qubes where IPv6 is in effect.
     """
+    if str(family) not in ("4", "6"):
+        raise ValueError("family must be 4 or 6, got %r" % (family,))
+    key = "ip6" if str(family) == "6" else "ip"
     wanted = sorted(inventory) if names is None else sorted(set(names))
     return {
-        name: inventory[name]["ip"]
+        name: inventory[name][key]
         for name in wanted
-        if name in inventory and inventory[name]["ip"] and inventory[name]["klass"] != "AdminVM"
+        if name in inventory and inventory[name].get(key) and inventory[name]["klass"] != "AdminVM"
     }

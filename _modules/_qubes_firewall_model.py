@@ -176,6 +176,9 @@ class Model:
     connections: Tuple[Connection, ...] = ()
     connect_tcp: Tuple[ConnectTcp, ...] = ()
     port_forwards: Tuple[PortForward, ...] = ()
+    # qube -> its IPv6 address, for the qubes where IPv6 is in effect (Qubes' ipv6 feature
+    # along the netvm chain); a qube not in it has no IPv6
+    addresses6: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def chain(self, name):
         """The qube and its netvms up to the uplink: [name, netvm, ..., uplink]."""
@@ -583,6 +586,33 @@ def _addresses(raw, errors):
     return out
 
 
+def _ipv6(value, path, errors):
+    """One IPv6 address (no prefix, no scope id) in its canonical text, or None (error added)."""
+    addr = None
+    if isinstance(value, str) and _IPV6.match(value):
+        try:
+            addr = ipaddress.IPv6Address(value)
+        except ValueError:
+            addr = None
+    if addr is None or addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        errors.add(path, "not a qube's IPv6 address (like fd09:24ef:4179::a89:5), got %s" % _show(value))
+        return None
+    return str(addr)
+
+
+def _addresses6(raw, errors):
+    """``addresses6``: qube -> IPv6 address; absent: no qube has IPv6 (the pillars before it)."""
+    path = [ROOT, "addresses6"]
+    out = {}
+    raw = _mapping(raw, path, errors) if raw is not None else None
+    for name, value in (raw or {}).items():
+        name_ok = _qube_name(name, path + [_key_text(name)], errors)
+        addr = _ipv6(value, path + [_key_text(name)], errors)
+        if name_ok and addr:
+            out[name] = addr
+    return out
+
+
 def _dstports(value, path, errors):
     if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}-[0-9]{1,5}", value):
         low, high = (int(p) for p in value.split("-"))
@@ -614,7 +644,15 @@ def _dsthost(value, key, path, errors):
         errors.add(path, "must be an address, network or host name, got %s" % _show(value))
         return None
     if key == "dst6" or (key == "dsthost" and ":" in value):
-        return _ipv6_network(value, path, errors)
+        net = _ipv6_network(value, path, errors)
+        if net is not None and net.endswith("/0"):
+            # Qubes takes an IPv6 /0 destination as no destination at all: the rule then
+            # matches any destination (QubesOS issue 9323)
+            errors.add(path, "%s would silently match any destination in Qubes (QubesOS issue 9323): "
+                             "leave dsthost, dst4 and dst6 out to mean any, or give a narrower "
+                             "network (like 2000::/3)" % _show(value))
+            return None
+        return net
     if key == "dst4" or re.fullmatch(r"[0-9./]+", value):
         return _ipv4_network(value, path, errors)
     return _host_name(value, path, errors)
@@ -981,7 +1019,7 @@ def _check_forward_paths(model, errors):
         taken.setdefault(key, fwd.name)
 
 
-_TOP_KEYS = ("lookup", "addresses", "qubes", "connections", "connect_tcp", "port_forwards", "error")
+_TOP_KEYS = ("lookup", "addresses", "addresses6", "qubes", "connections", "connect_tcp", "port_forwards", "error")
 
 
 def _missing(pillar_keys):
@@ -1016,13 +1054,14 @@ def _parse(pillar, pillar_keys):
     lookup = _lookup(raw.get("lookup"), errors)
     errors.release = lookup.qubes_release
     addresses = _addresses(raw.get("addresses"), errors)
+    addresses6 = _addresses6(raw.get("addresses6"), errors)
     qubes = _qubes(raw.get("qubes"), errors, "connect_tcp" in raw)
     connections = _connections(raw.get("connections"), errors, qubes)
     connect_tcp = _connect_tcp(raw.get("connect_tcp"), errors, qubes)
     forwards = _port_forwards(raw.get("port_forwards"), errors, qubes)
     if errors.items:
         raise PillarError(errors.items)
-    model = Model(lookup, addresses, qubes, connections, connect_tcp, forwards)
+    model = Model(lookup, addresses, qubes, connections, connect_tcp, forwards, addresses6)
     _check_forward_paths(model, errors)
     if errors.items:
         raise PillarError(errors.items)

@@ -20,7 +20,10 @@ elements, one rule per group of forwards that share interfaces and sources:
 
 Every set and map has the ``counter`` flag and every element a comment naming
 its forward (``qf port_forwards:https``), so each forward keeps its own
-counters; every rule has a counter and a comment with its origin.
+counters, raised only by the packets forwarded for it.  A rule that serves a
+group of forwards has no counter (one before its lookup would count packets
+the lookup then refuses, and those of other groups); every other rule has
+one.  Every rule has a comment with its origin.
 
 Each object exists twice, from the same data: as nft JSON exactly as ``nft -j
 list`` prints it (what the live ruleset is compared with, rule by rule,
@@ -221,14 +224,20 @@ class Rule:
     matches: Tuple[Expr, ...]
     verdict: Expr
     origin: str  # pillar origin, e.g. "connections:0 work->build forward"
+    # False for a rule that looks a group of forwards up: its elements count each forward
+    counted: bool = True
 
     @property
     def match(self):
         return " ".join(m.text for m in self.matches)
 
     @property
+    def statements(self):
+        return tuple(self.matches) + ((COUNTER,) if self.counted else ()) + (self.verdict,)
+
+    @property
     def body(self):
-        return " ".join([m.text for m in self.matches] + [COUNTER.text, self.verdict.text])
+        return " ".join(m.text for m in self.statements)
 
     @property
     def comment(self):
@@ -241,7 +250,7 @@ class Rule:
     @functools.cached_property
     def expr(self):
         """The rule's statements as ``nft -j list`` prints them (counters zero)."""
-        return [m.json for m in self.matches] + [COUNTER.json, self.verdict.json]
+        return [m.json for m in self.statements]
 
     @functools.cached_property
     def key(self):
@@ -504,19 +513,22 @@ def _forward_objects(groups, qube, uplink, ip):
             name = "qf-nat-" + gid
             sets.append(Set(name, _NAT_TYPE, _NAT_VALUE, tuple(group["nat"])))
             nat.append(Rule(NAT_CHAIN, tuple(head + [own] + sources + [l4]),
-                            v_dnat_map(("proto", "dport"), name), "port_forwards dnat @" + name))
+                            v_dnat_map(("proto", "dport"), name), "port_forwards dnat @" + name,
+                            counted=False))
         if group["redir"]:
             name = "qf-redir-" + gid
             sets.append(Set(name, _NAT_TYPE, _REDIR_VALUE, tuple(group["redir"])))
             nat.append(Rule(NAT_CHAIN, tuple(head + [m_fib_local()] + sources + [l4]),
-                            v_redirect_map(("proto", "dport"), name), "port_forwards redirect @" + name))
+                            v_redirect_map(("proto", "dport"), name), "port_forwards redirect @" + name,
+                            counted=False))
         for kind, chain, out in (("fwd", FORWARD_CHAIN, forward), ("in", INPUT_CHAIN, inputs)):
             if group[kind]:
                 name = "qf-%s-%s" % (kind, gid)
                 sets.append(Set(name, _FWD_TYPE, None, tuple(group[kind])))
                 out.append(Rule(chain, tuple(head + sources + [m_ct_new(),
                                                                m_lookup(("proto", "daddr", "dport"), name)]),
-                                ACCEPT, "port_forwards %s @%s" % ("forward" if kind == "fwd" else "input", name)))
+                                ACCEPT, "port_forwards %s @%s" % ("forward" if kind == "fwd" else "input", name),
+                                counted=False))
     return sets, nat, forward, inputs
 
 

@@ -29,7 +29,9 @@ import subprocess
 from salt.exceptions import CommandExecutionError
 
 # One qvm-ls call reads all of these for every qube.
-INVENTORY_FIELDS = ("name", "klass", "netvm", "provides_network", "ip", "state", "template", "kernel")
+# ip6: Qubes' own answer to "is IPv6 in effect here": None unless the ipv6 feature is on along
+# the netvm chain (core-admin's default for ip6 is features.check_with_netvm('ipv6', False))
+INVENTORY_FIELDS = ("name", "klass", "netvm", "provides_network", "ip", "state", "template", "kernel", "ip6")
 # The only features the run looks at.
 FEATURES = ("os", "service.qubes-firewall", "service.custom-persist")
 RUNNING_STATES = ("Running", "Paused", "Transient", "Suspended")
@@ -129,13 +131,14 @@ def _qubesadmin():
     return qubesadmin
 
 
-def _entry(name, klass, netvm, provides, ip, state, template, kernel):
+def _entry(name, klass, netvm, provides, ip, state, template, kernel, ip6=None):
     return {
         "name": name,
         "klass": klass,
         "netvm": netvm or None,
         "provides_network": bool(provides),
         "ip": ip or None,
+        "ip6": ip6 or None,
         "state": state,
         "running": state in RUNNING_STATES,
         "template": template or None,
@@ -177,7 +180,7 @@ class _Cli:
             row = dict(zip(INVENTORY_FIELDS, values))
             result[row["name"]] = _entry(
                 row["name"], row["klass"], row["netvm"], row["provides_network"] == "True",
-                row["ip"], row["state"], row["template"], row["kernel"],
+                row["ip"], row["state"], row["template"], row["kernel"], row["ip6"],
             )
         return result
 
@@ -285,11 +288,12 @@ class _Admin:
                 template = getattr(vm, "template", None)
                 kernel = getattr(vm, "kernel", None)
                 ip = getattr(vm, "ip", None)
+                ip6 = getattr(vm, "ip6", None)
                 result[name] = _entry(
                     name, klass, str(netvm) if netvm is not None else None,
                     bool(getattr(vm, "provides_network", False)), str(ip) if ip else None,
                     str(vm.get_power_state()), str(template) if template is not None else None,
-                    str(kernel) if kernel else None,
+                    str(kernel) if kernel else None, str(ip6) if ip6 else None,
                 )
             return result
 
@@ -397,9 +401,11 @@ class Qubes:
     def inventory(self):
         """
         Every qube Qubes knows (dom0 included), read once per run:
-        ``{name: {name, klass, netvm, provides_network, ip, state, running,
-        template, kernel, disposable}}``. ``netvm``, ``ip``, ``template`` and
-        ``kernel`` are None when Qubes has none.
+        ``{name: {name, klass, netvm, provides_network, ip, ip6, state,
+        running, template, kernel, disposable}}``. ``netvm``, ``ip``,
+        ``template`` and ``kernel`` are None when Qubes has none; ``ip6`` is
+        None unless IPv6 is in effect for the qube (the ``ipv6`` feature along
+        its netvm chain, as Qubes decides it).
         """
         cache = self._cache()
         if cache["inventory"] is None:

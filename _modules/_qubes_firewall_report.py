@@ -52,82 +52,101 @@ def _value_text(value):
 
 def status(plan, live, origin=None):
     """
-    ``{"qube", "rules": [...], "by_origin": {...}, "missing": [...], "total"}``.
+    ``{"qube", "rules": [...], "by_origin": {...}, "missing": [...], "lookups": [...], "total"}``.
 
     ``rules``: one entry per live rule of an owned chain and per element of
     an owned set or map (each port forward is one element per hop and role),
     with ``chain`` (the chain, or the set/map), ``kind`` ("rule" or the
     element's role: dnat, redirect, forward, input), ``origin`` (None when
     the formula did not write it), ``packets``, ``bytes`` and ``rule`` (the
-    planned text, or "not in the pillar").  ``by_origin`` sums the counters
+    planned text, or "not in the pillar").  A planned rule that looks up a
+    group of forwards has no counter: it is not in ``rules`` but in
+    ``lookups`` ("chain: origin"), so every counter shown is one forward's
+    or one rule's, never a group's.  ``by_origin`` sums the counters
     per pillar entry, e.g. ``port_forwards:https`` or ``connections:0``, so one
     forward reads the same in every hop.  ``missing``: planned rules and
     elements absent from the live ruleset.  ``origin`` keeps only entries
     whose origin starts with it.
     """
-    rules, by_origin, missing = [], {}, []
-    planned_chains = {c.name: c for c in plan.chains}
-    planned_sets = {s.name: s for s in plan.sets}
+    out = _Status(origin)
+    out.chains(plan, live)
+    out.sets(plan, live)
+    return {
+        "qube": plan.qube,
+        "rules": out.rules,
+        "by_origin": out.by_origin,
+        "missing": out.missing,
+        "lookups": out.lookups,
+        "total": {
+            "rules": len(out.rules),
+            "packets": sum(r["packets"] for r in out.rules),
+            "bytes": sum(r["bytes"] for r in out.rules),
+        },
+    }
 
-    def keep(found):
-        return not origin or (found or "").startswith(origin)
 
-    def account(entry):
-        rules.append(entry)
+class _Status:
+    """What ``status`` collects, walking the live owned chains and sets next to the plan's."""
+
+    def __init__(self, origin):
+        self.origin = origin
+        self.rules, self.by_origin, self.missing, self.lookups = [], {}, [], []
+
+    def keep(self, found):
+        return not self.origin or (found or "").startswith(self.origin)
+
+    def account(self, entry):
+        self.rules.append(entry)
         found = entry["origin"]
         if found and ":" in _entry_key(found):
-            total = by_origin.setdefault(_entry_key(found), {"packets": 0, "bytes": 0, "rules": 0})
+            total = self.by_origin.setdefault(_entry_key(found), {"packets": 0, "bytes": 0, "rules": 0})
             total["packets"] += entry["packets"]
             total["bytes"] += entry["bytes"]
             total["rules"] += 1
 
-    chains = [c.name for c in plan.chains] + sorted(set(live["chains"]) - set(planned_chains))
-    for chain in chains:
-        wanted = {r.key: r for r in planned_chains[chain].rules} if chain in planned_chains else {}
-        seen = set()
-        for rule in live["chains"].get(chain, {}).get("rules", []):
-            found = origin_of(rule["comment"])
-            if not keep(found):
-                continue
-            counters = rule["counters"] or {"packets": 0, "bytes": 0}
-            planned = wanted.get(rule["key"])
-            if planned is not None:
-                seen.add(rule["key"])
-            account({"chain": chain, "kind": "rule", "origin": found, "packets": counters["packets"],
-                     "bytes": counters["bytes"], "handle": rule["handle"],
-                     "rule": planned.body if planned is not None
-                     else "not in the pillar (%s)" % (rule["comment"] or "no comment")})
-        if chain in planned_chains:
-            missing += ["%s: %s" % (chain, r.comment) for r in planned_chains[chain].rules
-                        if r.key not in seen and keep(r.origin)]
-    names = [s.name for s in plan.sets] + sorted(set(live.get("sets", {})) - set(planned_sets))
-    for name in names:
-        wanted = {e.key: e for e in planned_sets[name].elements} if name in planned_sets else {}
-        current = live.get("sets", {}).get(name, {}).get("elements", {})
-        for key, elem in sorted(current.items(), key=lambda kv: str(kv[0])):
-            found = origin_of(elem["comment"])
-            if not keep(found):
-                continue
-            counters = elem["counters"] or {"packets": 0, "bytes": 0}
-            planned = wanted.get(key)
-            text = _key_text(key) + _value_text(elem["value"])
-            if planned is None or planned.value != elem["value"] or planned.comment != elem["comment"]:
-                text = "not in the pillar (%s)" % text
-            account({"chain": name, "kind": _role(name), "origin": found, "packets": counters["packets"],
-                     "bytes": counters["bytes"], "rule": text})
-        missing += ["%s: %s %s" % (name, e.comment, e.key_text) for key, e in wanted.items()
-                    if key not in current and keep(e.origin)]
-    return {
-        "qube": plan.qube,
-        "rules": rules,
-        "by_origin": by_origin,
-        "missing": missing,
-        "total": {
-            "rules": len(rules),
-            "packets": sum(r["packets"] for r in rules),
-            "bytes": sum(r["bytes"] for r in rules),
-        },
-    }
+    def chains(self, plan, live):
+        planned_chains = {c.name: c for c in plan.chains}
+        for chain in [c.name for c in plan.chains] + sorted(set(live["chains"]) - set(planned_chains)):
+            wanted = {r.key: r for r in planned_chains[chain].rules} if chain in planned_chains else {}
+            seen = set()
+            for rule in live["chains"].get(chain, {}).get("rules", []):
+                found = origin_of(rule["comment"])
+                if not self.keep(found):
+                    continue
+                counters = rule["counters"] or {"packets": 0, "bytes": 0}
+                planned = wanted.get(rule["key"])
+                if planned is not None:
+                    seen.add(rule["key"])
+                    if not planned.counted:
+                        # it looks a group of forwards up: no counter of its own, its elements count
+                        self.lookups.append("%s: %s" % (chain, found))
+                        continue
+                self.account({"chain": chain, "kind": "rule", "origin": found, "packets": counters["packets"],
+                              "bytes": counters["bytes"], "handle": rule["handle"],
+                              "rule": planned.body if planned is not None
+                              else "not in the pillar (%s)" % (rule["comment"] or "no comment")})
+            if chain in planned_chains:
+                self.missing += ["%s: %s" % (chain, r.comment) for r in planned_chains[chain].rules
+                                 if r.key not in seen and self.keep(r.origin)]
+
+    def sets(self, plan, live):
+        planned_sets = {s.name: s for s in plan.sets}
+        for name in [s.name for s in plan.sets] + sorted(set(live.get("sets", {})) - set(planned_sets)):
+            wanted = {e.key: e for e in planned_sets[name].elements} if name in planned_sets else {}
+            current = live.get("sets", {}).get(name, {}).get("elements", {})
+            for key, elem in sorted(current.items(), key=lambda kv: str(kv[0])):
+                found = origin_of(elem["comment"])
+                if not self.keep(found):
+                    continue
+                counters = elem["counters"] or {"packets": 0, "bytes": 0}
+                planned = wanted.get(key)
+                text = _key_text(key) + _value_text(elem["value"])
+                if planned is None or planned.value != elem["value"] or planned.comment != elem["comment"]:
+                    text = "not in the pillar (%s)" % text
+                self.account({"chain": name, "kind": _role(name), "origin": found, "packets": counters["packets"],
+                              "bytes": counters["bytes"], "rule": text})
+            self.missing += ["%s: %s %s" % (name, e.comment, e.key_text) for key, e in wanted.items()
+                             if key not in current and self.keep(e.origin)]
 
 
 def _entry_key(origin):
@@ -331,8 +350,10 @@ def status_text(report):
     if "rules" not in report:
         return "%s: %s." % (report.get("qube", "?"), report.get("comment", "nothing to show"))
     total = report["total"]
-    lines = ["%s: %d rules and elements owned by the formula, %d packets, %d bytes%s"
+    lookups = len(report.get("lookups", ()))
+    lines = ["%s: %d rules and elements owned by the formula with counters, %d packets, %d bytes%s%s"
              % (report["qube"], total["rules"], total["packets"], total["bytes"],
+                " (and %d forward group lookups without)" % lookups if lookups else "",
                 "; %d planned but not loaded" % len(report["missing"]) if report["missing"] else "")]
     if report["by_origin"]:
         lines += ["", "per pillar entry:"]
@@ -343,6 +364,9 @@ def status_text(report):
     if report["rules"]:
         lines += ["", "rules and elements:"]
         lines += ["  " + line for line in status_table(report).splitlines()]
+    if report.get("lookups"):
+        lines += ["", "rules that look up a group of forwards (no counter: each element above counts its forward):"]
+        lines += ["  " + item for item in report["lookups"]]
     if report["missing"]:
         lines += ["", "planned but not loaded (run qubes_firewall.drift, then state.apply qubes_firewall):"]
         lines += ["  " + item for item in report["missing"]]

@@ -341,8 +341,9 @@ class Run:
         """
         return self.qubes.inventory()
 
-    def addresses(self, names=None):
-        """``qubes_firewall.addresses``: ``{qube: ip}`` from Qubes for ``names`` (default: the pillar's qubes)."""
+    def addresses(self, names=None, family=4):
+        """``qubes_firewall.addresses``: ``{qube: ip}`` (``family=6``: ip6) from Qubes for ``names``
+        (default: the pillar's qubes)."""
         if isinstance(names, str):
             names = [n.strip() for n in names.split(",") if n.strip()]
         if names is None:
@@ -350,7 +351,10 @@ class Run:
             qubes = raw.get("qubes") if isinstance(raw, dict) else None
             if isinstance(qubes, dict) and qubes:
                 names = [str(n) for n in qubes]
-        return qf_dom0.addresses(self.inventory(), names)
+        try:
+            return qf_dom0.addresses(self.inventory(), names, family)
+        except ValueError as exc:
+            raise CommandExecutionError("qubes_firewall.addresses: %s" % exc) from None
 
     def qubes_release(self):
         """``qubes_firewall.qubes_release``: this dom0's release, from Qubes."""

@@ -266,10 +266,11 @@ def revert(name=None):
     return _run().revert(name)
 
 
-def addresses(names=None):
+def addresses(names=None, family=4):
     """
     ``{qube: ip}`` resolved from Qubes, for the qubes in ``names`` (a list or
-    a comma-separated string); by default for the qubes of the
+    a comma-separated string); ``family=6``: ``{qube: ip6}`` of those where
+    IPv6 is in effect (``addresses6``); by default for the qubes of the
     ``qubes_firewall:qubes`` pillar, or, when there is none (while a pillar
     is being rendered), for every qube that has an address. A pillar file
     should therefore always pass the names, as docs/addresses.md shows:
@@ -287,7 +288,7 @@ def addresses(names=None):
         sudo qubesctl qubes_firewall.addresses
         sudo qubesctl qubes_firewall.addresses work,web
     """
-    return _run().addresses(names)
+    return _run().addresses(names, family)
 
 
 def qubes_release():

@@ -29,6 +29,7 @@ the world's ``events``.
 
 import argparse
 import datetime
+import ipaddress
 import json
 import os
 import socket
@@ -40,7 +41,8 @@ STATE_ENV = "QUBES_FAKE_STATE"
 LOG_ENV = "QUBES_FAKE_LOG"
 TOOLS = ("qvm-ls", "qvm-prefs", "qvm-firewall", "qvm-features", "qvm-service", "qvm-create")
 RUNNING = ("Running", "Paused", "Transient")
-PROPERTIES = ("ip", "kernel", "klass", "label", "name", "netvm", "provides_network", "qid", "template")
+PROPERTIES = ("ip", "ip6", "kernel", "klass", "label", "name", "netvm", "provides_network", "qid", "template")
+IPV6_PREFIX = "fd09:24ef:4179:0000"  # core-admin's qubes.config.qubes_ipv6_prefix
 WRITABLE = ("ip", "kernel", "label", "netvm", "provides_network")
 
 
@@ -287,9 +289,27 @@ class World:
             if n < 255:
                 return "%s.0.%d" % (prefix, n)
             return "%s.%d.%d" % (prefix, (n - 1) // 254, (n - 1) % 254 + 1)
+        if prop == "ip6":
+            # core-admin: None unless networked and features.check_with_netvm('ipv6', False)
+            if not self.networked(name) or not self.check_with_netvm(name, "ipv6"):
+                return None
+            if q["klass"] == "DispVM":
+                return str(ipaddress.IPv6Address("%s::a8a:%x" % (IPV6_PREFIX, q["dispid"])))
+            return str(ipaddress.IPv6Address("%s::a89:%x" % (IPV6_PREFIX, q["qid"])))
         if prop == "label":
             return "red"
         return None
+
+    def check_with_netvm(self, name, feature, default=False):
+        """features.check_with_netvm: the qube's own value if set, else its netvm's, up the chain."""
+        seen = []
+        while name is not None and name not in seen:
+            feats = self.features(name) if name != "dom0" else {}
+            if feature in feats:
+                return feats[feature]
+            seen.append(name)
+            name = self.get(name, "netvm")
+        return default
 
     def get(self, name, prop):
         if prop not in self.property_list(name):

@@ -9,7 +9,7 @@ import pytest
 from salt.exceptions import CommandExecutionError
 
 INVENTORY_CALL = ["qvm-ls", "--raw-data", "--fields",
-                  "name,klass,netvm,provides_network,ip,state,template,kernel"]
+                  "name,klass,netvm,provides_network,ip,state,template,kernel,ip6"]
 
 
 def test_backend_is_chosen_by_what_can_be_imported(dom0, backend):
@@ -40,7 +40,7 @@ def test_inventory_is_read_once_per_run_with_defaults_resolved(dom0, qubes, back
     assert inv["dom0"]["klass"] == "AdminVM" and inv["dom0"]["ip"] is None
     assert inv["sys-net"] == {
         "name": "sys-net", "klass": "AppVM", "netvm": None, "provides_network": True,
-        "ip": "10.137.0.5", "state": "Running", "running": True, "template": "fedora-39-xfce",
+        "ip": "10.137.0.5", "ip6": None, "state": "Running", "running": True, "template": "fedora-39-xfce",
         "kernel": "6.6.48-1.fc37", "disposable": False,
     }
     # netvm through Qubes' default_netvm, not pinned
@@ -65,6 +65,31 @@ def test_inventory_of_disposables_and_unnetworked_qubes(qubes, monkeypatch, back
     assert inv["disp-fw"]["disposable"] and inv["disp-fw"]["ip"] == "10.138.0.7"
     assert inv["disp-fw"]["template"] == "default-dvm"
     assert inv["vault"]["netvm"] is None and inv["vault"]["ip"] is None
+
+
+def test_inventory_reads_ipv6_as_qubes_decides_it_along_the_netvm_chain(qubes, backend):
+    """ip6 is Qubes' ip6 property: an address only where the ipv6 feature is in effect (set on a
+    netvm, it reaches its clients down the chain; ``ipv6 ''`` turns it off for one qube)."""
+    from conftest import Dom0, full_pillar
+
+    def add(data):
+        data["qubes"]["sys-net"]["features"]["ipv6"] = "1"
+        data["qubes"]["build"]["features"]["ipv6"] = ""
+        data["qubes"]["disp-web"] = {"klass": "DispVM", "qid": 42, "dispid": 300, "state": "Running",
+                                     "template": "default-dvm", "props": {"netvm": "sys-firewall"},
+                                     "features": {}}
+
+    before = Dom0(full_pillar()).qubes_firewall_qubes.inventory()
+    assert {n: q["ip6"] for n, q in before.items() if q["ip6"]} == {}
+    qubes.edit(add)
+    inv = Dom0(full_pillar()).qubes_firewall_qubes.inventory()
+    world = qubes.world()
+    assert inv["sys-net"]["ip6"] == "fd09:24ef:4179::a89:%x" % world.qube("sys-net")["qid"]
+    assert inv["sys-firewall"]["ip6"] == "fd09:24ef:4179::a89:%x" % world.qube("sys-firewall")["qid"]
+    assert inv["work"]["ip6"] == "fd09:24ef:4179::a89:%x" % world.qube("work")["qid"]
+    assert inv["disp-web"]["ip6"] == "fd09:24ef:4179::a8a:12c"
+    assert inv["build"]["ip6"] is None  # ipv6 '' on the qube itself
+    assert inv["dom0"]["ip6"] is None and inv["fedora-39-xfce"]["ip6"] is None
 
 
 def test_set_pref_and_qubes_refusals(dom0, qubes, backend):

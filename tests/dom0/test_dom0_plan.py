@@ -29,12 +29,12 @@ def inventory_of(world):
         q = world.qube(name)
         if q["klass"] == "AdminVM":
             out[name] = {"name": name, "klass": "AdminVM", "netvm": None, "provides_network": False,
-                         "ip": None, "state": "Running", "running": True, "template": None,
+                         "ip": None, "ip6": None, "state": "Running", "running": True, "template": None,
                          "kernel": None, "disposable": False}
             continue
         out[name] = {"name": name, "klass": q["klass"], "netvm": world.get(name, "netvm"),
                      "provides_network": bool(world.get(name, "provides_network")),
-                     "ip": world.get(name, "ip"), "state": world.state(name),
+                     "ip": world.get(name, "ip"), "ip6": world.get(name, "ip6"), "state": world.state(name),
                      "running": world.running(name), "template": q.get("template"),
                      "kernel": q.get("kernel"), "disposable": q["klass"] == "DispVM"}
     return out
@@ -352,6 +352,19 @@ def test_addresses_from_the_inventory(world):
         "web": "10.137.0.11", "work": "10.137.0.9"}
     everything = dom0.addresses(inv)
     assert "dom0" not in everything and everything["sys-net"] == "10.137.0.5"
+
+
+def test_ipv6_addresses_from_the_inventory_only_where_ipv6_is_in_effect(world):
+    assert dom0.addresses(inventory_of(world), family=6) == {}
+    world.set_feature("sys-firewall", "ipv6", "1")
+    world.set_feature("web", "ipv6", "")
+    inv = inventory_of(world)
+    got = dom0.addresses(inv, ["sys-net", "sys-firewall", "work", "web", "dom0"], family=6)
+    assert got == {"sys-firewall": inv["sys-firewall"]["ip6"], "work": inv["work"]["ip6"]}
+    assert got["work"] == "fd09:24ef:4179::a89:%x" % world.qube("work")["qid"]
+    assert dom0.addresses(inv, ["work"], family="6") == {"work": got["work"]}
+    with pytest.raises(ValueError, match="family must be 4 or 6"):
+        dom0.addresses(inv, family=5)
 
 
 def _disposable_sys_firewall(inv):

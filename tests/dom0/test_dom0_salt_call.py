@@ -201,6 +201,8 @@ def test_addresses_execution_function(env):
     assert out["work"] == "10.137.0.9" and "personal" not in out
     rc, out, proc = salt_call(env, "dom0", "qubes_firewall.addresses", "personal,work")
     assert out == {"personal": "10.137.0.12", "work": "10.137.0.9"}
+    rc, out, proc = salt_call(env, "dom0", "qubes_firewall.addresses", "family=6")
+    assert rc == 0 and out == {}, proc.stderr  # no qube has the ipv6 feature in this world
 
 
 def test_dom0_clean_removes_the_policy_block_only(env):

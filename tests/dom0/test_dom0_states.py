@@ -289,7 +289,7 @@ def test_a_noop_run_reads_the_inventory_once(dom0, qubes, backend):
     calls = qubes.calls()
     if backend == "cli":
         assert [c for c in calls if c[0] == "qvm-ls"] == [["qvm-ls", "--raw-data", "--fields",
-                                                           "name,klass,netvm,provides_network,ip,state,template,kernel"]]
+                                                           "name,klass,netvm,provides_network,ip,state,template,kernel,ip6"]]
         assert len([c for c in calls if c[0] == "qvm-firewall"]) == 1  # work's list, once
     else:
         assert fake_qubesadmin.calls["admin.vm.List"] == 1 and fake_qubesadmin.calls["Qubes"] == 1

@@ -33,7 +33,9 @@ def test_the_documented_addresses_file_renders_in_dom0(salt_factories, tmp_path)
     (root / "qubes_firewall_addresses.sls").write_text(blocks[0])
     (root / "top.sls").write_text(tops[0])
     bindir = fakequbes.install_tools(str(tmp_path / "bin"))
-    world = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
+    seed = fakequbes.seed_world()
+    seed["qubes"]["sys-firewall"]["features"]["ipv6"] = "1"  # IPv6 from sys-firewall down
+    world = fakequbes.write_world(tmp_path / "qubes.json", seed)
     release = tmp_path / "qubes-release"
     release.write_text("Qubes release 4.2.4 (R4.2)\n")
     env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]), PYTHONWARNINGS="ignore",
@@ -47,5 +49,10 @@ def test_the_documented_addresses_file_renders_in_dom0(salt_factories, tmp_path)
     assert pillar["addresses"] == {"sys-net": "10.137.0.5", "sys-firewall": "10.137.0.6", "sys-vpn": "10.137.0.7",
                                    "sys-firewall-2": "10.137.0.8", "work": "10.137.0.9", "build": "10.137.0.10",
                                    "web": "10.137.0.11"}
+    qubes = fakequbes.World(str(world))
+    expected6 = {name: qubes.get(name, "ip6") for name in topology["qubes_firewall"]["qubes"]
+                 if qubes.get(name, "ip6")}
+    assert "sys-firewall" in expected6 and "sys-net" not in expected6  # the feature reaches down, not up
+    assert pillar["addresses6"] == expected6
     assert pillar["lookup"] == {"qubes_release": "4.2"}
     assert pillar["qubes"] == topology["qubes_firewall"]["qubes"]

@@ -87,6 +87,44 @@ def test_each_forward_keeps_its_own_counters_in_every_hop(flab):
         assert after[qube]["port_forwards:ssh"] == before[qube]["port_forwards:ssh"]
 
 
+def all_counters(flab):
+    """Every counter the formula owns in the forward's hops: {(qube, chain or set, item): (packets, origin)}."""
+    out = {}
+    for qube in ("sys-net", "sys-firewall", "web"):
+        live = nft.live_state(flab.lab.nft_json(qube))
+        for chain, body in live["chains"].items():
+            for rule in body["rules"]:
+                if rule["counters"] is not None:
+                    out[(qube, chain, rule["handle"])] = (rule["counters"]["packets"], rule["comment"])
+        for name, body in live["sets"].items():
+            for key, elem in body["elements"].items():
+                out[(qube, name, key)] = (elem["counters"]["packets"], elem["comment"])
+    return out
+
+
+def changed_counters(before, after):
+    return {k: (after[k][1], after[k][0] - before[k][0]) for k in after if after[k][0] != before.get(k, (0,))[0]}
+
+
+def test_a_packet_raises_the_counters_of_its_forward_and_no_other(flab):
+    """Two groups (https: ens6 from the LAN; ssh: any interface, any source): three https connections
+    raise the https elements by three in every hop and nothing else, though the ssh group's rules
+    see the packets first or too; refused packets (a port nobody forwards, a source outside the https
+    group's) raise no counter at all."""
+    before = all_counters(flab)
+    assert sum(1 for v in before.values() if v[1] == "qf port_forwards:https") == 5  # 2 + 2 + 1 hops' roles
+    for _ in range(3):
+        assert flab.lab.probe_tcp("lan", "192.168.1.10", 443, timeout=2) == "web:443"
+    after = all_counters(flab)
+    changed = changed_counters(before, after)
+    assert sorted(changed.values()) == [("qf port_forwards:https", 3)] * 5, changed
+    assert {k[0] for k in changed} == {"sys-net", "sys-firewall", "web"}
+    # refused: a port no forward has; the https port from the other network (not ens6, not the LAN)
+    assert flab.lab.probe_tcp("lan", "192.168.1.10", 444, timeout=1) is None
+    assert flab.lab.probe_tcp("wan", "172.30.0.10", 443, timeout=1) is None
+    assert changed_counters(after, all_counters(flab)) == {}
+
+
 @pytest.mark.parametrize("edit, kind", [
     # the issue's edit: an owned rule rewritten with its comment kept
     ("rewrite", "rule edited"),

@@ -46,7 +46,11 @@ def with_counters(doc):
 def test_status_text():
     text = report.status_text(report.status(sys_net_plan(), nft.live_state(with_counters(applied()))))
     golden("status-sys-net.txt", text)
-    assert text.splitlines()[0] == "sys-net: 4 rules and elements owned by the formula, 6 packets, 360 bytes"
+    assert text.splitlines()[0] == ("sys-net: 2 rules and elements owned by the formula with counters, 6 packets, "
+                                    "360 bytes (and 2 forward group lookups without)")
+    # the rules that look up a group count nothing themselves: listed apart, no counter column
+    assert text.split("no counter: each element above counts its forward):\n")[1].splitlines() == [
+        "  qf-forward: port_forwards forward @qf-fwd-17972a6e", "  qf-nat: port_forwards dnat @qf-nat-17972a6e"]
 
 
 def test_status_text_missing_and_not_named():

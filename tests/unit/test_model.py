@@ -186,3 +186,37 @@ def test_hostile_strings_are_rejected_with_a_path_or_rendered_safely(field, valu
                 assert rule.text.count('"') % 2 == 0
         block = plan.persist_block(p)
         assert "`" not in block and "$(" not in block.replace("$(qubesdb-read /name 2>/dev/null)", "")
+
+
+@pytest.mark.parametrize("key, value", [("dst6", "::/0"), ("dsthost", "::/0"), ("dst6", "0::0/0")])
+def test_an_ipv6_destination_of_any_address_is_refused(key, value):
+    """Qubes takes dst6=::/0 as no destination: the rule would silently match any (QubesOS issue 9323)."""
+    pillar = with_change(["qubes", "work", "firewall", 0], {"action": "accept", key: value})
+    errors = errors_of(pillar)
+    assert len(errors) == 1 and errors[0].startswith(
+        "qubes_firewall:qubes:work:firewall:0:%s: " % key), errors
+    assert "any destination" in errors[0] and "9323" in errors[0] and value in errors[0]
+    # a narrower network, and the same rule without a destination, are fine
+    assert model.errors(with_change(["qubes", "work", "firewall", 0], {"action": "accept", key: "2000::/3"})) == []
+    assert model.errors(with_change(["qubes", "work", "firewall", 0], {"action": "accept"})) == []
+
+
+def test_addresses6_are_optional_and_canonical():
+    """A pillar without addresses6 is IPv4-only, as every pillar before it; entries are one IPv6
+    address per qube, written canonically."""
+    assert model.parse(README_EXAMPLE).addresses6 == {}
+    pillar = copy.deepcopy(README_EXAMPLE)
+    pillar["addresses6"] = {"sys-net": "fd09:24ef:4179:0000:0000:0000:0a89:0005", "web": "FD09:24EF:4179::A89:B"}
+    assert model.parse(pillar).addresses6 == {"sys-net": "fd09:24ef:4179::a89:5", "web": "fd09:24ef:4179::a89:b"}
+    assert model.parse(pillar).addresses == model.parse(README_EXAMPLE).addresses
+
+
+@pytest.mark.parametrize("value", ["10.137.0.5", "fd00::/64", "fe80::1%eth0", "::", "::1", "ff02::1",
+                                   "fd09::a89:5; flush ruleset", 5, None, ["fd00::1"], "g::1"])
+def test_addresses6_entries_that_are_not_a_qube_address_name_their_path(value):
+    pillar = copy.deepcopy(README_EXAMPLE)
+    pillar["addresses6"] = {"web": value}
+    assert errors_of(pillar) == ["qubes_firewall:addresses6:web: not a qube's IPv6 address "
+                                 "(like fd09:24ef:4179::a89:5), got %s" % model.show(value)]
+    pillar["addresses6"] = {"Bad Name": "fd00::1"}
+    assert [e.split(": ")[0] for e in errors_of(pillar)] == ["qubes_firewall:addresses6:Bad Name"]

@@ -234,7 +234,7 @@ def test_the_pillar_itself_must_be_a_mapping(top):
 
 
 @pytest.mark.parametrize("raw,expected", [
-    (dict(BASE, qube={}), "qubes_firewall:qube: unknown key; did you mean qubes? (allowed keys: addresses, "
+    (dict(BASE, qube={}), "qubes_firewall:qube: unknown key; did you mean qubes? (allowed keys: addresses, addresses6, "
                           "connect_tcp, connections, error, lookup, port_forwards, qubes)"),
     (dict(BASE, port_forward=[]), "qubes_firewall:port_forward: unknown key; did you mean port_forwards?"),
     (dict(BASE, lookup={"rw-config": "/rw"}), "qubes_firewall:lookup:rw-config: unknown key; did you mean rw_config?"),

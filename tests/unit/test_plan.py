@@ -63,12 +63,12 @@ def test_seed_port_forward_rules_per_hop():
     nat = the_set(net, "qf-nat-")
     (dnat,) = chains["qf-nat"].rules
     assert dnat.body == ('iifname "ens6" fib daddr type local ip saddr 192.168.1.0/24 meta l4proto { tcp, udp } '
-                         'counter dnat ip to meta l4proto . th dport map @%s' % nat.name)
+                         'dnat ip to meta l4proto . th dport map @%s' % nat.name)
     assert [e.text for e in nat.elements] == ['tcp . 443 comment "qf port_forwards:https" : 10.137.0.6 . 443']
     (fwd,) = chains["qf-forward"].rules
     fwd_set = the_set(net, "qf-fwd-")
     assert fwd.body == ('iifname "ens6" ip saddr 192.168.1.0/24 ct state new '
-                        'meta l4proto . ip daddr . th dport @%s counter accept' % fwd_set.name)
+                        'meta l4proto . ip daddr . th dport @%s accept' % fwd_set.name)
     assert [e.key for e in fwd_set.elements] == [("tcp", "10.137.0.6", 443)]
     chains = chains_of(fw)
     (dnat,) = chains["qf-nat"].rules
@@ -135,7 +135,7 @@ def test_forward_to_the_uplink_itself_redirects_the_external_port():
     redir = the_set(p, "qf-redir-")
     (redirect,) = chains["qf-nat"].rules
     assert redirect.body == ('iifname { "ens6", "wlan0" } fib daddr type local meta l4proto { tcp, udp } '
-                             'counter redirect to :meta l4proto . th dport map @%s' % redir.name)
+                             'redirect to :meta l4proto . th dport map @%s' % redir.name)
     assert [(e.key, e.value) for e in redir.elements] == [(("tcp", 2222), (22,))]
     (inp,) = chains["qf-input"].rules
     assert inp.match.startswith('iifname { "ens6", "wlan0" } ct state new')
@@ -258,3 +258,26 @@ def test_boot_block_is_guarded_and_replays_the_ruleset():
     # sets and maps before the rules that look them up
     text = plan.ruleset_text(p)
     assert text.index("add map ip qubes qf-nat-") < text.index("add chain ip qubes qf-nat ")
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_no_counter_before_a_lookup_that_can_miss(example):
+    """A rule that looks up a set or map of forwards counts nothing (its elements count each forward):
+    a counter before the lookup would count packets the lookup refuses and other groups' packets.
+    Every other rule counts, right before its verdict."""
+    mdl = parse(load_example(example))
+    seen = {True: 0, False: 0}
+    for qube in mdl.qubes:
+        for chain in plan.plan_qube(mdl, qube).chains:
+            for rule in chain.rules:
+                text = json.dumps(rule.expr)
+                looks_up = '"@qf-' in text
+                assert ('"counter"' in text) is (not looks_up), rule.text
+                assert rule.counted is (not looks_up)
+                if rule.counted:
+                    assert rule.expr[-2] == {"counter": {"packets": 0, "bytes": 0}}
+                seen[looks_up] += 1
+    if example in ("full", "port-forward"):
+        assert seen[True] > 0
+    if example in ("full", "qube-to-qube"):
+        assert seen[False] > 0
