@@ -59,6 +59,10 @@ done
 # ---- prepare (sequential) ----------------------------------------------------------------
 declare -A WHERE PY   # WHERE[stack]: "-" (this machine) or its root; PY[stack/salt]: venv python
 prepare_failed=()
+# This machine's venvs live beside the stack roots, outside the checkout, so that a fresh
+# clone (CI) reuses them; bootstrap.sh rebuilds one whose requirements or Python changed
+# and reinstalls the formula when a shipped file changed.
+export QF_VENV_DIR="${QF_VENV_DIR:-${QF_STACK_CACHE:-/var/cache/qubes-firewall-formula}/venvs}"
 
 # venv STACK SALT: the venv python of Salt SALT on STACK (created or refreshed), in PY.
 venv() {
