@@ -1,0 +1,112 @@
+"""
+Benchmark (not a test): the no-op run of a qube against Salt's floor.
+
+    sudo .venv/salt-3008/bin/python -m benchmarks.noop [--forwards 12,3000] [--repeat 7]
+    sudo .venv/salt-3008/bin/python -m benchmarks.noop --profile 3000 [--top 30]
+
+For each N (sys-net with N port forwards to its client web, on a fresh Qubes
+base ruleset in a network namespace): the first ``state.apply`` loads the
+rules, then ``--repeat`` no-op ``state.apply`` runs and as many ``salt-call
+test.ping`` runs alternate; the table shows the median of each, their ratio,
+the extra seconds over the floor, and the nft processes a no-op run spawned
+(one ``nft -j list ruleset``).  Interleaving the two keeps a shared machine's
+load out of the ratio as far as it can.
+
+``--profile N`` runs one no-op ``state.apply`` at N forwards under cProfile
+(``python -m cProfile``, the whole salt-call process) and prints the top
+functions by cumulative time and by own time, restricted to the formula's
+files unless ``--all``.
+"""
+
+import argparse
+import os
+import pathlib
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.port_forwards import NS, Spawns, fresh_namespace, pillar
+from tests.salt_call import SaltCall, salt_call_binary
+
+
+def timed(call, spawns, *args):
+    spawns.reset()
+    start = time.monotonic()
+    rc, out, proc = call.run(*args)
+    wall = time.monotonic() - start
+    if rc != 0:
+        print(proc.stdout[-1500:], proc.stderr[-1500:], file=sys.stderr)
+    changed = sum(1 for s in out.values() if s.get("changes")) if isinstance(out, dict) and "state" in args[0] else 0
+    return {"rc": rc, "wall": wall, "spawns": spawns.count(), "changed": changed}
+
+
+def measure(work, spawns, n, repeat):
+    fresh_namespace()
+    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=spawns.env)
+    first = timed(call, spawns, "state.apply", "qubes_firewall")
+    call.run("test.ping")  # warm the floor's caches too
+    noop, ping = [], []
+    for _ in range(repeat):
+        noop.append(timed(call, spawns, "state.apply", "qubes_firewall"))
+        ping.append(timed(call, spawns, "test.ping"))
+    ok = first["rc"] == 0 and all(r["rc"] == 0 and r["changed"] == 0 for r in noop)
+    apply_s = statistics.median(r["wall"] for r in noop)
+    ping_s = statistics.median(r["wall"] for r in ping)
+    return (n, "%.2f" % ping_s, "%.2f" % apply_s, "%.2fx" % (apply_s / ping_s), "%+.2f" % (apply_s - ping_s),
+            max(r["spawns"] for r in noop), "ok" if ok else "FAILED (or not a no-op)")
+
+
+def profile(work, spawns, n, top, everything):
+    fresh_namespace()
+    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=spawns.env)
+    call.run("state.apply", "qubes_firewall", check=True)
+    out = work / "noop.prof"
+    argv = call.argv("state.apply", "qubes_firewall")
+    at = argv.index(salt_call_binary())
+    argv[at:at + 1] = [sys.executable, "-m", "cProfile", "-o", str(out), salt_call_binary()]
+    start = time.monotonic()
+    subprocess.run(argv, capture_output=True, text=True, check=True, env=dict(call_env(spawns)))
+    print("no-op state.apply at %d forwards under cProfile: %.2f s wall\n" % (n, time.monotonic() - start))
+    stats = pstats.Stats(str(out))
+    pattern = [] if everything else ["qubes_firewall"]
+    for order in ("cumulative", "tottime"):
+        print("---- by %s ----" % order)
+        stats.sort_stats(order).print_stats(*(pattern + [top]))
+
+
+def call_env(spawns):
+    return dict(os.environ, PYTHONWARNINGS="ignore", **spawns.env)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--forwards", default="12,3000")
+    parser.add_argument("--repeat", type=int, default=7, help="no-op runs and test.ping runs per N (median)")
+    parser.add_argument("--profile", type=int, metavar="N", help="profile one no-op run at N forwards")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--all", action="store_true", help="profile: every function, not only the formula's")
+    args = parser.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="qf-noop-"))
+    spawns = Spawns(work)
+    try:
+        if args.profile:
+            profile(work, spawns, args.profile, args.top, args.all)
+            return
+        rows = [measure(work, spawns, int(n), args.repeat) for n in args.forwards.split(",")]
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    header = ("forwards", "test.ping s", "no-op state.apply s", "ratio", "over floor s", "nft spawns", "")
+    table = [header] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    print("median of %d alternating runs each\n" % args.repeat)
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
