@@ -7,7 +7,9 @@ Benchmark (not a test): the no-op run of a qube against Salt's floor.
 For each N (sys-net with N port forwards to its client web, on a fresh Qubes
 base ruleset in a network namespace): the first ``state.apply`` loads the
 rules, then ``--repeat`` no-op ``state.apply`` runs and as many ``salt-call
-test.ping`` runs alternate; the table shows the median of each, their ratio,
+test.ping`` runs alternate (and as many ``state.apply`` of an SLS holding one
+``test.nop``: Salt's own cost of a state run with this pillar, which
+compiles the pillar a second time); the table shows the median of each, the ratio to test.ping,
 the extra seconds over the floor, and the nft processes a no-op run spawned
 (one ``nft -j list ruleset``).  Interleaving the two keeps a shared machine's
 load out of the ratio as far as it can.
@@ -40,7 +42,7 @@ def timed(call, spawns, *args):
     wall = time.monotonic() - start
     if rc != 0:
         print(proc.stdout[-1500:], proc.stderr[-1500:], file=sys.stderr)
-    changed = sum(1 for s in out.values() if s.get("changes")) if isinstance(out, dict) and "state" in args[0] else 0
+    changed = sum(1 for s in out.values() if s.get("changes")) if isinstance(out, dict) and "state.apply" in args else 0
     return {"rc": rc, "wall": wall, "spawns": spawns.count(), "changed": changed}
 
 
@@ -48,15 +50,22 @@ def measure(work, spawns, n, repeat):
     fresh_namespace()
     call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=spawns.env)
     first = timed(call, spawns, "state.apply", "qubes_firewall")
+    nop_root = work / "nop-sls"
+    nop_root.mkdir(exist_ok=True)
+    (nop_root / "nop.sls").write_text("nothing:\n  test.nop: []\n")
+    nop_args = ("--file-root=" + str(nop_root), "state.apply", "nop")
     call.run("test.ping")  # warm the floor's caches too
-    noop, ping = [], []
+    call.run(*nop_args)
+    noop, ping, nop = [], [], []
     for _ in range(repeat):
         noop.append(timed(call, spawns, "state.apply", "qubes_firewall"))
         ping.append(timed(call, spawns, "test.ping"))
+        nop.append(timed(call, spawns, *nop_args))
     ok = first["rc"] == 0 and all(r["rc"] == 0 and r["changed"] == 0 for r in noop)
     apply_s = statistics.median(r["wall"] for r in noop)
     ping_s = statistics.median(r["wall"] for r in ping)
-    return (n, "%.2f" % ping_s, "%.2f" % apply_s, "%.2fx" % (apply_s / ping_s), "%+.2f" % (apply_s - ping_s),
+    nop_s = statistics.median(r["wall"] for r in nop)
+    return (n, "%.2f" % ping_s, "%.2f" % nop_s, "%.2f" % apply_s, "%.2fx" % (apply_s / ping_s), "%+.2f" % (apply_s - ping_s),
             max(r["spawns"] for r in noop), "ok" if ok else "FAILED (or not a no-op)")
 
 
@@ -100,7 +109,7 @@ def main():
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
-    header = ("forwards", "test.ping s", "no-op state.apply s", "ratio", "over floor s", "nft spawns", "")
+    header = ("forwards", "test.ping s", "test.nop state.apply s", "no-op state.apply s", "ratio", "over floor s", "nft spawns", "")
     table = [header] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     print("median of %d alternating runs each\n" % args.repeat)

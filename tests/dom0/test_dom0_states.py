@@ -99,7 +99,7 @@ def test_refusal_mid_way_is_a_failed_state_naming_what_was_done(dom0, qubes, bac
     steps = dom0.shell().dom0_prefs_plan()
     qubes.edit(lambda d: d["qubes"]["sys-vpn"].update(state="Halted"))
     monkeypatch.setattr(core("run").Run, "dom0_prefs_plan", lambda self: steps)
-    ret = dom0.states.prefs("qubes_firewall-dom0-prefs")
+    ret = dom0.states.netvm_managed("qubes_firewall-dom0-prefs")
     assert ret["result"] is False
     assert "Cannot dynamically attach to stopped NetVM: 'sys-vpn'" in ret["comment"]
     assert "done before: sys-firewall-2 provides_network=True, sys-vpn provides_network=True" in ret["comment"]
