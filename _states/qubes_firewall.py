@@ -6,16 +6,49 @@ current and the wanted value, return at once when they match, put a diff in
 module and say what was done.  Errors from the execution layer become
 ``result: False`` with a comment, never a traceback.
 
-The formula's SLS (``salt/qubes_firewall/init.sls``) uses them; a user's own
-SLS can too::
+Names: ``*_managed`` makes something match, ``absent`` removes, ``*_valid`` /
+``validated`` only check; ``run_locked`` and ``run_summary`` are the run's
+plumbing (take the lock first, say what changed last).  The names before
+this release (``runtime_rules``, ``persisted_rules``, ``custom_persist_replay``,
+``cleaned``, ``connect_tcp_policy``, ``connect_tcp_bindings``, ``prefs``,
+``firewall_rules``, ``policy_absent``, ``locked``, ``summary``) still work
+for one release (``DEPRECATED``) and say the new name in their comment.
 
-    qubes_firewall-validated:
-      qubes_firewall.validated: []
+Data: the formula's SLS (``salt/qubes_firewall/init.sls``) reads the
+``qubes_firewall`` pillar.  Every data-taking state also accepts the
+pillar's keys as arguments (``qubes``, ``addresses``, ``connections``,
+``connect_tcp``, ``port_forwards``, each as under ``qubes_firewall``): they
+are added to the pillar's data for that state and every later state of the
+same run, validated by the same model (errors name the argument, e.g.
+``argument port_forwards:0:port``) and planned by the same planner.
 
-    qubes_firewall-runtime:
-      qubes_firewall.rules_managed:
-        - require:
-          - qubes_firewall: qubes_firewall-validated
+Ownership: the formula owns its objects in a qube as a whole (the ``qf-*``
+chains, sets and maps, the jumps, the boot blocks); each run makes them
+equal to that run's data, the pillar plus every argument its states were
+given, and removes the rest.  So a forward declared in an SLS stays as long
+as every run on that qube declares it: apply that SLS instead of
+``qubes_firewall`` (it includes it), never one and then the other::
+
+    # /srv/salt/web_forward.sls: the formula's run plus one forward of its own
+    # sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall state.apply web_forward
+    include:
+      - qubes_firewall
+
+    extend:
+      qubes_firewall-validated:
+        qubes_firewall.validated:
+          - port_forwards:
+            - name: web-https
+              qube: web
+              port: 443
+              external_port: 8443
+              interfaces: [ens6]
+              sources: [192.168.1.0/24]
+
+Given to ``validated`` (the state every other one requires), the forward is
+part of the whole run: the nft rules, the boot replay, the summary.  A run of
+``qubes_firewall`` alone afterwards removes it again, as it removes any
+forward gone from the pillar.
 """
 
 import difflib
@@ -216,6 +249,8 @@ def run_locked(name):
 
     .. code-block:: yaml
 
+        # plumbing: the formula's SLS files take it first; an SLS of your own that
+        # uses the formula's states without including them should too
         qubes_firewall-locked:
           qubes_firewall.run_locked: []
     """
@@ -250,8 +285,20 @@ def validated(name, qubes=None, addresses=None, connections=None, connect_tcp=No
 
     .. code-block:: yaml
 
-        qubes_firewall-validated:
-          qubes_firewall.validated: []
+        # /srv/salt/my_forwards.sls, applied with
+        #   sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall state.apply my_forwards
+        # the formula's run, plus two forwards of this SLS for every state of the run
+        include:
+          - qubes_firewall
+
+        extend:
+          qubes_firewall-validated:
+            qubes_firewall.validated:
+              - port_forwards:
+                - {name: web-https, qube: web, port: 443, external_port: 8443,
+                   interfaces: [ens6], sources: [192.168.1.0/24]}
+                - {name: web-ssh, qube: web, port: 22, external_port: 2222,
+                   interfaces: [ens6], sources: [192.168.1.10/32]}
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -303,8 +350,23 @@ def rules_managed(name, qubes=None, addresses=None, connections=None, connect_tc
 
     .. code-block:: yaml
 
-        qubes_firewall-runtime:
-          qubes_firewall.rules_managed: []
+        # /srv/salt/web_forward.sls: one forward without a topology pillar, applied with
+        #   sudo qubesctl --skip-dom0 --targets=sys-net state.apply web_forward
+        web-forward-rules:
+          qubes_firewall.rules_managed:
+            - qubes:
+                sys-net: {netvm: none, provides_network: true}
+                web: {netvm: sys-net}
+            - addresses: {sys-net: 10.137.0.5, web: 10.137.0.11}
+            - port_forwards:
+              - {name: web-https, qube: web, port: 443, external_port: 443,
+                 interfaces: [ens6], sources: [192.168.1.0/24]}
+
+        # the same rules at boot (the data above is the run's data from here on)
+        web-forward-boot-replay:
+          qubes_firewall.boot_replay_managed:
+            - require:
+              - qubes_firewall: web-forward-rules
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -366,8 +428,12 @@ def boot_replay_managed(name, qubes=None, addresses=None, connections=None, conn
 
     .. code-block:: yaml
 
+        # in the formula's SLS after the live rules; with data of its own:
+        #   sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall state.apply my_boot_replay
         qubes_firewall-persisted:
-          qubes_firewall.boot_replay_managed: []
+          qubes_firewall.boot_replay_managed:
+            - require:
+              - qubes_firewall: qubes_firewall-runtime-rules
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -452,8 +518,12 @@ def custom_persist_replay_managed(name, qubes=None, addresses=None, connections=
 
     .. code-block:: yaml
 
+        # run in the template T of the custom-persist qubes:
+        #   sudo qubesctl --skip-dom0 --targets=T state.apply qubes_firewall
         qubes_firewall-custom-persist:
-          qubes_firewall.custom_persist_replay_managed: []
+          qubes_firewall.custom_persist_replay_managed:
+            - require:
+              - qubes_firewall: qubes_firewall-runtime-rules
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -492,6 +562,8 @@ def absent(name):
 
     .. code-block:: yaml
 
+        # what salt/qubes_firewall/clean.sls does in a qube:
+        #   sudo qubesctl --skip-dom0 --targets=sys-net state.apply qubes_firewall.clean
         qubes_firewall-cleaned:
           qubes_firewall.absent: []
     """
@@ -555,10 +627,12 @@ def connect_tcp_policy_managed(name, qubes=None, addresses=None, connections=Non
 
     .. code-block:: yaml
 
-        qubes_firewall-connect-tcp-policy:
+        # dom0: sudo qubesctl state.apply my_connect_tcp
+        # one qubes.ConnectTCP binding declared in an SLS
+        work-ssh-to-build-policy:
           qubes_firewall.connect_tcp_policy_managed:
-            - require:
-              - qubes_firewall: qubes_firewall-validated
+            - connect_tcp:
+              - {client: work, server: build, port: 22}
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -597,10 +671,11 @@ def connect_tcp_bindings_managed(name, qube=None, qubes=None, addresses=None, co
 
     .. code-block:: yaml
 
-        qubes_firewall-connect-tcp-bindings:
+        # the client qube: sudo qubesctl --skip-dom0 --targets=work state.apply my_connect_tcp
+        work-ssh-to-build-bindings:
           qubes_firewall.connect_tcp_bindings_managed:
-            - require:
-              - qubes_firewall: qubes_firewall-validated
+            - connect_tcp:
+              - {client: work, server: build, port: 22, persistent: true}
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -671,6 +746,7 @@ def topology_valid(name, qubes=None, addresses=None, connections=None, connect_t
 
     .. code-block:: yaml
 
+        # dom0: sudo qubesctl state.apply qubes_firewall (reads only)
         qubes_firewall-dom0-topology:
           qubes_firewall.topology_valid:
             - require:
@@ -703,10 +779,14 @@ def netvm_managed(name, qubes=None, addresses=None, connections=None, connect_tc
 
     .. code-block:: yaml
 
-        qubes_firewall-dom0-prefs:
+        # dom0: sudo qubesctl state.apply my_netvms
+        # web behind sys-firewall, from an SLS instead of the pillar
+        web-netvm:
           qubes_firewall.netvm_managed:
-            - require:
-              - qubes_firewall: qubes_firewall-dom0-topology
+            - qubes:
+                sys-net: {netvm: none, provides_network: true}
+                sys-firewall: {netvm: sys-net, provides_network: true}
+                web: {netvm: sys-firewall}
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -755,10 +835,18 @@ def firewall_managed(name, qubes=None, addresses=None, connections=None, connect
 
     .. code-block:: yaml
 
-        qubes_firewall-dom0-firewall:
+        # dom0: sudo qubesctl state.apply my_firewall
+        # work may reach one network only
+        work-qvm-firewall:
           qubes_firewall.firewall_managed:
-            - require:
-              - qubes_firewall: qubes_firewall-dom0-topology
+            - qubes:
+                sys-firewall: {netvm: none, provides_network: true}
+                work:
+                  netvm: sys-firewall
+                  firewall:
+                    - {action: accept, specialtarget: dns}
+                    - {action: accept, dst4: 192.168.1.0/24}
+                    - {action: drop}
     """
     ret = _ret(name)
     if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
@@ -799,6 +887,7 @@ def reconnected(name):
 
     .. code-block:: yaml
 
+        # dom0, after sys-net restarted: sudo qubesctl state.apply reconnect_sys_net
         sys-net-clients-reconnected:
           qubes_firewall.reconnected:
             - name: sys-net
@@ -832,6 +921,8 @@ def connect_tcp_policy_absent(name):
 
     .. code-block:: yaml
 
+        # what salt/qubes_firewall/clean.sls does in dom0:
+        #   sudo qubesctl state.apply qubes_firewall.clean
         qubes_firewall-policy-absent:
           qubes_firewall.connect_tcp_policy_absent: []
     """
@@ -872,6 +963,7 @@ def run_summary(name):
 
     .. code-block:: yaml
 
+        # plumbing: the formula's SLS ends with it
         qubes_firewall-summary:
           qubes_firewall.run_summary: []
     """

@@ -5,11 +5,15 @@ work: a forward given to ``rules_managed`` is validated by the same model
 seen by the later states of the run; each deprecated name runs its new state.
 """
 
+import ast
 import inspect
+import re
 
 import pytest
+import yaml
 
 from tests import examples
+from tests.modules import REPO, core, load_file
 from tests.unit.test_run_context import Run
 
 EXTRA = {"name": "extra", "qube": "web", "proto": "tcp", "port": 8443, "external_port": 8443,
@@ -87,3 +91,43 @@ def test_every_old_state_name_runs_its_new_state(tmp_path, pillar, monkeypatch):
         note = "\n(qubes_firewall.%s is deprecated and goes in the next release: use qubes_firewall.%s)" % (old, new)
         assert got["comment"] == want["comment"] + note, old
         assert (got["result"], got["changes"]) == (want["result"], want["changes"]), old
+
+
+def docstring_examples():
+    """{state: [the yaml of each ``.. code-block:: yaml`` of its docstring]}."""
+    out = {}
+    for node in ast.parse((REPO / "_states" / "qubes_firewall.py").read_text()).body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            doc = ast.get_docstring(node) or ""
+            out[node.name] = [yaml.safe_load(block) for block in
+                              re.findall(r"^\.\. code-block:: yaml\n\n((?:    .*\n?|\n)+)", doc, re.M)]
+    return out
+
+
+def test_every_state_has_a_pasteable_example_whose_data_the_model_accepts():
+    model = core("model")
+    examples_by_state = docstring_examples()
+    states = load_file("_states/qubes_firewall.py", "qf_doc_states")
+    names = [n for n in examples_by_state if n not in states.DEPRECATED]
+    assert "rules_managed" in names and "netvm_managed" in names
+    for name in names:
+        (sls,) = examples_by_state[name]
+        for state_id, body in sls.items():
+            if state_id in ("include", "extend"):
+                continue
+            assert isinstance(body, dict) and len(body) == 1, (name, state_id)
+        for state_id, body in (sls.get("extend") or sls).items():
+            if state_id == "include":
+                continue
+            ((function, args),) = body.items()
+            assert function.startswith("qubes_firewall."), function
+            assert hasattr(states, function.split(".", 1)[1]), function
+            data = {k: v for arg in (args or []) for k, v in arg.items() if k in states.DATA_KEYS}
+            if not data:
+                continue
+            if sls.get("extend"):  # added to the formula's pillar
+                raw = examples.sls("full")["qubes_firewall"]
+                raw = dict(raw, **{k: raw.get(k, []) + v for k, v in data.items()})
+            else:
+                raw = data
+            assert model.errors(raw) == [], (name, data)
