@@ -168,10 +168,13 @@ def _with_given(pillar, given):
     raw = dict(raw) if isinstance(raw, dict) else {}
     for key, value in given.items():
         have = raw.get(key)
-        if isinstance(value, list):
-            raw[key] = (list(have) if isinstance(have, list) else []) + [v for v in value if v not in (have or [])]
-        else:
-            raw[key] = dict(have, **value) if isinstance(have, dict) else dict(value)
+        if have is None:
+            raw[key] = value
+        elif isinstance(value, list) and isinstance(have, list):
+            raw[key] = list(have) + [v for v in value if v not in have]
+        elif isinstance(value, dict) and isinstance(have, dict):
+            raw[key] = {**have, **value}
+        # else the pillar's own value is invalid: kept, so that validation names it
     out = dict(pillar)
     out["qubes_firewall"] = raw
     return out

@@ -10,9 +10,11 @@ rules, then ``--repeat`` no-op ``state.apply`` runs and as many ``salt-call
 test.ping`` runs alternate (and as many ``state.apply`` of an SLS holding one
 ``test.nop``: Salt's own cost of a state run with this pillar, which
 compiles the pillar a second time); the table shows the median of each, the ratio to test.ping,
-the extra seconds over the floor, and the nft processes a no-op run spawned
-(one ``nft -j list ruleset``).  Interleaving the two keeps a shared machine's
-load out of the ratio as far as it can.
+the extra CPU seconds over the floor, and the nft processes a no-op run
+spawned (one ``nft -j list ruleset``).  Each figure is wall seconds and CPU
+seconds (user + system of salt-call and its children, from ``getrusage``):
+on a shared machine the wall time follows the other work, the CPU time much
+less.  Interleaving the runs keeps the load out of the ratio as far as it can.
 
 ``--profile N`` runs one no-op ``state.apply`` at N forwards under cProfile
 (``python -m cProfile``, the whole salt-call process) and prints the top
@@ -24,6 +26,7 @@ import argparse
 import os
 import pathlib
 import pstats
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,15 +38,20 @@ from benchmarks.port_forwards import NS, Spawns, fresh_namespace, pillar
 from tests.salt_call import SaltCall, salt_call_binary
 
 
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(call, spawns, *args):
     spawns.reset()
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _children_cpu()
     rc, out, proc = call.run(*args)
-    wall = time.monotonic() - start
+    wall, cpu = time.monotonic() - start, _children_cpu() - cpu
     if rc != 0:
         print(proc.stdout[-1500:], proc.stderr[-1500:], file=sys.stderr)
     changed = sum(1 for s in out.values() if s.get("changes")) if isinstance(out, dict) and "state.apply" in args else 0
-    return {"rc": rc, "wall": wall, "spawns": spawns.count(), "changed": changed}
+    return {"rc": rc, "wall": wall, "cpu": cpu, "spawns": spawns.count(), "changed": changed}
 
 
 def measure(work, spawns, n, repeat):
@@ -62,10 +70,15 @@ def measure(work, spawns, n, repeat):
         ping.append(timed(call, spawns, "test.ping"))
         nop.append(timed(call, spawns, *nop_args))
     ok = first["rc"] == 0 and all(r["rc"] == 0 and r["changed"] == 0 for r in noop)
-    apply_s = statistics.median(r["wall"] for r in noop)
-    ping_s = statistics.median(r["wall"] for r in ping)
-    nop_s = statistics.median(r["wall"] for r in nop)
-    return (n, "%.2f" % ping_s, "%.2f" % nop_s, "%.2f" % apply_s, "%.2fx" % (apply_s / ping_s), "%+.2f" % (apply_s - ping_s),
+
+    def median(runs, key):
+        return statistics.median(r[key] for r in runs)
+
+    return (n, "%.2f / %.2f" % (median(ping, "wall"), median(ping, "cpu")),
+            "%.2f / %.2f" % (median(nop, "wall"), median(nop, "cpu")),
+            "%.2f / %.2f" % (median(noop, "wall"), median(noop, "cpu")),
+            "%.2fx / %.2fx" % (median(noop, "wall") / median(ping, "wall"), median(noop, "cpu") / median(ping, "cpu")),
+            "%+.2f" % (median(noop, "cpu") - median(ping, "cpu")),
             max(r["spawns"] for r in noop), "ok" if ok else "FAILED (or not a no-op)")
 
 
@@ -109,10 +122,12 @@ def main():
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
-    header = ("forwards", "test.ping s", "test.nop state.apply s", "no-op state.apply s", "ratio", "over floor s", "nft spawns", "")
+    header = ("forwards", "test.ping", "state.apply test.nop", "no-op state.apply", "ratio",
+              "CPU over floor", "nft spawns", "")
     table = [header] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    print("median of %d alternating runs each\n" % args.repeat)
+    print("median of %d alternating runs each; seconds of wall / of CPU (salt-call and its children)\n"
+          % args.repeat)
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
