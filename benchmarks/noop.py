@@ -54,9 +54,23 @@ def timed(call, spawns, *args):
     return {"rc": rc, "wall": wall, "cpu": cpu, "spawns": spawns.count(), "changed": changed}
 
 
-def measure(work, spawns, n, repeat):
+def salt_env(work, spawns, bytecode):
+    """
+    salt-call's environment: the nft shim first on PATH and, unless
+    ``bytecode`` is False, Python's bytecode cache on (in the work directory,
+    never in the repository), as on a user's minion; without it (e.g.
+    PYTHONDONTWRITEBYTECODE=1 in the environment) every run compiles the
+    formula's modules again.
+    """
+    env = dict(spawns.env)
+    if bytecode:
+        env.update(PYTHONDONTWRITEBYTECODE="", PYTHONPYCACHEPREFIX=str(work / "pycache"))
+    return env
+
+
+def measure(work, env, spawns, n, repeat):
     fresh_namespace()
-    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=spawns.env)
+    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=env)
     first = timed(call, spawns, "state.apply", "qubes_firewall")
     nop_root = work / "nop-sls"
     nop_root.mkdir(exist_ok=True)
@@ -82,26 +96,23 @@ def measure(work, spawns, n, repeat):
             max(r["spawns"] for r in noop), "ok" if ok else "FAILED (or not a no-op)")
 
 
-def profile(work, spawns, n, top, everything):
+def profile(work, env, n, top, everything):
     fresh_namespace()
-    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=spawns.env)
+    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=env)
     call.run("state.apply", "qubes_firewall", check=True)
     out = work / "noop.prof"
     argv = call.argv("state.apply", "qubes_firewall")
     at = argv.index(salt_call_binary())
     argv[at:at + 1] = [sys.executable, "-m", "cProfile", "-o", str(out), salt_call_binary()]
     start = time.monotonic()
-    subprocess.run(argv, capture_output=True, text=True, check=True, env=dict(call_env(spawns)))
+    subprocess.run(argv, capture_output=True, text=True, check=True,
+                   env=dict(os.environ, PYTHONWARNINGS="ignore", **env))
     print("no-op state.apply at %d forwards under cProfile: %.2f s wall\n" % (n, time.monotonic() - start))
     stats = pstats.Stats(str(out))
     pattern = [] if everything else ["qubes_firewall"]
     for order in ("cumulative", "tottime"):
         print("---- by %s ----" % order)
         stats.sort_stats(order).print_stats(*(pattern + [top]))
-
-
-def call_env(spawns):
-    return dict(os.environ, PYTHONWARNINGS="ignore", **spawns.env)
 
 
 def main():
@@ -111,14 +122,17 @@ def main():
     parser.add_argument("--profile", type=int, metavar="N", help="profile one no-op run at N forwards")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--all", action="store_true", help="profile: every function, not only the formula's")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="compile the formula's modules in every run (as with PYTHONDONTWRITEBYTECODE=1)")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="qf-noop-"))
     spawns = Spawns(work)
+    env = salt_env(work, spawns, not args.no_bytecode_cache)
     try:
         if args.profile:
-            profile(work, spawns, args.profile, args.top, args.all)
+            profile(work, env, args.profile, args.top, args.all)
             return
-        rows = [measure(work, spawns, int(n), args.repeat) for n in args.forwards.split(",")]
+        rows = [measure(work, env, spawns, int(n), args.repeat) for n in args.forwards.split(",")]
     finally:
         subprocess.run(["ip", "netns", "del", NS], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
@@ -126,8 +140,8 @@ def main():
               "CPU over floor", "nft spawns", "")
     table = [header] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    print("median of %d alternating runs each; seconds of wall / of CPU (salt-call and its children)\n"
-          % args.repeat)
+    print("median of %d alternating runs each; seconds of wall / of CPU (salt-call and its children); %s\n"
+          % (args.repeat, "compiled every run" if args.no_bytecode_cache else "bytecode cached"))
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
