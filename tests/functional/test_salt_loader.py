@@ -142,3 +142,20 @@ def test_cli_state_apply_exit_codes(salt_factories, tmp_path):
     comment = states_by_id(ret.data)["qubes_firewall-validated"]["comment"]
     assert "qubes_firewall:qubes:sys-net:netvm" in comment, comment
     assert not (tmp_path / "rw").exists()
+
+
+def test_a_state_takes_its_data_as_arguments_and_answers_to_its_old_name(make_loaders, tmp_path):
+    """Through Salt's loader: a forward given to the state, not in the pillar, reaches the boot replay."""
+    (tmp_path / "rw" / "config").mkdir(parents=True)
+    extra = {"name": "extra", "qube": "web", "proto": "tcp", "port": 8443, "external_port": 8443,
+             "interfaces": ["ens6"], "sources": ["192.168.1.0/24"]}
+    states = make_loaders("sys-net", pillar_with(tmp_path)).states
+    ret = states.qubes_firewall.boot_replay_managed(name="replay", port_forwards=[extra])
+    assert ret.result is True and ret.changes, ret
+    script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
+    assert "port_forwards:extra" in script and "port_forwards:https" in script
+    # the old name, without the argument: the pillar alone, so the forward goes again
+    ret = make_loaders("sys-net", pillar_with(tmp_path)).states.qubes_firewall.persisted_rules(name="replay")
+    assert ret.result is True and "use qubes_firewall.boot_replay_managed" in ret.comment, ret
+    script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
+    assert "port_forwards:extra" not in script and "port_forwards:https" in script
