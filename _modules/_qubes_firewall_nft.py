@@ -57,10 +57,17 @@ def _zero_counters(exprs):
 
 def _plain(value):
     """A listed key or value as the plan writes it: a tuple of its parts (str/int), else canonical JSON."""
-    parts = value.get("concat") if isinstance(value, dict) else [value]
-    if isinstance(parts, list) and all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in parts):
-        return tuple(parts)
+    if isinstance(value, dict):
+        parts = value.get("concat")
+        if isinstance(parts, list) and all(type(p) in _PARTS for p in parts):
+            return tuple(parts)
+        return _canonical(value)
+    if type(value) in _PARTS:  # not bool: a bool is no part the plan writes
+        return (value,)
     return _canonical(value)
+
+
+_PARTS = (str, int)
 
 
 def _element(item, is_map):
@@ -69,18 +76,37 @@ def _element(item, is_map):
     if is_map:
         item, value = item
         value = _plain(value)
-    if isinstance(item, dict) and "elem" in item:
-        elem = item["elem"]
-        key, comment, counter = elem.get("val"), elem.get("comment", ""), elem.get("counter")
-    else:  # an element without comment or counter is listed bare
-        key, comment, counter = item, "", None
+    elem = item.get("elem") if isinstance(item, dict) else None
+    if elem is None:  # an element without comment or counter is listed bare
+        return _plain(item), value, "", None, {}
+    counter = elem.get("counter")
     counters = None
     if isinstance(counter, dict):
         counters = {"packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)}
     # the extra statements an element may carry beyond comment and counter
-    extra = {k: v for k, v in elem.items() if k not in ("val", "comment", "counter")} \
-        if isinstance(item, dict) and "elem" in item else {}
-    return _plain(key), value, comment, counters, extra
+    extra = {} if _ELEMENT_PARTS.issuperset(elem) else {
+        k: v for k, v in elem.items() if k not in _ELEMENT_PARTS}
+    return _plain(elem.get("val")), value, elem.get("comment", ""), counters, extra
+
+
+_ELEMENT_PARTS = frozenset(("val", "comment", "counter"))
+
+
+def _signature_entry(key, value, comment, counters, extra):
+    """An element as ``signature`` holds it: what the plan's element would be, or marked as differing."""
+    if counters is None or extra:
+        return (key, value, comment, "differs")  # no plan element has this form: it never matches
+    return (key, value, comment)
+
+
+def signature(planned_set):
+    """
+    The planned set's elements as a frozenset of ``(key, value, comment)``:
+    equal to the live set's ``signature`` exactly when no element differs
+    (``element_differs``) and none is missing or extra, so a set that is up to
+    date costs one set comparison.
+    """
+    return frozenset((e.key, e.value, e.comment) for e in planned_set.elements)
 
 
 def live_state(doc):
@@ -91,7 +117,8 @@ def live_state(doc):
         {"chains": {name: {"hook": (type, hook, prio, policy) | None,
                            "rules": [{"handle", "comment", "counters", "key"}]}},
          "sets": {name: {"kind": "set" | "map", "head": canonical JSON,
-                         "elements": {key: {"value", "comment", "counters", "extra"}}}},
+                         "elements": {key: {"value", "comment", "counters", "extra"}},
+                         "signature": frozenset of the elements (``signature``)}},
          "jumps": {(custom_chain, target): [handles]},
          "custom_chains": [names of custom-input/custom-forward present]}
 
@@ -115,12 +142,16 @@ def live_state(doc):
                     # nft 1.1 lists a concatenated map data type as a list, 1.0.6
                     # (and the plan) as "a . b": one declaration, two spellings
                     head["map"] = " . ".join(head["map"])
-                elements = {}
+                elements, sig = {}, set()
                 for elem in obj.get("elem", []):
                     key, value, comment, counters, extra = _element(elem, kind == "map")
                     elements[key] = {"value": value, "comment": comment, "counters": counters,
                                      "extra": extra}
-                sets[obj["name"]] = {"kind": kind, "head": _canonical(head), "elements": elements}
+                    sig.add(_signature_entry(key, value, comment, counters, extra))
+                if len(sig) != len(elements):  # one key listed twice: never equal to a plan
+                    sig.add(("duplicate key", None, None, "differs"))
+                sets[obj["name"]] = {"kind": kind, "head": _canonical(head), "elements": elements,
+                                     "signature": frozenset(sig)}
             continue
         if kind == "chain":
             if obj["name"].startswith(qf_plan.OWNED_PREFIX):
@@ -225,7 +256,7 @@ def _set_changes(plan, live_sets):
         if current is None:
             new_sets.append(item)
         elif (current["kind"] != item.kind or current["head"] != item.head
-              or not all(_deletable(k) for k in current["elements"])):
+              or not _all_deletable(current["elements"])):
             # another declaration, or an element no delete command of ours can name: recreate it
             replaced_sets.append(item)
     stale_sets = sorted(set(live_sets) - {s.name for s in plan.sets})
@@ -288,6 +319,8 @@ def _set_commands(plan, live_sets, new_sets, replaced_sets, stale_sets, summary)
     for item in plan.sets:
         if item in new_sets or item in replaced_sets:
             continue
+        if live_sets[item.name].get("signature") == signature(item):
+            continue  # up to date: one set comparison, not a walk of its elements
         current = live_sets[item.name]["elements"]
         wanted = {e.key: e for e in item.elements}
         delete = [k for k, e in current.items() if k not in wanted or element_differs(wanted[k], e)]
@@ -386,6 +419,18 @@ def _uses(rule, names):
 
 def _deletable(key):
     return isinstance(key, tuple) and all(_SAFE_KEY.match(str(part)) for part in key)
+
+
+_SAFE_KEYS = re.compile(r"(?:[A-Za-z0-9.:_-]{1,64}\n)*\Z")
+
+
+def _all_deletable(keys):
+    """``all(_deletable(k) for k in keys)``, with one regex match over all their parts."""
+    if not all(type(k) is tuple for k in keys):
+        return False
+    parts = [str(part) for key in keys for part in key]
+    text = "".join(part + "\n" for part in parts)
+    return text.count("\n") == len(parts) and _SAFE_KEYS.match(text) is not None
 
 
 def _key_text(key):

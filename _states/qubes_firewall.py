@@ -6,20 +6,54 @@ current and the wanted value, return at once when they match, put a diff in
 module and say what was done.  Errors from the execution layer become
 ``result: False`` with a comment, never a traceback.
 
-The formula's SLS (``salt/qubes_firewall/init.sls``) uses them; a user's own
-SLS can too::
+Names: ``*_managed`` makes something match, ``absent`` removes, ``*_valid`` /
+``validated`` only check; ``run_locked`` and ``run_summary`` are the run's
+plumbing (take the lock first, say what changed last).  The names before
+this release (``runtime_rules``, ``persisted_rules``, ``custom_persist_replay``,
+``cleaned``, ``connect_tcp_policy``, ``connect_tcp_bindings``, ``prefs``,
+``firewall_rules``, ``policy_absent``, ``locked``, ``summary``) still work
+for one release (``DEPRECATED``) and say the new name in their comment.
 
-    qubes_firewall-validated:
-      qubes_firewall.validated: []
+Data: the formula's SLS (``salt/qubes_firewall/init.sls``) reads the
+``qubes_firewall`` pillar.  Every data-taking state also accepts the
+pillar's keys as arguments (``qubes``, ``addresses``, ``connections``,
+``connect_tcp``, ``port_forwards``, each as under ``qubes_firewall``): they
+are added to the pillar's data for that state and every later state of the
+same run, validated by the same model (errors name the argument, e.g.
+``argument port_forwards:0:port``) and planned by the same planner.
 
-    qubes_firewall-runtime:
-      qubes_firewall.runtime_rules:
-        - require:
-          - qubes_firewall: qubes_firewall-validated
+Ownership: the formula owns its objects in a qube as a whole (the ``qf-*``
+chains, sets and maps, the jumps, the boot blocks); each run makes them
+equal to that run's data, the pillar plus every argument its states were
+given, and removes the rest.  So a forward declared in an SLS stays as long
+as every run on that qube declares it: apply that SLS instead of
+``qubes_firewall`` (it includes it), never one and then the other::
+
+    # /srv/salt/web_forward.sls: the formula's run plus one forward of its own
+    # sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall state.apply web_forward
+    include:
+      - qubes_firewall
+
+    extend:
+      qubes_firewall-validated:
+        qubes_firewall.validated:
+          - port_forwards:
+            - name: web-https
+              qube: web
+              port: 443
+              external_port: 8443
+              interfaces: [ens6]
+              sources: [192.168.1.0/24]
+
+Given to ``validated`` (the state every other one requires), the forward is
+part of the whole run: the nft rules, the boot replay, the summary.  A run of
+``qubes_firewall`` alone afterwards removes it again, as it removes any
+forward gone from the pillar.
 """
 
 import difflib
 import os
+import re
 import sys
 
 from salt.exceptions import CommandExecutionError
@@ -51,8 +85,121 @@ def __virtual__():
 
 
 def _run():
-    """This run (``_qubes_firewall_run.Run``): the same opts, pillar and context as the execution modules'."""
-    return qf_run.Run(__opts__, __pillar__, __context__)
+    """
+    This run (``_qubes_firewall_run.Run``): the same opts and context as the
+    execution modules', and the run's data: the pillar, plus what the states
+    of this run were given as arguments (``_given``).
+    """
+    given = _context().get(_CTX_GIVEN)
+    if not given:
+        return qf_run.Run(__opts__, __pillar__, __context__)
+    return qf_run.Run(__opts__, _with_given(__pillar__, given), __context__)
+
+
+def _context():
+    try:
+        return __context__
+    except NameError:  # a state module loaded without Salt's dunders (a test double)
+        return {}
+
+
+def _test():
+    """Test mode, read in one place: ``test=True`` on the command line or in the minion's options."""
+    return bool(__opts__.get("test"))
+
+
+# ---- data given as arguments: the run's data is the pillar plus what its states were given ----
+#
+# Every data-taking state accepts the pillar's keys as arguments (``qubes``,
+# ``addresses``, ``connections``, ``connect_tcp``, ``port_forwards``, each as
+# it would be under ``qubes_firewall``).  What a state is given is added to
+# the run's data for it and for every later state of the same run (the boot
+# replay and the summary see the forward a ``rules_managed`` state was given),
+# validated by the same model, planned by the same planner.  Mappings are
+# added key by key (a key the pillar has too must hold the same value), lists
+# are appended (an item given twice counts once).  Errors name the argument,
+# e.g. ``argument port_forwards:0:port``.
+
+_CTX_GIVEN = "qubes_firewall.given"
+DATA_KEYS = ("qubes", "addresses", "connections", "connect_tcp", "port_forwards")
+_LIST_KEYS = ("connections", "connect_tcp", "port_forwards")
+
+
+def _given(ret, **data):
+    """
+    Add the state's data arguments to the run's data; False (with ``ret`` failed)
+    when one contradicts the pillar or what an earlier state of the run was given.
+    """
+    data = {k: v for k, v in data.items() if v is not None}
+    if not data:
+        return True
+    context = _context()
+    given = context.get(_CTX_GIVEN) or {}
+    merged = {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+              for k, v in given.items()}
+    problems = []
+    pillar = __pillar__.get("qubes_firewall") if isinstance(__pillar__.get("qubes_firewall"), dict) else {}
+    for key, value in data.items():
+        if not isinstance(value, list if key in _LIST_KEYS else dict):
+            problems.append("argument %s: must be a %s, got %r"
+                            % (key, "list" if key in _LIST_KEYS else "mapping", value))
+        elif isinstance(value, dict):
+            have = merged.setdefault(key, {})
+            for item, item_value in value.items():
+                for where, other in (("the qubes_firewall pillar", (pillar.get(key) or {})), ("an earlier state", have)):
+                    if isinstance(other, dict) and item in other and other[item] != item_value:
+                        problems.append("argument %s:%s: %s has %s:%s with another value (%r); declare it in one place"
+                                        % (key, item, where, key, item, other[item]))
+                have[item] = item_value
+        else:
+            have = merged.setdefault(key, [])
+            have += [item for item in value if item not in have]
+    if problems:
+        ret["result"] = False
+        ret["comment"] = "invalid arguments:\n" + "\n".join(problems)
+        return False
+    context[_CTX_GIVEN] = merged
+    return True
+
+
+def _with_given(pillar, given):
+    """The minion's pillar with the given data added under ``qubes_firewall``."""
+    raw = pillar.get("qubes_firewall")
+    raw = dict(raw) if isinstance(raw, dict) else {}
+    for key, value in given.items():
+        have = raw.get(key)
+        if have is None:
+            raw[key] = value
+        elif isinstance(value, list) and isinstance(have, list):
+            raw[key] = list(have) + [v for v in value if v not in have]
+        elif isinstance(value, dict) and isinstance(have, dict):
+            raw[key] = {**have, **value}
+        # else the pillar's own value is invalid: kept, so that validation names it
+    out = dict(pillar)
+    out["qubes_firewall"] = raw
+    return out
+
+
+def _argument_paths(text):
+    """A message about the run's data with each path into the given data named as the argument."""
+    given = _context().get(_CTX_GIVEN)
+    if not given:
+        return text
+    raw = __pillar__.get("qubes_firewall")
+    raw = raw if isinstance(raw, dict) else {}
+
+    def name(match):
+        key, item = match.group(1), match.group(2)
+        have = raw.get(key)
+        if key in _LIST_KEYS:
+            offset = len(have) if isinstance(have, list) else 0
+            if int(item) >= offset:
+                return "argument %s:%d" % (key, int(item) - offset)
+        elif item in (given.get(key) or {}) and not (isinstance(have, dict) and item in have):
+            return "argument %s:%s" % (key, item)
+        return match.group(0)
+
+    return re.sub(r"qubes_firewall:(%s):([^:\s]+)" % "|".join(DATA_KEYS), name, text)
 
 
 def _ret(name):
@@ -61,7 +208,7 @@ def _ret(name):
 
 def _fail(ret, exc):
     ret["result"] = False
-    ret["comment"] = str(exc)
+    ret["comment"] = _argument_paths(str(exc))
     return ret
 
 
@@ -80,10 +227,9 @@ def _run_record(qube):
 
 
 def _forget_summary():
-    try:
-        __context__.pop(_CTX_SUMMARY, None)
-    except NameError:
-        pass
+    """A new run: forget the last run's summary and the data its states were given."""
+    _context().pop(_CTX_SUMMARY, None)
+    _context().pop(_CTX_GIVEN, None)
 
 
 def _note(qube, ret, what):
@@ -96,7 +242,7 @@ def _note(qube, ret, what):
     return ret
 
 
-def locked(name):
+def run_locked(name):
     """
     This minion's lock (``<lookup:state_dir>/lock``, ``fcntl.flock``) is held
     by this run, so that two runs never interleave; it is released when the
@@ -106,8 +252,10 @@ def locked(name):
 
     .. code-block:: yaml
 
+        # plumbing: the formula's SLS files take it first; an SLS of your own that
+        # uses the formula's states without including them should too
         qubes_firewall-locked:
-          qubes_firewall.locked: []
+          qubes_firewall.run_locked: []
     """
     ret = _ret(name)
     try:
@@ -115,20 +263,21 @@ def locked(name):
         held = _run().lock()
         _run().forget_run()
         stale = _run().stale_scratch()
-        if stale and not __opts__["test"]:
+        if stale and not _test():
             stale = _run().remove_stale_scratch()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     ret["comment"] = "Holding %s (waited %.1f s)." % (held["path"], held["waited"])
     if stale:
         ret["changes"] = {"stale scratch files removed": stale}
-        if __opts__["test"]:
+        if _test():
             ret["result"] = None
             ret["changes"] = {"stale scratch files to remove": stale}
     return ret
 
 
-def validated(name):
+def validated(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     The ``qubes_firewall`` pillar is valid and, in a qube, plans: this qube's
     rules (and those of the qubes whose boot replay it writes) can be
@@ -139,17 +288,32 @@ def validated(name):
 
     .. code-block:: yaml
 
-        qubes_firewall-validated:
-          qubes_firewall.validated: []
+        # /srv/salt/my_forwards.sls, applied with
+        #   sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall state.apply my_forwards
+        # the formula's run, plus two forwards of this SLS for every state of the run
+        include:
+          - qubes_firewall
+
+        extend:
+          qubes_firewall-validated:
+            qubes_firewall.validated:
+              - port_forwards:
+                - {name: web-https, qube: web, port: 443, external_port: 8443,
+                   interfaces: [ens6], sources: [192.168.1.0/24]}
+                - {name: web-ssh, qube: web, port: 22, external_port: 2222,
+                   interfaces: [ens6], sources: [192.168.1.10/32]}
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     try:
         problems = _run().preflight()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if problems:
         ret["result"] = False
-        ret["comment"] = "invalid pillar:\n" + "\n".join(problems)
+        ret["comment"] = _argument_paths("invalid pillar:\n" + "\n".join(problems))
         return _note(_run().minion_id(), ret, "pillar check (nothing was changed)")
     ret["comment"] = "The qubes_firewall pillar is valid."
     return ret
@@ -167,13 +331,14 @@ def _removed_stale_temps(ret, paths):
     stale = qf_files.stale_temps(paths)
     if not stale:
         return
-    if __opts__["test"]:
+    if _test():
         ret["changes"]["stale temporary files to remove"] = stale
         return
     ret["changes"]["stale temporary files removed"] = qf_files.remove_stale_temps(paths)
 
 
-def runtime_rules(name):
+def rules_managed(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     The live nftables ruleset of this qube holds exactly the rules the pillar
     implies, in the objects the formula owns (in ``table ip qubes``, reached
@@ -188,10 +353,28 @@ def runtime_rules(name):
 
     .. code-block:: yaml
 
-        qubes_firewall-runtime:
-          qubes_firewall.runtime_rules: []
+        # /srv/salt/web_forward.sls: one forward without a topology pillar, applied with
+        #   sudo qubesctl --skip-dom0 --targets=sys-net state.apply web_forward
+        web-forward-rules:
+          qubes_firewall.rules_managed:
+            - qubes:
+                sys-net: {netvm: none, provides_network: true}
+                web: {netvm: sys-net}
+            - addresses: {sys-net: 10.137.0.5, web: 10.137.0.11}
+            - port_forwards:
+              - {name: web-https, qube: web, port: 443, external_port: 443,
+                 interfaces: [ens6], sources: [192.168.1.0/24]}
+
+        # the same rules at boot (the data above is the run's data from here on)
+        web-forward-boot-replay:
+          qubes_firewall.boot_replay_managed:
+            - require:
+              - qubes_firewall: web-forward-rules
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     qube = _run().minion_id()
     try:
         plan = _run().qube_plan(qube)
@@ -214,7 +397,7 @@ def runtime_rules(name):
     record["nft"] = ret["changes"]["nft"] = qf_report.nft_change(
         summary, plan.rule_count if wanted else 0)
     what = "updated" if wanted else "removed (the pillar gives %s none)" % qube
-    if __opts__["test"]:
+    if _test():
         try:
             qf_nft.check(script)
         except CommandExecutionError as exc:
@@ -235,7 +418,8 @@ def runtime_rules(name):
     return ret
 
 
-def persisted_rules(name):
+def boot_replay_managed(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     The rules come back at boot: a managed block in
     ``<rw_config>/qubes-firewall-user-script`` (qubes that provide network) or
@@ -247,10 +431,17 @@ def persisted_rules(name):
 
     .. code-block:: yaml
 
+        # in the formula's SLS after the live rules; with data of its own:
+        #   sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall state.apply my_boot_replay
         qubes_firewall-persisted:
-          qubes_firewall.persisted_rules: []
+          qubes_firewall.boot_replay_managed:
+            - require:
+              - qubes_firewall: qubes_firewall-runtime-rules
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     qube = _run().minion_id()
     try:
         files = _run().persisted_files(qube)
@@ -278,10 +469,10 @@ def persisted_rules(name):
         if not todo:
             _note(qube, ret, "boot replay")
             ret["comment"] = "The boot replay of %s's rules is up to date." % qube
-            if ret["changes"] and __opts__["test"]:
+            if ret["changes"] and _test():
                 ret["result"] = None
             return ret
-        if __opts__["test"]:
+        if _test():
             ret["result"] = None
             ret["comment"] = "Would update %s." % ", ".join(sorted(todo))
             return _note(qube, ret, "boot replay")
@@ -316,7 +507,8 @@ def _template_changes(files):
     return out
 
 
-def custom_persist_replay(name):
+def custom_persist_replay_managed(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     custom-persist qubes (``custom_persist: true``, ``template: T`` in the
     pillar) run none of their /rw/config scripts, so the run on template T
@@ -329,10 +521,17 @@ def custom_persist_replay(name):
 
     .. code-block:: yaml
 
+        # run in the template T of the custom-persist qubes:
+        #   sudo qubesctl --skip-dom0 --targets=T state.apply qubes_firewall
         qubes_firewall-custom-persist:
-          qubes_firewall.custom_persist_replay: []
+          qubes_firewall.custom_persist_replay_managed:
+            - require:
+              - qubes_firewall: qubes_firewall-runtime-rules
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     qube = _run().minion_id()
     try:
         files = _run().template_files()
@@ -340,10 +539,10 @@ def custom_persist_replay(name):
         _removed_stale_temps(ret, sorted(p for p, (_o, n) in files.items() if not (n or "").startswith("->")))
         if not files:
             ret["comment"] = "No custom-persist replay to change here."
-            if ret["changes"] and __opts__["test"]:
+            if ret["changes"] and _test():
                 ret["result"] = None
             return ret
-        if __opts__["test"]:
+        if _test():
             ret["result"] = None
             ret["comment"] = "Would update the custom-persist replay: %s." % ", ".join(sorted(files))
             return _note(qube, ret, "custom-persist replay (%d files)" % len(files))
@@ -354,7 +553,7 @@ def custom_persist_replay(name):
     return _note(qube, ret, "custom-persist replay (%d files)" % len(files))
 
 
-def cleaned(name):
+def absent(name):
     """
     Nothing the formula made is left in this qube: its nft objects and
     jumps, its managed blocks in ``rc.local`` and
@@ -366,8 +565,10 @@ def cleaned(name):
 
     .. code-block:: yaml
 
+        # what salt/qubes_firewall/clean.sls does in a qube:
+        #   sudo qubesctl --skip-dom0 --targets=sys-net state.apply qubes_firewall.clean
         qubes_firewall-cleaned:
-          qubes_firewall.cleaned: []
+          qubes_firewall.absent: []
     """
     ret = _ret(name)
     try:
@@ -383,7 +584,7 @@ def cleaned(name):
         if not ret["changes"]:
             ret["comment"] = "Nothing of qubes_firewall is left here."
             return ret
-        if __opts__["test"]:
+        if _test():
             if script:
                 qf_nft.check(script)
             ret["result"] = None
@@ -417,7 +618,8 @@ def _sentences(first, notes):
     return " ".join([first] + [note for note in notes if note])
 
 
-def connect_tcp_policy(name):
+def connect_tcp_policy_managed(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     dom0: the qrexec policy for every ``qubes_firewall:connect_tcp`` entry, in
     a managed block of ``lookup:policy_file`` (default
@@ -428,12 +630,17 @@ def connect_tcp_policy(name):
 
     .. code-block:: yaml
 
-        qubes_firewall-connect-tcp-policy:
-          qubes_firewall.connect_tcp_policy:
-            - require:
-              - qubes_firewall: qubes_firewall-validated
+        # dom0: sudo qubesctl state.apply my_connect_tcp
+        # one qubes.ConnectTCP binding declared in an SLS
+        work-ssh-to-build-policy:
+          qubes_firewall.connect_tcp_policy_managed:
+            - connect_tcp:
+              - {client: work, server: build, port: 22}
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     try:
         plan = _run().policy_plan()
         path = plan["path"]
@@ -442,7 +649,7 @@ def connect_tcp_policy(name):
             return ret
         lint = qf_connect_tcp.lint_policy(path, plan["new"])
         ret["changes"][path] = qf_files.diff(plan["old"], plan["new"], path)
-        if __opts__["test"]:
+        if _test():
             ret["result"] = None
             ret["comment"] = "The qubes.ConnectTCP policy in %s would be updated. %s" % (path, lint)
             return _note("dom0", ret, "qubes.ConnectTCP policy")
@@ -454,7 +661,8 @@ def connect_tcp_policy(name):
     return _note("dom0", ret, "qubes.ConnectTCP policy")
 
 
-def connect_tcp_bindings(name, qube=None):
+def connect_tcp_bindings_managed(name, qube=None, qubes=None, addresses=None, connections=None,
+        connect_tcp=None, port_forwards=None):
     """
     A client qube (default: the minion id): for each ``connect_tcp`` entry
     with ``persistent: true`` and this client, a socket unit on
@@ -466,12 +674,16 @@ def connect_tcp_bindings(name, qube=None):
 
     .. code-block:: yaml
 
-        qubes_firewall-connect-tcp-bindings:
-          qubes_firewall.connect_tcp_bindings:
-            - require:
-              - qubes_firewall: qubes_firewall-validated
+        # the client qube: sudo qubesctl --skip-dom0 --targets=work state.apply my_connect_tcp
+        work-ssh-to-build-bindings:
+          qubes_firewall.connect_tcp_bindings_managed:
+            - connect_tcp:
+              - {client: work, server: build, port: 22, persistent: true}
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     writing = False
     try:
         plan = _run().binding_plan(qube)
@@ -490,7 +702,7 @@ def connect_tcp_bindings(name, qube=None):
             ret["comment"] = _sentences(
                 "The qubes.ConnectTCP bindings of %s are up to date." % plan["qube"], notes)
             return ret
-        if __opts__["test"]:
+        if _test():
             ret["result"] = None
             ret["comment"] = _sentences(
                 "The qubes.ConnectTCP bindings of %s would be updated." % plan["qube"], notes)
@@ -520,7 +732,8 @@ def _shown(prop, value):
     return value
 
 
-def topology_valid(name):
+def topology_valid(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     The dom0 preflight: the pillar fits this Qubes and the qubes can carry
     it. Every qube exists (``connect_tcp`` clients and servers too),
@@ -536,25 +749,30 @@ def topology_valid(name):
 
     .. code-block:: yaml
 
+        # dom0: sudo qubesctl state.apply qubes_firewall (reads only)
         qubes_firewall-dom0-topology:
           qubes_firewall.topology_valid:
             - require:
               - qubes_firewall: qubes_firewall-validated
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     try:
         problems = _run().dom0_problems()
     except CommandExecutionError as exc:
         return _fail(ret, exc)
     if problems:
         ret["result"] = False
-        ret["comment"] = "The pillar does not fit this Qubes:\n" + "\n".join(problems)
+        ret["comment"] = _argument_paths("The pillar does not fit this Qubes:\n" + "\n".join(problems))
         return ret
     ret["comment"] = "The pillar's topology fits this Qubes."
     return ret
 
 
-def prefs(name):
+def netvm_managed(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     ``netvm`` and ``provides_network`` of every pillar qube match the pillar,
     changed in an order Qubes never refuses (a netvm provides network before a
@@ -564,12 +782,19 @@ def prefs(name):
 
     .. code-block:: yaml
 
-        qubes_firewall-dom0-prefs:
-          qubes_firewall.prefs:
-            - require:
-              - qubes_firewall: qubes_firewall-dom0-topology
+        # dom0: sudo qubesctl state.apply my_netvms
+        # web behind sys-firewall, from an SLS instead of the pillar
+        web-netvm:
+          qubes_firewall.netvm_managed:
+            - qubes:
+                sys-net: {netvm: none, provides_network: true}
+                sys-firewall: {netvm: sys-net, provides_network: true}
+                web: {netvm: sys-firewall}
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     try:
         steps = _run().dom0_prefs_plan()
     except CommandExecutionError as exc:
@@ -588,7 +813,7 @@ def prefs(name):
         for key in ("old", "new"):
             entry[key] = _shown(step["prop"], entry[key])
     ret["changes"] = changes
-    if __opts__.get("test"):
+    if _test():
         ret["result"] = None
         ret["comment"] = "Would change, in this order:\n" + order
         return _note("dom0", ret, "qvm-prefs of %d qubes" % len(changes))
@@ -603,7 +828,8 @@ def prefs(name):
     return _note("dom0", ret, "qvm-prefs of %d qubes" % len(changes))
 
 
-def firewall_rules(name):
+def firewall_managed(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
     """
     The qvm-firewall list of every pillar qube with a ``firewall`` key equals
     the pillar's list, compared in Qubes' canonical form (``dstports`` ranges,
@@ -612,12 +838,23 @@ def firewall_rules(name):
 
     .. code-block:: yaml
 
-        qubes_firewall-dom0-firewall:
-          qubes_firewall.firewall_rules:
-            - require:
-              - qubes_firewall: qubes_firewall-dom0-topology
+        # dom0: sudo qubesctl state.apply my_firewall
+        # work may reach one network only
+        work-qvm-firewall:
+          qubes_firewall.firewall_managed:
+            - qubes:
+                sys-firewall: {netvm: none, provides_network: true}
+                work:
+                  netvm: sys-firewall
+                  firewall:
+                    - {action: accept, specialtarget: dns}
+                    - {action: accept, dst4: 192.168.1.0/24}
+                    - {action: drop}
     """
     ret = _ret(name)
+    if not _given(ret, qubes=qubes, addresses=addresses, connections=connections,
+                  connect_tcp=connect_tcp, port_forwards=port_forwards):
+        return ret
     try:
         plan = _run().dom0_firewall_plan()
     except CommandExecutionError as exc:
@@ -632,7 +869,7 @@ def firewall_rules(name):
         for qube in sorted(plan)
     }
     qubes = ", ".join(sorted(plan))
-    if __opts__.get("test"):
+    if _test():
         ret["result"] = None
         ret["comment"] = "Would replace the qvm-firewall list of " + qubes
         return _note("dom0", ret, "qvm-firewall lists of %d qubes" % len(plan))
@@ -653,12 +890,13 @@ def reconnected(name):
 
     .. code-block:: yaml
 
+        # dom0, after sys-net restarted: sudo qubesctl state.apply reconnect_sys_net
         sys-net-clients-reconnected:
           qubes_firewall.reconnected:
             - name: sys-net
     """
     ret = _ret(name)
-    test = bool(__opts__.get("test"))
+    test = _test()
     try:
         clients = _run().reconnect(name, test=test)
     except CommandExecutionError as exc:
@@ -675,7 +913,7 @@ def reconnected(name):
     return ret
 
 
-def policy_absent(name):
+def connect_tcp_policy_absent(name):
     """
     dom0 clean: the formula's qubes.ConnectTCP block is gone from
     ``lookup:policy_file``; the user's lines stay byte for byte, and the file
@@ -686,8 +924,10 @@ def policy_absent(name):
 
     .. code-block:: yaml
 
+        # what salt/qubes_firewall/clean.sls does in dom0:
+        #   sudo qubesctl state.apply qubes_firewall.clean
         qubes_firewall-policy-absent:
-          qubes_firewall.policy_absent: []
+          qubes_firewall.connect_tcp_policy_absent: []
     """
     ret = _ret(name)
     kept = " qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are."
@@ -700,7 +940,7 @@ def policy_absent(name):
         ret["changes"][path] = qf_files.diff(plan["old"], plan["new"], path)
         what = ("%s (the formula created it; nothing else is left in it)" % path
                 if plan["new"] is None else "the formula's qubes.ConnectTCP block from %s, your lines kept" % path)
-        if __opts__["test"]:
+        if _test():
             ret["result"] = None
             ret["comment"] = "Would remove " + what + "." + kept
             return ret
@@ -715,7 +955,7 @@ def policy_absent(name):
 # ---- the run's last state ----
 
 
-def summary(name):
+def run_summary(name):
     """
     The run's last word: one line per minion the run touched (a qube, or
     dom0), from what the formula's states above noted in this run, e.g.
@@ -726,17 +966,99 @@ def summary(name):
 
     .. code-block:: yaml
 
+        # plumbing: the formula's SLS ends with it
         qubes_firewall-summary:
-          qubes_firewall.summary: []
+          qubes_firewall.run_summary: []
     """
     ret = _ret(name)
     try:
         records = dict(__context__.get(_CTX_SUMMARY) or {})
     except NameError:
         records = {}
-    test = bool(__opts__.get("test"))
+    test = _test()
     if not records:
         records = {_run().minion_id(): {}}
     line = qf_report.qube_summary_line
     ret["comment"] = "\n".join(line(qube, record, test=test) for qube, record in records.items())
     return ret
+
+
+# ---- the state names before 1.x+1 (deprecated: kept for one release) ----
+# Each old name runs its new state and says, in the comment, which name to use.
+
+DEPRECATED = {"locked": "run_locked", "runtime_rules": "rules_managed", "persisted_rules": "boot_replay_managed", "custom_persist_replay": "custom_persist_replay_managed", "cleaned": "absent", "connect_tcp_policy": "connect_tcp_policy_managed", "connect_tcp_bindings": "connect_tcp_bindings_managed", "prefs": "netvm_managed", "firewall_rules": "firewall_managed", "policy_absent": "connect_tcp_policy_absent", "summary": "run_summary"}
+
+
+def _renamed(old, ret):
+    ret["comment"] = ("%s\n(qubes_firewall.%s is deprecated and goes in the next release:"
+                      " use qubes_firewall.%s)" % (ret["comment"], old, DEPRECATED[old]))
+    return ret
+
+
+def locked(name):
+    """Deprecated name of ``run_locked`` (kept for one release)."""
+    return _renamed("locked", run_locked(name))
+
+
+def runtime_rules(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``rules_managed`` (kept for one release)."""
+    return _renamed("runtime_rules", rules_managed(name, qubes=qubes, addresses=addresses, connections=connections, connect_tcp=connect_tcp,
+                   port_forwards=port_forwards))
+
+
+def persisted_rules(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``boot_replay_managed`` (kept for one release)."""
+    return _renamed("persisted_rules", boot_replay_managed(name, qubes=qubes, addresses=addresses, connections=connections, connect_tcp=connect_tcp,
+                   port_forwards=port_forwards))
+
+
+def custom_persist_replay(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``custom_persist_replay_managed`` (kept for one release)."""
+    return _renamed("custom_persist_replay", custom_persist_replay_managed(name, qubes=qubes, addresses=addresses, connections=connections, connect_tcp=connect_tcp,
+                   port_forwards=port_forwards))
+
+
+def cleaned(name):
+    """Deprecated name of ``absent`` (kept for one release)."""
+    return _renamed("cleaned", absent(name))
+
+
+def connect_tcp_policy(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``connect_tcp_policy_managed`` (kept for one release)."""
+    return _renamed("connect_tcp_policy", connect_tcp_policy_managed(name, qubes=qubes, addresses=addresses, connections=connections, connect_tcp=connect_tcp,
+                   port_forwards=port_forwards))
+
+
+def connect_tcp_bindings(name, qube=None, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``connect_tcp_bindings_managed`` (kept for one release)."""
+    return _renamed("connect_tcp_bindings", connect_tcp_bindings_managed(name, qube=qube, qubes=qubes, addresses=addresses, connections=connections,
+                   connect_tcp=connect_tcp, port_forwards=port_forwards))
+
+
+def prefs(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``netvm_managed`` (kept for one release)."""
+    return _renamed("prefs", netvm_managed(name, qubes=qubes, addresses=addresses, connections=connections, connect_tcp=connect_tcp,
+                   port_forwards=port_forwards))
+
+
+def firewall_rules(name, qubes=None, addresses=None, connections=None, connect_tcp=None,
+        port_forwards=None):
+    """Deprecated name of ``firewall_managed`` (kept for one release)."""
+    return _renamed("firewall_rules", firewall_managed(name, qubes=qubes, addresses=addresses, connections=connections, connect_tcp=connect_tcp,
+                   port_forwards=port_forwards))
+
+
+def policy_absent(name):
+    """Deprecated name of ``connect_tcp_policy_absent`` (kept for one release)."""
+    return _renamed("policy_absent", connect_tcp_policy_absent(name))
+
+
+def summary(name):
+    """Deprecated name of ``run_summary`` (kept for one release)."""
+    return _renamed("summary", run_summary(name))

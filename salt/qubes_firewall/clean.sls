@@ -8,16 +8,16 @@
       provides_network) and qvm-firewall lists stay as they are: they are
       Qubes' own settings, which the formula set but does not own. #}
 qubes_firewall-locked:
-  qubes_firewall.locked: []
+  qubes_firewall.run_locked: []
 
 {%- if grains['id'] == 'dom0' %}
 qubes_firewall-policy-absent:
-  qubes_firewall.policy_absent:
+  qubes_firewall.connect_tcp_policy_absent:
     - require:
       - qubes_firewall: qubes_firewall-locked
 {%- else %}
 qubes_firewall-cleaned:
-  qubes_firewall.cleaned:
+  qubes_firewall.absent:
     - require:
       - qubes_firewall: qubes_firewall-locked
 {%- endif %}

@@ -4,7 +4,7 @@
     state requires qubes_firewall-validated, so a bad pillar changes nothing
     anywhere. #}
 qubes_firewall-locked:
-  qubes_firewall.locked: []
+  qubes_firewall.run_locked: []
 
 qubes_firewall-validated:
   qubes_firewall.validated:
@@ -26,19 +26,19 @@ qubes_firewall-dom0-topology:
       - qubes_firewall: qubes_firewall-validated
 
 qubes_firewall-connect-tcp-policy:
-  qubes_firewall.connect_tcp_policy:
+  qubes_firewall.connect_tcp_policy_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-dom0-topology
 
 qubes_firewall-dom0-firewall:
-  qubes_firewall.firewall_rules:
+  qubes_firewall.firewall_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-dom0-topology
 
 qubes_firewall-dom0-prefs:
-  qubes_firewall.prefs:
+  qubes_firewall.netvm_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-dom0-topology
@@ -51,26 +51,26 @@ qubes_firewall-dom0-prefs:
     no file and starts no unit. A qube the pillar does not name (or names
     with nothing to do) gets the formula's leftovers removed. #}
 qubes_firewall-runtime-rules:
-  qubes_firewall.runtime_rules:
+  qubes_firewall.rules_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
 
 {#- persisted only once the live ruleset took the same rules #}
 qubes_firewall-persisted-rules:
-  qubes_firewall.persisted_rules:
+  qubes_firewall.boot_replay_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-runtime-rules
 
 {#- in a template: the replay of its custom-persist qubes #}
 qubes_firewall-custom-persist-replay:
-  qubes_firewall.custom_persist_replay:
+  qubes_firewall.custom_persist_replay_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-runtime-rules
 
 qubes_firewall-connect-tcp-bindings:
-  qubes_firewall.connect_tcp_bindings:
+  qubes_firewall.connect_tcp_bindings_managed:
     - require:
       - qubes_firewall: qubes_firewall-validated
       - qubes_firewall: qubes_firewall-runtime-rules
@@ -80,4 +80,4 @@ qubes_firewall-connect-tcp-bindings:
 {#- last: one line per qube (or dom0) saying what this run changed, or would
     under test=True; it runs even when a state above failed, and changes nothing #}
 qubes_firewall-summary:
-  qubes_firewall.summary: []
+  qubes_firewall.run_summary: []

@@ -22,7 +22,7 @@ def minion(tmp_path, run_dir=None, qube="untrusted", entries=None):
 
 
 def test_units_and_rc_local_block_without_systemd(tmp_path):
-    ret = minion(tmp_path).state("connect_tcp_bindings")
+    ret = minion(tmp_path).state("connect_tcp_bindings_managed")
     assert ret["result"] is True, ret
     rw = tmp_path / "rw"
     assert (rw / SOCKET).read_text() == (GOLDEN / SOCKET).read_text()
@@ -39,10 +39,10 @@ def test_units_and_rc_local_block_without_systemd(tmp_path):
 
 def test_second_run_reports_no_changes(tmp_path, fake_systemd):
     m = minion(tmp_path, fake_systemd)
-    assert m.state("connect_tcp_bindings")["changes"]
+    assert m.state("connect_tcp_bindings_managed")["changes"]
     before = snapshot(tmp_path / "rw"), snapshot(fake_systemd)
     calls = len(systemctl_calls(tmp_path))
-    ret = m.state("connect_tcp_bindings")
+    ret = m.state("connect_tcp_bindings_managed")
     assert ret["result"] is True and ret["changes"] == {}, ret
     assert (snapshot(tmp_path / "rw"), snapshot(fake_systemd)) == before
     # the second run only asked whether the socket is active
@@ -55,19 +55,19 @@ def test_test_mode_writes_nothing_and_runs_nothing(tmp_path, fake_systemd):
     (rw / "rc.local").write_text("#!/bin/sh\necho mine\n")
     m = minion(tmp_path, fake_systemd)
     before = snapshot(tmp_path)
-    ret = m.state("connect_tcp_bindings", test=True)
+    ret = m.state("connect_tcp_bindings_managed", test=True)
     assert ret["result"] is None, ret
     assert snapshot(tmp_path) == before
     assert all(call.startswith("is-active") for call in systemctl_calls(tmp_path))
     assert ret["changes"]["runtime"] == [
         "install %s/%s" % (fake_systemd, SOCKET), "install %s/%s" % (fake_systemd, SERVICE),
         "systemctl daemon-reload", "systemctl start " + SOCKET]
-    real = m.state("connect_tcp_bindings")
+    real = m.state("connect_tcp_bindings_managed")
     assert real["changes"] == ret["changes"]
 
 
 def test_runtime_start_installs_reloads_and_starts(tmp_path, fake_systemd):
-    ret = minion(tmp_path, fake_systemd).state("connect_tcp_bindings")
+    ret = minion(tmp_path, fake_systemd).state("connect_tcp_bindings_managed")
     assert ret["result"] is True, ret
     assert (fake_systemd / SOCKET).read_text() == (GOLDEN / SOCKET).read_text()
     assert (fake_systemd / SERVICE).read_text() == (GOLDEN / SERVICE).read_text()
@@ -76,20 +76,20 @@ def test_runtime_start_installs_reloads_and_starts(tmp_path, fake_systemd):
 
 def test_stopped_socket_is_started_again_without_reload(tmp_path, fake_systemd):
     m = minion(tmp_path, fake_systemd)
-    m.state("connect_tcp_bindings")
+    m.state("connect_tcp_bindings_managed")
     (tmp_path / "systemctl" / "active").write_text("")
-    ret = m.state("connect_tcp_bindings")
+    ret = m.state("connect_tcp_bindings_managed")
     assert ret["changes"] == {"runtime": ["systemctl start " + SOCKET]}, ret
     assert systemctl_calls(tmp_path)[-2:] == ["is-active --quiet " + SOCKET, "start " + SOCKET]
 
 
 def test_changed_server_rewrites_the_service_and_reloads(tmp_path, fake_systemd):
     m = minion(tmp_path, fake_systemd)
-    m.state("connect_tcp_bindings")
+    m.state("connect_tcp_bindings_managed")
     entries = example_pillar()["connect_tcp"]
     entries[0] = dict(entries[0], server="other-service", call="named")
     m.set_pillar(pillar_in(tmp_path, entries))
-    ret = m.state("connect_tcp_bindings")
+    ret = m.state("connect_tcp_bindings_managed")
     assert ret["result"] is True, ret
     assert "ExecStart=qrexec-client-vm other-service qubes.ConnectTCP+444" in (
         tmp_path / "rw" / SERVICE).read_text()
@@ -106,10 +106,10 @@ def test_removed_entry_removes_units_rc_local_lines_and_runtime(tmp_path, fake_s
     (rw / "rc.local").chmod(0o755)
     (rw / "my-own.socket").write_text("[Socket]\n")
     m = minion(tmp_path, fake_systemd)
-    m.state("connect_tcp_bindings")
+    m.state("connect_tcp_bindings_managed")
     assert (rw / SOCKET).exists()
     m.set_pillar(pillar_in(tmp_path, [e for e in example_pillar()["connect_tcp"] if not e.get("persistent")]))
-    ret = m.state("connect_tcp_bindings")
+    ret = m.state("connect_tcp_bindings_managed")
     assert ret["result"] is True, ret
     assert not (rw / SOCKET).exists() and not (rw / SERVICE).exists()
     assert (rw / "rc.local").read_text() == user
@@ -119,7 +119,7 @@ def test_removed_entry_removes_units_rc_local_lines_and_runtime(tmp_path, fake_s
     assert ret["changes"]["runtime"] == [
         "systemctl stop " + SOCKET, "rm %s/%s" % (fake_systemd, SOCKET),
         "rm %s/%s" % (fake_systemd, SERVICE), "systemctl daemon-reload"]
-    assert m.state("connect_tcp_bindings")["changes"] == {}
+    assert m.state("connect_tcp_bindings_managed")["changes"] == {}
 
 
 def test_other_qubes_units_in_a_shared_rw_config_are_left_alone(tmp_path):
@@ -128,12 +128,12 @@ def test_other_qubes_units_in_a_shared_rw_config_are_left_alone(tmp_path):
     theirs = ["qf-connect-tcp-444-untrusted-2.socket", "qf-connect-tcp-444-untrusted-2@.service"]
     for name in theirs:
         (rw / name).write_text("x\n")
-    minion(tmp_path, entries=[]).state("connect_tcp_bindings")
+    minion(tmp_path, entries=[]).state("connect_tcp_bindings_managed")
     assert sorted(os.listdir(rw)) == theirs
 
 
 def test_qube_without_bindings_changes_nothing(tmp_path):
-    ret = minion(tmp_path, qube="mytcp-service").state("connect_tcp_bindings")
+    ret = minion(tmp_path, qube="mytcp-service").state("connect_tcp_bindings_managed")
     assert ret["result"] is True and ret["changes"] == {}, ret
     assert not (tmp_path / "rw").exists()
     assert "systemd" not in ret["comment"]
@@ -141,19 +141,19 @@ def test_qube_without_bindings_changes_nothing(tmp_path):
 
 def test_rc_local_that_is_not_executable_is_made_executable(tmp_path):
     m = minion(tmp_path)
-    m.state("connect_tcp_bindings")
+    m.state("connect_tcp_bindings_managed")
     rc_local = tmp_path / "rw" / "rc.local"
     rc_local.chmod(0o644)
-    ret = m.state("connect_tcp_bindings", test=True)
+    ret = m.state("connect_tcp_bindings_managed", test=True)
     assert ret["result"] is None and str(rc_local) in ret["changes"], ret
     assert stat.S_IMODE(rc_local.stat().st_mode) == 0o644
-    m.state("connect_tcp_bindings")
+    m.state("connect_tcp_bindings_managed")
     assert stat.S_IMODE(rc_local.stat().st_mode) == 0o755
 
 
 def test_systemctl_failure_is_a_failed_state_not_a_traceback(tmp_path, fake_systemd, fake_bin):
     (fake_bin / "systemctl").write_text("#!/bin/sh\necho 'Failed to start: Address in use' >&2\nexit 1\n")
-    ret = minion(tmp_path, fake_systemd).state("connect_tcp_bindings")
+    ret = minion(tmp_path, fake_systemd).state("connect_tcp_bindings_managed")
     assert ret["result"] is False
     assert "Address in use" in ret["comment"]
     # the files were written before systemd failed, and the changes say so
@@ -164,7 +164,7 @@ def test_bad_unit_is_refused_by_systemd_analyze(tmp_path, fake_bin):
     (fake_bin / "systemd-analyze").write_text(
         "#!/bin/sh\nfor f; do case $f in *.socket) echo \"$f:5: Unknown key\";; esac; done\nexit 1\n")
     (fake_bin / "systemd-analyze").chmod(0o755)
-    ret = minion(tmp_path).state("connect_tcp_bindings")
+    ret = minion(tmp_path).state("connect_tcp_bindings_managed")
     assert ret["result"] is False and "systemd-analyze verify rejects" in ret["comment"], ret
     assert ret["changes"] == {}
     assert not (tmp_path / "rw").exists()
@@ -177,7 +177,7 @@ def test_real_systemd_analyze_accepts_the_units(tmp_path):
 
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    ret = minion(tmp_path).state("connect_tcp_bindings")
+    ret = minion(tmp_path).state("connect_tcp_bindings_managed")
     assert ret["result"] is True, ret
     assert "systemd-analyze verify accepts the units" in ret["comment"]
 
@@ -187,8 +187,8 @@ def test_units_are_verified_only_when_they_change(tmp_path, fake_bin):
     (fake_bin / "systemd-analyze").write_text('#!/bin/sh\necho "$@" >> %s\n' % log)
     (fake_bin / "systemd-analyze").chmod(0o755)
     m = minion(tmp_path)
-    assert "systemd-analyze verify accepts" in m.state("connect_tcp_bindings")["comment"]
+    assert "systemd-analyze verify accepts" in m.state("connect_tcp_bindings_managed")["comment"]
     assert len(log.read_text().splitlines()) == 1
     assert SOCKET in log.read_text() and SERVICE in log.read_text()
-    assert m.state("connect_tcp_bindings")["changes"] == {}
+    assert m.state("connect_tcp_bindings_managed")["changes"] == {}
     assert len(log.read_text().splitlines()) == 1

@@ -27,9 +27,9 @@ from .conftest import (
 )
 
 SALT_CALL = Path(sys.executable).parent / "salt-call"
-POLICY_ID = "qubes_firewall_|-qubes_firewall-connect-tcp-policy_|-qubes_firewall-connect-tcp-policy_|-connect_tcp_policy"
+POLICY_ID = "qubes_firewall_|-qubes_firewall-connect-tcp-policy_|-qubes_firewall-connect-tcp-policy_|-connect_tcp_policy_managed"
 BINDINGS_ID = ("qubes_firewall_|-qubes_firewall-connect-tcp-bindings_|-qubes_firewall-connect-tcp-bindings"
-               "_|-connect_tcp_bindings")
+               "_|-connect_tcp_bindings_managed")
 
 pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
 

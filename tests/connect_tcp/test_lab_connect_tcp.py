@@ -116,9 +116,9 @@ def lab(tmp_path):
 def test_seed_bindings_reach_the_server_ports_through_the_installed_units(tmp_path, lab):
     pillar = lab_pillar(tmp_path)
     dom0 = Minion("dom0", pillar)
-    assert dom0.state("connect_tcp_policy")["result"] is True
+    assert dom0.state("connect_tcp_policy_managed")["result"] is True
     client = Minion(CLIENT, pillar, qubes_firewall_systemd_run_dir=str(tmp_path / "no-systemd"))
-    ret = client.state("connect_tcp_bindings")
+    ret = client.state("connect_tcp_bindings_managed")
     assert ret["result"] is True, ret
 
     # the units as rc.local would install them: the files the state wrote
@@ -158,7 +158,7 @@ def test_stand_in_denies_what_the_policy_does_not_allow(tmp_path):
     finally:
         sys.path.remove(str(LAB))
     pillar = lab_pillar(tmp_path)
-    Minion("dom0", pillar).state("connect_tcp_policy")
+    Minion("dom0", pillar).state("connect_tcp_policy_managed")
     policy = Path(pillar["lookup"]["policy_file"]).read_text()
     assert stand_in.decide(policy, "untrusted", "qubes.ConnectTCP", "444", "") == "mytcp-service"
     assert stand_in.decide(policy, "untrusted", "qubes.ConnectTCP", "444", "mytcp-service") == "mytcp-service"

@@ -24,7 +24,7 @@ def policy_path(tmp_path):
 
 def test_new_policy_file_holds_the_seed_block_mode_0664(tmp_path):
     minion = Minion("dom0", pillar_in(tmp_path))
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert ret["result"] is True, ret
     path = policy_path(tmp_path)
     text = path.read_text()
@@ -35,9 +35,9 @@ def test_new_policy_file_holds_the_seed_block_mode_0664(tmp_path):
 
 def test_second_run_reports_no_changes(tmp_path):
     minion = Minion("dom0", pillar_in(tmp_path))
-    assert minion.state("connect_tcp_policy")["changes"]
+    assert minion.state("connect_tcp_policy_managed")["changes"]
     before = snapshot(tmp_path)
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert ret["result"] is True and ret["changes"] == {}, ret
     assert snapshot(tmp_path) == before
 
@@ -48,11 +48,11 @@ def test_test_mode_writes_nothing_and_shows_the_exact_diff(tmp_path):
     path.write_text("qubes.ConnectTCP +22 work build allow\n")
     minion = Minion("dom0", pillar_in(tmp_path))
     before = snapshot(tmp_path)
-    ret = minion.state("connect_tcp_policy", test=True)
+    ret = minion.state("connect_tcp_policy_managed", test=True)
     assert ret["result"] is None, ret
     assert snapshot(tmp_path) == before
     diff = ret["changes"][str(path)]
-    real = minion.state("connect_tcp_policy")
+    real = minion.state("connect_tcp_policy_managed")
     assert real["changes"][str(path)] == diff
     added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
     assert "\n".join(added) + "\n" == path.read_text().split("qubes.ConnectTCP +22 work build allow\n")[1]
@@ -64,26 +64,26 @@ def test_removed_entries_lose_their_lines_and_the_users_lines_stay(tmp_path):
     user = "# mine\nqubes.ConnectTCP +22 work build allow\n"
     path.write_text(user)
     minion = Minion("dom0", pillar_in(tmp_path))
-    minion.state("connect_tcp_policy")
+    minion.state("connect_tcp_policy_managed")
     assert "target=mytcp-service-bis" in path.read_text()
     entries = [e for e in example_pillar()["connect_tcp"] if e["server"] != "mytcp-service-bis"]
     minion.set_pillar(pillar_in(tmp_path, entries))
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert ret["result"] is True and ret["changes"]
     assert "mytcp-service-bis" not in path.read_text()
     minion.set_pillar(pillar_in(tmp_path, []))
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert path.read_text() == user, ret
 
 
 def test_a_file_the_formula_created_goes_away_with_the_last_entry(tmp_path):
     minion = Minion("dom0", pillar_in(tmp_path))
-    minion.state("connect_tcp_policy")
+    minion.state("connect_tcp_policy_managed")
     minion.set_pillar(pillar_in(tmp_path, []))
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert ret["result"] is True and ret["changes"]
     assert not policy_path(tmp_path).exists()
-    assert minion.state("connect_tcp_policy")["changes"] == {}
+    assert minion.state("connect_tcp_policy_managed")["changes"] == {}
 
 
 def test_lint_failure_leaves_the_old_file(tmp_path, fake_bin):
@@ -96,7 +96,7 @@ def test_lint_failure_leaves_the_old_file(tmp_path, fake_bin):
     path.chmod(0o640)
     minion = Minion("dom0", pillar_in(tmp_path))
     for test in (True, False):
-        ret = minion.state("connect_tcp_policy", test=test)
+        ret = minion.state("connect_tcp_policy_managed", test=test)
         assert ret["result"] is False, ret
         assert ret["changes"] == {}
         assert "%s:1: error: allow to @default requires target=" % path in ret["comment"]
@@ -110,7 +110,7 @@ def test_lint_passes_the_formulas_own_lines(tmp_path, fake_bin):
     minion = Minion("dom0", pillar_in(tmp_path, example_pillar()["connect_tcp"] + [
         {"client": "@anyvm", "server": "cache", "port": 3128},
         {"client": "@tag:dev", "server": "git", "port": 22, "call": "named"}]))
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert ret["result"] is True, ret
     assert "qubes-policy-lint accepts" in ret["comment"]
 
@@ -119,7 +119,7 @@ def test_policy_file_name_qubes_would_refuse_fails_before_any_change(tmp_path):
     data = pillar_in(tmp_path)
     data["lookup"]["policy_file"] = str(tmp_path / "policy.d" / "30-User.policy")
     minion = Minion("dom0", data)
-    ret = minion.state("connect_tcp_policy")
+    ret = minion.state("connect_tcp_policy_managed")
     assert ret["result"] is False
     assert "qubes_firewall:lookup:policy_file" in ret["comment"]
     assert not (tmp_path / "policy.d").exists()
@@ -130,7 +130,7 @@ def test_broken_markers_fail_and_change_nothing(tmp_path):
     path.parent.mkdir()
     old = BEGIN + "\nqubes.ConnectTCP +1 a @default allow target=b\n"
     path.write_text(old)
-    ret = Minion("dom0", pillar_in(tmp_path)).state("connect_tcp_policy")
+    ret = Minion("dom0", pillar_in(tmp_path)).state("connect_tcp_policy_managed")
     assert ret["result"] is False and "markers" in ret["comment"]
     assert path.read_text() == old
 
@@ -150,14 +150,14 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
     minion = Minion("dom0", pillar_in(tmp_path))
     # the block in the middle of the user's lines
     path.write_text(before + BEGIN + "\nold line\n" + END + "\n" + after)
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     text = path.read_text()
     assert text.startswith(before + BEGIN + "\n")
     assert text.endswith(END + "\n" + after)
-    assert minion.state("connect_tcp_policy")["changes"] == {}
+    assert minion.state("connect_tcp_policy_managed")["changes"] == {}
     # removal gives back exactly the user's lines
     minion.set_pillar(pillar_in(tmp_path, []))
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     rest = before + after
     if rest.strip() == "":
         assert not path.exists()
@@ -171,7 +171,7 @@ def test_users_lines_around_the_block_stay_byte_for_byte(tmp_path_factory, befor
     path.parent.mkdir(exist_ok=True)
     path.write_text(user)
     minion.set_pillar(pillar_in(tmp_path))
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     text = path.read_text()
     start = text.index(BEGIN)
     end = text.index(END) + len(END) + 1
@@ -187,14 +187,14 @@ def test_new_file_gets_the_policy_group_when_it_exists(tmp_path, monkeypatch):
     assert module.POLICY_GROUP == "qubes"
     # this machine has no group qubes: stand in with another existing group
     monkeypatch.setattr(module, "POLICY_GROUP", grp.getgrgid(1).gr_name)
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     assert policy_path(tmp_path).stat().st_gid == 1
 
 
 def test_no_policy_group_no_chown(tmp_path, monkeypatch):
     minion = Minion("dom0", pillar_in(tmp_path))
     monkeypatch.setattr(core("connect_tcp"), "POLICY_GROUP", "no-such-group-qf")
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     assert policy_path(tmp_path).stat().st_gid == os.getegid()
 
 
@@ -208,15 +208,15 @@ def test_policy_absent_removes_the_block_only_test_mode_first_then_nothing(tmp_p
         path.parent.mkdir()
         path.write_text(user)
     minion = Minion("dom0", pillar_in(tmp_path))
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     before = snapshot(tmp_path)
 
-    dry = minion.state("policy_absent", test=True)
+    dry = minion.state("connect_tcp_policy_absent", test=True)
     assert dry["result"] is None and str(path) in dry["changes"], dry
     assert snapshot(tmp_path) == before
     assert "qvm-prefs (netvm, provides_network) and qvm-firewall lists are left as they are" in dry["comment"]
 
-    ret = minion.state("policy_absent")
+    ret = minion.state("connect_tcp_policy_absent")
     assert ret["result"] is True and ret["changes"] == dry["changes"], ret
     if user:
         assert path.read_text() == user  # the user's bytes, nothing else
@@ -225,13 +225,13 @@ def test_policy_absent_removes_the_block_only_test_mode_first_then_nothing(tmp_p
     assert "qvm-firewall lists are left as they are" in ret["comment"]
 
     after = snapshot(tmp_path)
-    again = minion.state("policy_absent")
+    again = minion.state("connect_tcp_policy_absent")
     assert again["result"] is True and again["changes"] == {}, again
     assert snapshot(tmp_path) == after
 
 
 def test_policy_absent_without_a_file_changes_nothing(tmp_path):
-    ret = Minion("dom0", pillar_in(tmp_path)).state("policy_absent")
+    ret = Minion("dom0", pillar_in(tmp_path)).state("connect_tcp_policy_absent")
     assert ret["result"] is True and ret["changes"] == {}
     assert not policy_path(tmp_path).parent.exists()
 
@@ -241,17 +241,17 @@ def test_policy_absent_with_broken_markers_fails_and_changes_nothing(tmp_path):
     path.parent.mkdir()
     old = "# mine\n" + BEGIN + "\nqubes.ConnectTCP +1 a @default allow target=b\n"
     path.write_text(old)
-    ret = Minion("dom0", pillar_in(tmp_path)).state("policy_absent")
+    ret = Minion("dom0", pillar_in(tmp_path)).state("connect_tcp_policy_absent")
     assert ret["result"] is False and "nothing changed" in ret["comment"] and ret["changes"] == {}
     assert path.read_text() == old
 
 
 def test_policy_absent_works_with_a_broken_pillar(tmp_path):
     minion = Minion("dom0", pillar_in(tmp_path))
-    assert minion.state("connect_tcp_policy")["result"] is True
+    assert minion.state("connect_tcp_policy_managed")["result"] is True
     broken = copy.deepcopy(pillar_in(tmp_path))  # never the shared QUBES of conftest
     broken["qubes"]["untrusted"]["netvm"] = "no-such-qube"
     minion.set_pillar(broken)
-    ret = minion.state("policy_absent")
+    ret = minion.state("connect_tcp_policy_absent")
     assert ret["result"] is True and ret["changes"], ret
     assert not policy_path(tmp_path).exists()

@@ -81,10 +81,10 @@ class Dom0:
         ok = out["validated"]["result"] is not False
         out["topology"] = self.states.topology_valid("qubes_firewall-dom0-topology") if ok else None
         ok = ok and out["topology"]["result"] is not False
-        out["policy"] = self.states.connect_tcp_policy("qubes_firewall-connect-tcp-policy") if ok else None
-        out["firewall"] = self.states.firewall_rules("qubes_firewall-dom0-firewall") if ok else None
+        out["policy"] = self.states.connect_tcp_policy_managed("qubes_firewall-connect-tcp-policy") if ok else None
+        out["firewall"] = self.states.firewall_managed("qubes_firewall-dom0-firewall") if ok else None
         ok = ok and out["firewall"]["result"] is not False
-        out["prefs"] = self.states.prefs("qubes_firewall-dom0-prefs") if ok else None
+        out["prefs"] = self.states.netvm_managed("qubes_firewall-dom0-prefs") if ok else None
         self.opts["test"] = False
         return out
 

@@ -99,12 +99,24 @@ def test_refusal_mid_way_is_a_failed_state_naming_what_was_done(dom0, qubes, bac
     steps = dom0.shell().dom0_prefs_plan()
     qubes.edit(lambda d: d["qubes"]["sys-vpn"].update(state="Halted"))
     monkeypatch.setattr(core("run").Run, "dom0_prefs_plan", lambda self: steps)
-    ret = dom0.states.prefs("qubes_firewall-dom0-prefs")
+    ret = dom0.states.netvm_managed("qubes_firewall-dom0-prefs")
     assert ret["result"] is False
     assert "Cannot dynamically attach to stopped NetVM: 'sys-vpn'" in ret["comment"]
     assert "done before: sys-firewall-2 provides_network=True, sys-vpn provides_network=True" in ret["comment"]
     assert ret["changes"] == {"sys-firewall-2": {"provides_network": {"old": False, "new": True}},
                               "sys-vpn": {"provides_network": {"old": False, "new": True}}}
+
+
+def test_the_old_dom0_state_names_run_the_new_states(dom0, qubes, backend):
+    dom0.opts["test"] = True
+    for old, new in (("prefs", "netvm_managed"), ("firewall_rules", "firewall_managed"),
+                     ("connect_tcp_policy", "connect_tcp_policy_managed"),
+                     ("policy_absent", "connect_tcp_policy_absent")):
+        want, got = getattr(dom0.states, new)("s"), getattr(dom0.states, old)("s")
+        assert got["result"] == want["result"] and got["changes"] == want["changes"], old
+        assert got["comment"] == want["comment"] + (
+            "\n(qubes_firewall.%s is deprecated and goes in the next release: use qubes_firewall.%s)" % (old, new))
+    assert dom0.states.netvm_managed("s")["changes"]  # the fake Qubes differs from the pillar: a real comparison
 
 
 def test_reconnected_state(dom0, qubes, backend):

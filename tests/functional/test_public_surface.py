@@ -109,7 +109,7 @@ def test_the_module_and_the_states_share_one_run_through_salts_dunders(salt_fact
         assert plan["persist_file"] == "qubes-firewall-user-script" and "qf-nat" in plan["chains"]
         parsed = loaders.context["qubes_firewall.parsed"]  # __context__: parsed once per run
         assert parsed["model"] is not None and "sys-firewall" in parsed["plans"]
-        ret = loaders.states.qubes_firewall.persisted_rules(name="persisted", test=True)
+        ret = loaders.states.qubes_firewall.boot_replay_managed(name="persisted", test=True)
         assert ret.result in (True, None), ret
         assert loaders.context["qubes_firewall.parsed"] is parsed  # the states used the same parse
     finally:

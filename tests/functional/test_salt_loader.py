@@ -88,16 +88,16 @@ def test_persisted_block_test_mode_then_apply_twice(make_loaders, tmp_path):
     before = script.read_bytes()
     states = make_loaders("build", pillar_with(tmp_path)).states
     # the state alone (in the SLS it also requires the live nft apply, tested in the lab)
-    ret = states.qubes_firewall.persisted_rules(name="qubes_firewall-persisted-rules", test=True)
+    ret = states.qubes_firewall.boot_replay_managed(name="qubes_firewall-persisted-rules", test=True)
     assert ret.result is None and str(script) in ret.changes
     assert script.read_bytes() == before and (script.stat().st_mode & 0o777) == 0o644
-    ret = states.qubes_firewall.persisted_rules(name="qubes_firewall-persisted-rules")
+    ret = states.qubes_firewall.boot_replay_managed(name="qubes_firewall-persisted-rules")
     assert ret.result is True and ret.changes, ret
     text = script.read_text()
     assert text.startswith(before.decode()) and "BEGIN qubes_firewall:rules" in text
     assert script.stat().st_mode & 0o111
     assert not (rw / "qubes-firewall-user-script").exists()
-    ret = states.qubes_firewall.persisted_rules(name="qubes_firewall-persisted-rules")
+    ret = states.qubes_firewall.boot_replay_managed(name="qubes_firewall-persisted-rules")
     assert ret.result is True and ret.changes == {}
 
 
@@ -111,19 +111,19 @@ def test_disposable_netvm_block_is_written_by_its_disposable_template(make_loade
     pillar = pillar_with(tmp_path)
     pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"] = "default-dvm"
     template = make_loaders("default-dvm", pillar).states
-    ret = template.qubes_firewall.persisted_rules(name="persisted")
+    ret = template.qubes_firewall.boot_replay_managed(name="persisted")
     assert ret.result is True, ret
     script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
     assert "# BEGIN qubes_firewall:rules:sys-firewall " in script
     assert '[ "$(qubesdb-read /name 2>/dev/null)" = "sys-firewall" ]' in script
     assert "add chain ip qubes qf-nat " in script
-    assert template.qubes_firewall.persisted_rules(name="persisted").changes == {}
+    assert template.qubes_firewall.boot_replay_managed(name="persisted").changes == {}
     # the disposable's own run keeps its hands off its throw-away /rw
-    ret = make_loaders("sys-firewall", pillar).states.qubes_firewall.persisted_rules(name="persisted")
+    ret = make_loaders("sys-firewall", pillar).states.qubes_firewall.boot_replay_managed(name="persisted")
     assert ret.result is True and ret.changes == {}
     # no longer a disposable: the template's block goes away
     del pillar["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"]
-    ret = make_loaders("default-dvm", pillar).states.qubes_firewall.persisted_rules(name="persisted")
+    ret = make_loaders("default-dvm", pillar).states.qubes_firewall.boot_replay_managed(name="persisted")
     assert ret.result is True and ret.changes
     assert "rules:sys-firewall" not in (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
 
@@ -142,3 +142,20 @@ def test_cli_state_apply_exit_codes(salt_factories, tmp_path):
     comment = states_by_id(ret.data)["qubes_firewall-validated"]["comment"]
     assert "qubes_firewall:qubes:sys-net:netvm" in comment, comment
     assert not (tmp_path / "rw").exists()
+
+
+def test_a_state_takes_its_data_as_arguments_and_answers_to_its_old_name(make_loaders, tmp_path):
+    """Through Salt's loader: a forward given to the state, not in the pillar, reaches the boot replay."""
+    (tmp_path / "rw" / "config").mkdir(parents=True)
+    extra = {"name": "extra", "qube": "web", "proto": "tcp", "port": 8443, "external_port": 8443,
+             "interfaces": ["ens6"], "sources": ["192.168.1.0/24"]}
+    states = make_loaders("sys-net", pillar_with(tmp_path)).states
+    ret = states.qubes_firewall.boot_replay_managed(name="replay", port_forwards=[extra])
+    assert ret.result is True and ret.changes, ret
+    script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
+    assert "port_forwards:extra" in script and "port_forwards:https" in script
+    # the old name, without the argument: the pillar alone, so the forward goes again
+    ret = make_loaders("sys-net", pillar_with(tmp_path)).states.qubes_firewall.persisted_rules(name="replay")
+    assert ret.result is True and "use qubes_firewall.boot_replay_managed" in ret.comment, ret
+    script = (tmp_path / "rw" / "config" / "qubes-firewall-user-script").read_text()
+    assert "port_forwards:extra" not in script and "port_forwards:https" in script

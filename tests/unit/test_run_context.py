@@ -13,6 +13,10 @@ from tests import examples
 from tests.modules import core, load_file
 
 qf_model, qf_plan, qf_nft, qf_run = core("model"), core("plan"), core("nft"), core("run")
+# the states' names since the rename (the old ones stay as deprecated aliases: tests/unit/test_state_data.py)
+NEW_NAMES = {"locked": "run_locked", "runtime_rules": "rules_managed", "persisted_rules": "boot_replay_managed",
+             "custom_persist_replay": "custom_persist_replay_managed",
+             "connect_tcp_bindings": "connect_tcp_bindings_managed", "summary": "run_summary"}
 
 
 class Run:
@@ -48,7 +52,8 @@ class Run:
         out = {}
         for state in ("locked", "validated", "runtime_rules", "persisted_rules", "custom_persist_replay",
                       "connect_tcp_bindings", "summary"):
-            out[state] = getattr(self.states, state)("qubes_firewall-" + state)
+            function = NEW_NAMES.get(state, state)
+            out[state] = getattr(self.states, function)("qubes_firewall-" + state)
         return out
 
 
@@ -99,7 +104,7 @@ def test_a_missing_pillar_fails_validation_and_names_a_near_miss(tmp_path, pilla
 def test_the_lock_falls_back_to_a_safe_directory_when_the_pillar_is_invalid(tmp_path, monkeypatch):
     run = Run(tmp_path, "web", {"qubes_firewall": {"lookup": {"state_dir": "/tmp/x; rm -rf /"}, "qubes": 3}}, monkeypatch)
     assert run.run().state_dir() == str(tmp_path / "state")  # the minion's default
-    held = run.states.locked("l")
+    held = run.states.run_locked("l")
     assert held["result"] is True and str(tmp_path / "state" / "lock") in held["comment"]
     # held for the process: taking it again does not wait on itself
     assert run.run().lock()["waited"] == 0.0
@@ -116,7 +121,7 @@ def test_a_second_process_waits_for_the_lock_and_gives_up_with_a_message(tmp_pat
         assert holder.stdout.readline().strip() == "held"
         run = Run(tmp_path, "web", pillar, monkeypatch)
         run.opts["qubes_firewall_lock_timeout"] = 0.3
-        ret = run.states.locked("l")
+        ret = run.states.run_locked("l")
         assert ret["result"] is False
         assert "another qubes_firewall run holds %s" % lock in ret["comment"]
     finally:
