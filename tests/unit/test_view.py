@@ -262,7 +262,11 @@ def test_work_learns_nothing_about_unrelated_qubes():
     web = qf_view.view(raw, None, "web")
     assert named_in(web) == {"web", "sys-firewall", "sys-net"}, web
     assert [f["name"] for f in web["port_forwards"]] == ["https"]
-    assert "firewall" not in yaml.safe_dump(web) and "service" not in yaml.safe_dump(web)
+    raw["qubes"]["web"] = dict(raw["qubes"]["web"], firewall=[{"action": "drop"}])
+    vpn = qf_view.view(raw, None, "sys-vpn")
+    for reduced in (qf_view.view(raw, None, "web"), vpn):  # qvm-firewall lists and service are dom0's
+        assert not [s for s in reduced["qubes"].values() if "firewall" in s or "service" in s], reduced
+    assert vpn["qubes"]["sys-vpn"] == {"netvm": "sys-firewall", "provides_network": True}
 
 
 def test_a_qube_that_needs_nothing_gets_no_qubes_and_its_run_says_so():
