@@ -282,8 +282,8 @@ def test_left_out_entries_keep_the_others_numbers():
     raw = {"qubes": {"a": {"netvm": "none"}, "b": {"netvm": "a"}, "c": {"netvm": "a"}, "d": {"netvm": "none"},
                      "e": {"netvm": "d"}},
            "connections": [{"from": "e", "to": "d"}, {"from": "b", "to": "c", "proto": "tcp", "ports": [22]}],
-           "connect_tcp": [{"client": "e", "server": "d", "port": 1}, {"client": "b", "server": "c", "port": 2}]}
-    b = qf_view.view(raw, {"a": "10.137.0.2", "b": "10.137.0.3", "c": "10.137.0.4"}, "b")
+           "connect_tcp": [{"client": "e", "server": "d", "port": 1}, {"client": "c", "server": "b", "port": 2}]}
+    b = qf_view.view(raw, {"a": "10.137.0.2", "b": "10.137.0.3", "c": "10.137.0.4"}, "c")
     assert b["connections"] == [None, raw["connections"][1]]
     assert b["connect_tcp"] == [None, raw["connect_tcp"][1]]
     assert set(b["qubes"]) == {"a", "b", "c"} and b["addresses"] == {"b": "10.137.0.3", "c": "10.137.0.4"}
