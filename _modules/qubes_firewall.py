@@ -360,13 +360,15 @@ def connect_tcp_commands(qube=None):
 # ---- fleet: one pillar tree for many machines (docs/fleet.md) ----
 
 
-def fleet_pillar(shared_file, machine_file, ask_qubes=True):
+def fleet_pillar(shared_file, machine_file=None, ask_qubes=True, minion=None):
     """
-    This machine's pillar in a fleet (docs/fleet.md): the shared topology
-    with this machine's file merged on, and (``ask_qubes``) the addresses and
-    Qubes release from Qubes.  Never raises: a broken file gives
-    ``{"qubes_firewall": {"error": MESSAGE}}`` naming the machine and the
-    file, which fails this formula only.  Called by the fleet's pillar file.
+    This machine's pillar (docs/fleet.md, docs/addresses.md): the shared
+    topology with this machine's file merged on (``machine_file`` None: one
+    machine's topology file alone; a name relative to the pillar roots or a
+    path), and (``ask_qubes``) the addresses and Qubes release from Qubes;
+    with ``minion``, only the part that id needs.  Never raises: a broken file
+    gives ``{"qubes_firewall": {"error": MESSAGE}}`` naming the machine and
+    the file, which fails this formula only.  Called by the pillar files.
 
     CLI Example:
 
@@ -374,16 +376,18 @@ def fleet_pillar(shared_file, machine_file, ask_qubes=True):
 
         sudo qubesctl qubes_firewall.fleet_pillar /srv/user_pillar/qubes_firewall_shared.yaml /srv/user_pillar/qubes_firewall_machine.yaml
     """
-    return _run().fleet_pillar(shared_file, machine_file, ask_qubes)
+    return _run().fleet_pillar(shared_file, machine_file or None, ask_qubes, minion)
 
 
-def targets():
+def targets(shared_file=None, machine_file=None):
     """
     The qubes this pillar needs a run in, as qubesctl's ``--targets`` value:
     custom-persist templates, disposable templates, the pillar's qubes from
     the uplink down, the ConnectTCP clients.  Salt's options go after the
     function: ``sudo qubesctl --targets=$(sudo qubesctl qubes_firewall.targets
-    --out=newline_values_only) state.apply qubes_firewall``.
+    --out=newline_values_only) state.apply qubes_firewall``.  With files (as
+    ``fleet_pillar`` takes them; for the pillar top file): dom0 and those
+    qubes, from the files; just dom0 when the files make no valid pillar.
 
     CLI Example:
 
@@ -392,7 +396,7 @@ def targets():
         sudo qubesctl qubes_firewall.targets
         sudo qubesctl qubes_firewall.targets --out=newline_values_only
     """
-    return _run().targets()
+    return _run().targets(shared_file, machine_file)
 
 
 def fleet_status(fmt=None):
