@@ -362,13 +362,11 @@ def connect_tcp_commands(qube=None):
 
 def fleet_pillar(shared_file, machine_file=None, ask_qubes=True, minion=None):
     """
-    This machine's pillar (docs/fleet.md, docs/addresses.md): the shared
-    topology with this machine's file merged on (``machine_file`` None: one
-    machine's topology file alone; a name relative to the pillar roots or a
-    path), and (``ask_qubes``) the addresses and Qubes release from Qubes;
-    with ``minion``, only the part that id needs.  Never raises: a broken file
-    gives ``{"qubes_firewall": {"error": MESSAGE}}`` naming the machine and
-    the file, which fails this formula only.  Called by the pillar files.
+    This machine's pillar (docs/addresses.md, docs/fleet.md): the shared
+    topology (a path, or a name in the pillar roots) with this machine's file
+    merged on (if any), with (``ask_qubes``) the addresses and release from
+    Qubes; only ``minion``'s part when given.  Never raises: a broken file
+    gives ``{"qubes_firewall": {"error": MESSAGE}}``, failing this formula only.
 
     CLI Example:
 
@@ -386,8 +384,7 @@ def targets(shared_file=None, machine_file=None):
     the uplink down, the ConnectTCP clients.  Salt's options go after the
     function: ``sudo qubesctl --targets=$(sudo qubesctl qubes_firewall.targets
     --out=newline_values_only) state.apply qubes_firewall``.  With files (as
-    ``fleet_pillar`` takes them; for the pillar top file): dom0 and those
-    qubes, from the files; just dom0 when the files make no valid pillar.
+    ``fleet_pillar``; the pillar top's call): dom0 first, never an error.
 
     CLI Example:
 
