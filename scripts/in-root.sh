@@ -10,7 +10,7 @@ set -euo pipefail
 root="${1:?usage: in-root.sh ROOT CMD...}"
 shift
 here="$(cd "$(dirname "$0")/.." && pwd)"
-[ -x "$root/usr/sbin/nft" ] || { echo "in-root: $root is not a stack root" >&2; exit 2; }
+[ -f "$root/.qf-recipe" ] || { echo "in-root: $root is not a stack root" >&2; exit 2; }
 # shellcheck disable=SC2016
 exec unshare --mount --pid --fork --kill-child --propagation private -- /bin/sh -euc '
 root="$1"; here="$2"; shift 2

@@ -3,101 +3,243 @@
 # what it needs).  Each leg names a stack: bookworm (Python 3.11, nft 1.0.6) or trixie
 # (Python 3.13, nft 1.1.3, what Qubes 4.3's Debian 13 templates run).  A leg runs on this
 # machine when its stack is this machine's Debian, else inside a cached Debian root of that
-# stack (scripts/stack-root.sh, scripts/in-root.sh).  Under CI=true lab tests fail instead
-# of skipping; CI (.ci/run) runs this script.
+# stack (scripts/stack-root.sh, scripts/in-root.sh).  Under CI=true no test may skip
+# (tests/conftest.py); CI (.ci/run) runs this script.
 #
 #   leg        stack     Salt  Qubes  what
-#   salt3008   bookworm  3008  4.3    ruff, salt-lint, yamllint; the whole suite (tests/lab
-#                                     and the pillar.example scenarios in 4.2 and 4.3)
-#   qubes42    bookworm  3008  4.2    every other lab test (e2e, ops, connect_tcp) on 4.2
-#   salt3006   bookworm  3006  4.3    everything but the lab, plus a lab smoke test
-#   trixie     trixie    3007  4.3    the whole suite on Python 3.13 and nft 1.1.3
+#   salt3008   bookworm  3008  4.3    ruff, salt-lint, yamllint; every test, the lab in 4.3
+#   qubes42    bookworm  3008  4.2    every lab test in 4.2
+#   trixie     trixie    3007  4.3    every test on Python 3.13 and nft 1.1.3, the lab in 4.3
+#                                     (what differs in 4.2 is Qubes' daemon, not nft or
+#                                     Python: qubes42 proves it; nft 1.1.3 is proven on 4.3)
+#   salt3006   bookworm  3006  4.3    every test that loads Salt, outside the lab, plus a lab
+#                                     smoke test (tests/unit and tests/packaging use no Salt:
+#                                     salt3008 runs them on the same Python)
 #
-#   scripts/test.sh [pytest args...]     # args are added to every leg's pytest
-#   QF_LEGS="salt3008 trixie" scripts/test.sh    # only these legs
+# A lab test parametrized by release (ids qubes-4.2, qubes-4.3) runs in the bookworm leg
+# of that release; the others run in the release of $QF_LAB_RELEASE.  tests/qubesctl
+# (marked lab) drives salt-ssh from the management venv of the leg's release
+# ($QF_SALT_PYTHON_3007 for 4.3, $QF_SALT_PYTHON_3006 for 4.2) into the leg's target
+# Python (3.11 on bookworm, 3.13 on trixie).  Python 3.9 (tests/unit/test_python39.py)
+# comes from a Debian 11 root, as `python3.9` on the PATH of the legs that run on this
+# machine; a leg in a stack root leaves that test to them.
+#
+# First everything is prepared, one step at a time (apt and pip must not race): the
+# venvs of every stack (the leg's Salt, and Salt 3006 and 3007 for salt-ssh, each with
+# the formula installed as `pip install .` does), the stack roots, Python 3.9.  Then the
+# legs run, $QF_JOBS at a time (default 2), each into its own log, printed whole when the
+# leg ends; a summary table and one closing line "N passed, N failed" end the run.
+#
+#   scripts/test.sh [pytest args...]           # args are added to every leg's pytest
+#   QF_LEGS="salt3008 trixie" scripts/test.sh  # only these legs
+#   QF_JOBS=1 scripts/test.sh                  # one leg at a time
 set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 export PYTHONWARNINGS=ignore PYTHONDONTWRITEBYTECODE=1
-legs="${QF_LEGS:-salt3008 qubes42 salt3006 trixie}"
+legs="${QF_LEGS:-salt3008 qubes42 trixie salt3006}"
+jobs="${QF_JOBS:-2}"
 host_stack="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
+pytest_args=("$@")
 start_all=$SECONDS
-summary=()
-failed=()
+work="$(mktemp -d "${TMPDIR:-/tmp}/qf-test.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
 
-# python_for STACK VERSION: print "host PY" or "ROOT PY" for Salt VERSION on STACK.
-python_for() {
-    local stack="$1" version="$2" root=- py
-    if [ "$stack" = "$host_stack" ]; then
-        py="$(scripts/bootstrap.sh "$version")" || return 1
+# The legs: NAME STACK SALT RELEASE NFT CHECK...; a check is "lint" or pytest's arguments
+# as one string (split on spaces; -k and -m expressions without spaces).
+declare -A LEG
+LEG[salt3008]="bookworm 3008 4.3 1.0.6|lint|tests -k not(qubes-4.2)"
+LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3)"
+LEG[trixie]="trixie 3007 4.3 1.1.3|tests -k not(qubes-4.2)"
+LEG[salt3006]="bookworm 3006 4.3 1.0.6|tests -m not(lab)or(smoke) --ignore=tests/unit --ignore=tests/packaging"
+for name in $legs; do
+    [ -n "${LEG[$name]:-}" ] || { echo "test.sh: unknown leg $name (known: ${!LEG[*]})" >&2; exit 2; }
+done
+
+# ---- prepare (sequential) ----------------------------------------------------------------
+declare -A WHERE PY   # WHERE[stack]: "-" (this machine) or its root; PY[stack/salt]: venv python
+prepare_failed=()
+
+# venv STACK SALT: the venv python of Salt SALT on STACK (created or refreshed), in PY.
+venv() {
+    local stack="$1" version="$2" py
+    if [ "${WHERE[$stack]}" = - ]; then
+        py="$(scripts/bootstrap.sh "$version")"
     else
-        root="$(scripts/stack-root.sh "$stack")" || return 1
-        py="$(scripts/in-root.sh "$root" env QF_VENV_DIR=/opt/qf-venv "$here/scripts/bootstrap.sh" "$version")" \
-            || return 1
+        py="$(scripts/in-root.sh "${WHERE[$stack]}" env QF_VENV_DIR=/opt/qf-venv "$here/scripts/bootstrap.sh" "$version")"
     fi
-    [ -n "$py" ] || return 1
-    echo "$root $py"
+    [ -n "$py" ] && PY[$stack/$version]="$py"
 }
 
-# run_in WHERE CMD...: run on the host (WHERE = -) or in the stack root WHERE.
+echo "== prepare: stacks, venvs (Salt of each leg, and 3006/3007 for salt-ssh), Python 3.9"
+t0=$SECONDS
+needs39=no
+for name in $legs; do
+    read -r stack version _ <<<"${LEG[$name]%%|*}"
+    [ "$stack" = "$host_stack" ] && needs39=yes
+    if [ -z "${WHERE[$stack]:-}" ]; then
+        if [ "$stack" = "$host_stack" ]; then
+            WHERE[$stack]=-
+        elif root="$(scripts/stack-root.sh "$stack")"; then
+            WHERE[$stack]="$root"
+        else
+            prepare_failed+=("$stack root"); WHERE[$stack]=FAILED; continue
+        fi
+    fi
+    [ "${WHERE[$stack]}" = FAILED ] && continue
+    for v in "$version" 3006 3007; do
+        # once per stack and Salt: a venv that failed is set and empty
+        [ -n "${PY[$stack/$v]+set}" ] || venv "$stack" "$v" || { prepare_failed+=("$stack salt-$v venv"); PY[$stack/$v]=; }
+    done
+done
+bindir="$work/bin"
+mkdir -p "$bindir"
+if [ "$needs39" = yes ]; then
+    if root39="$(scripts/stack-root.sh bullseye)"; then
+        printf '#!/bin/sh\nexec %q %q python3.9 "$@"\n' "$here/scripts/in-root.sh" "$root39" > "$bindir/python3.9"
+        chmod +x "$bindir/python3.9"
+        "$bindir/python3.9" -c 'import sys; assert sys.version_info[:2] == (3, 9); print("   python3.9:", sys.version.split()[0], "(Debian 11 root)")' \
+            || prepare_failed+=("python3.9")
+    else
+        prepare_failed+=("bullseye root (python3.9)")
+    fi
+fi
+for key in "${!PY[@]}"; do echo "   $key: ${PY[$key]}"; done | sort
+echo "   prepared in $((SECONDS - t0))s"
+[ "${#prepare_failed[@]}" = 0 ] || echo "   prepare FAILED: ${prepare_failed[*]}"
+
+# ---- the legs ----------------------------------------------------------------------------
+# run_in WHERE CMD...: run on this machine (WHERE = -) or in the stack root WHERE, with the
+# leg's environment (exported by run_leg).
 run_in() {
     local where="$1"
     shift
-    if [ "$where" = "-" ]; then
+    if [ "$where" = - ]; then
         "$@"
     else
         scripts/in-root.sh "$where" env -C "$here" CI="${CI:-}" PYTHONWARNINGS=ignore PYTHONDONTWRITEBYTECODE=1 \
-            QF_LAB_RELEASE="${QF_LAB_RELEASE:-}" QF_EXPECT_NFT="${QF_EXPECT_NFT:-}" "$@"
+            QF_LAB_RELEASE="$QF_LAB_RELEASE" QF_EXPECT_NFT="$QF_EXPECT_NFT" \
+            QF_SALT_PYTHON_3006="$QF_SALT_PYTHON_3006" QF_SALT_PYTHON_3007="$QF_SALT_PYTHON_3007" "$@"
     fi
 }
 
-# leg NAME STACK SALT RELEASE NFT -- CHECKS...; a check is "lint" or pytest's arguments as
-# one string (split on spaces).
-leg() {
-    local name="$1" stack="$2" version="$3" release="$4" nft="$5" setup where py rc=0 t0=$SECONDS
-    shift 6
-    case " $legs " in *" $name "*) ;; *) return 0 ;; esac
+# run_leg NAME: every check of the leg; prints "passed failed" counts into $work/NAME.counts.
+run_leg() {
+    local name="$1" spec stack version release nft where py passed=0 failed=0 check out
+    IFS='|' read -r spec checks_joined <<<"${LEG[$name]}"
+    read -r stack version release nft <<<"$spec"
+    where="${WHERE[$stack]}"
+    py="${PY[$stack/$version]:-}"
     echo "== leg $name: Salt $version, $stack (expects nft $nft), Qubes $release"
-    if ! setup="$(python_for "$stack" "$version")"; then
-        summary+=("$(printf '%-9s %-9s salt-%-5s qubes-%s  %-7s %5ss  (setup failed)' "$name" "$stack" "$version" "$release" FAILED $((SECONDS - t0)))")
-        failed+=("$name")
-        return 0
+    if [ "$where" = FAILED ] || [ -z "$py" ] || [ -z "${PY[$stack/3006]:-}" ] || [ -z "${PY[$stack/3007]:-}" ]; then
+        echo "   setup failed (see prepare above)"
+        echo "0 1" > "$work/$name.counts"
+        return
     fi
-    where="${setup%% *}"
-    py="${setup#* }"
     export QF_LAB_RELEASE="$release" QF_EXPECT_NFT="$nft"
+    export QF_SALT_PYTHON_3006="${PY[$stack/3006]}" QF_SALT_PYTHON_3007="${PY[$stack/3007]}"
+    [ "$where" = - ] && export PATH="$bindir:$PATH"
     run_in "$where" "$py" -c 'import platform, salt.version; print("   python", platform.python_version(), "salt", salt.version.__version__)'
     run_in "$where" nft --version | sed 's/^/   /'
-    for check in "$@"; do
+    IFS='|' read -r -a checks <<<"$checks_joined"
+    local extra=()
+    # python3.9 is on the PATH of this machine's legs only (prepare)
+    [ "$where" = - ] || extra=(--ignore=tests/unit/test_python39.py)
+    for check in "${checks[@]}"; do
         if [ "$check" = lint ]; then
             local bin
             bin="$(dirname "$py")"
-            echo "-- ruff";      run_in "$where" "$bin/ruff" check . || rc=1
-            echo "-- salt-lint"; run_in "$where" "$bin/salt-lint" salt/qubes_firewall/*.sls || rc=1
-            echo "-- yamllint";  run_in "$where" "$bin/yamllint" -s -c .yamllint.yaml pillar.example || rc=1
+            for tool in "ruff check ." "salt-lint salt/qubes_firewall/*.sls" "yamllint -s -c .yamllint.yaml pillar.example"; do
+                echo "-- ${tool%% *}"
+                # shellcheck disable=SC2086
+                if run_in "$where" "$bin/"$tool; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+            done
         else
+            echo "-- pytest $check"
+            out="$work/$name.pytest"
             # shellcheck disable=SC2086
-            echo "-- pytest $check"; run_in "$where" "$py" -m pytest $check "${pytest_args[@]}" || rc=1
+            run_in "$where" "$py" -m pytest $check --durations=10 --basetemp="$(basetemp "$where" "$name")" \
+                "${extra[@]}" "${pytest_args[@]}" 2>&1 | tee "$out"
+            local rc="${PIPESTATUS[0]}" last p f e
+            last="$(grep -E '( passed| failed| errors?| no tests ran).* in [0-9.]+s' "$out" | tail -1)"
+            p="$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+')"
+            f="$(grep -oE '[0-9]+ failed' <<<"$last" | grep -oE '[0-9]+')"
+            e="$(grep -oE '[0-9]+ errors?' <<<"$last" | grep -oE '[0-9]+')"
+            passed=$((passed + ${p:-0}))
+            failed=$((failed + ${f:-0} + ${e:-0}))
+            # a pytest that failed without counting a failure (usage error, crash, no tests)
+            if [ "$rc" != 0 ] && [ "$((${f:-0} + ${e:-0}))" = 0 ]; then failed=$((failed + 1)); fi
         fi
     done
-    unset QF_LAB_RELEASE QF_EXPECT_NFT
-    local verdict=ok
-    [ "$rc" = 0 ] || { verdict=FAILED; failed+=("$name"); }
-    summary+=("$(printf '%-9s %-9s salt-%-5s qubes-%s  %-7s %5ss' "$name" "$stack" "$version" "$release" "$verdict" $((SECONDS - t0)))")
+    echo "$passed $failed" > "$work/$name.counts"
 }
 
-pytest_args=("$@")
-leg salt3008 bookworm 3008 4.3 1.0.6 -- lint "tests"
-leg qubes42  bookworm 3008 4.2 1.0.6 -- "tests -m lab --ignore=tests/lab --ignore=tests/e2e/test_examples_in_lab.py"
-leg salt3006 bookworm 3006 4.3 1.0.6 -- "tests -m not(lab)or(smoke)"
-leg trixie   trixie   3007 4.3 1.1.3 -- "tests"
+# basetemp WHERE NAME: a pytest base temp of the leg's own (legs run side by side).
+basetemp() {
+    if [ "$1" = - ]; then echo "$work/tmp-$2"; else echo "/tmp/qf-$2"; fi
+}
 
 echo
-echo "leg       stack     salt        qubes     result  time"
-printf '%s\n' "${summary[@]}"
-echo "total $((SECONDS - start_all))s"
-if [ "${#failed[@]}" -gt 0 ]; then
-    echo "FAILED: ${failed[*]}"
-    exit 1
+echo "== legs: $legs ($jobs at a time; each leg's log is printed when it ends)"
+declare -A STARTED
+running=0
+finish_one() {
+    local name rc=0
+    wait -n || rc=$?
+    if [ "$rc" = 127 ]; then   # no leg left to wait for: one died unseen
+        for name in "${!STARTED[@]}"; do
+            [ -f "$work/$name.done" ] || { echo "?" > "$work/$name.time"; touch "$work/$name.done"; }
+        done
+    fi
+    for name in "${!STARTED[@]}"; do
+        if [ -f "$work/$name.done" ] && [ ! -f "$work/$name.shown" ]; then
+            touch "$work/$name.shown"
+            echo
+            echo "######## leg $name: log ($(cat "$work/$name.time")s) ########"
+            cat "$work/$name.log"
+            running=$((running - 1))
+        fi
+    done
+}
+for name in $legs; do
+    while [ "$running" -ge "$jobs" ]; do finish_one; done
+    echo "   $(date -u +%H:%M:%S) leg $name started"
+    STARTED[$name]=1
+    (
+        t=$SECONDS
+        run_leg "$name" > "$work/$name.log" 2>&1
+        echo $((SECONDS - t)) > "$work/$name.time"
+        # CPU seconds of everything the leg ran (user + system, reaped children)
+        times > "$work/$name.times"
+        awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] }
+             printf "%d", n }' "$work/$name.times" > "$work/$name.cpu"
+        touch "$work/$name.done"
+    ) &
+    running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do finish_one; done
+
+# ---- summary -----------------------------------------------------------------------------
+echo
+echo "leg       stack     salt        qubes      result  passed failed   time    cpu"
+total_passed=0
+total_failed=0
+failed_legs=()
+for name in $legs; do
+    read -r stack version release _ <<<"${LEG[$name]%%|*}"
+    read -r p f < "$work/$name.counts" 2>/dev/null || { p=0; f=1; }
+    verdict=ok
+    [ "$f" = 0 ] || { verdict=FAILED; failed_legs+=("$name"); }
+    printf '%-9s %-9s salt-%-5s  qubes-%s  %-7s %6s %6s %5ss %5ss\n' "$name" "$stack" "$version" "$release" "$verdict" \
+        "$p" "$f" "$(cat "$work/$name.time" 2>/dev/null || echo '?')" "$(cat "$work/$name.cpu" 2>/dev/null || echo '?')"
+    total_passed=$((total_passed + p))
+    total_failed=$((total_failed + f))
+done
+if [ "${#prepare_failed[@]}" -gt 0 ]; then
+    echo "prepare FAILED: ${prepare_failed[*]}"
+    total_failed=$((total_failed + ${#prepare_failed[@]}))
 fi
-echo "all checks passed"
+echo "total $((SECONDS - start_all))s (counts: pytest tests, plus one per linter; cpu: user + system seconds)"
+[ "${#failed_legs[@]}" -gt 0 ] && echo "FAILED legs: ${failed_legs[*]}"
+echo "$total_passed passed, $total_failed failed"
+[ "$total_failed" = 0 ]

@@ -23,6 +23,8 @@ generated wrapper script: Salt reuses the pillar it compiled at start for
 ``state.apply`` only when its program is named salt-call, as qubesctl's is.
 """
 
+import functools
+import importlib.metadata
 import logging
 import pathlib
 import sys
@@ -35,10 +37,41 @@ from saltfactories.manager import FactoriesManager
 
 from tests.modules import REPO
 
+ENTRY_POINT = "saltext.qubes_firewall"
+SHIPPED = {"modules": "_modules", "states": "_states"}
+
+
+def installed_loader_dirs():
+    """{"modules": [dir], "states": [dir]} of the installed extension's salt.loader entry point, or None."""
+    for entry_point in importlib.metadata.entry_points().select(group="salt.loader", name=ENTRY_POINT):
+        return entry_point.load()()
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def installed_formula_problem():
+    """Why this Python's installed formula is not the checkout's (missing, stale), or None."""
+    dirs = installed_loader_dirs()
+    if dirs is None:
+        return "the formula is not installed in %s (scripts/bootstrap.sh installs it)" % sys.executable
+    differ = []
+    for kind, source in SHIPPED.items():
+        (installed,) = (pathlib.Path(d) for d in dirs[kind])
+        want = {p.name: p.read_bytes() for p in (REPO / source).glob("*.py")}
+        have = {p.name: p.read_bytes() for p in installed.glob("*.py")}
+        differ += ["%s/%s" % (source, name) for name in sorted(set(want) | set(have)) if want.get(name) != have.get(name)]
+    if differ:
+        return ("the formula installed in %s differs from the checkout in %s: run scripts/bootstrap.sh "
+                "(it reinstalls it)" % (sys.executable, ", ".join(differ)))
+    return None
+
 
 @pytest.fixture
 def salt_factories(tmp_path):
     """The factories manager, rooted in this test's tmp_path (configs, caches, logs, scripts)."""
+    problem = installed_formula_problem()
+    if problem:
+        pytest.fail(problem)
     # Salt buffers log records in a deferred stderr handler until it configures
     # logging, and flushes them at exit, when pytest has closed stderr: hand
     # them to pytest's log capture instead (shown with a failing test).
@@ -69,13 +102,13 @@ def write_pillar_tree(pillar_dir, pillar, name="qubes_firewall"):
 def formula_minion(salt_factories, minion_id, pillar_dir, **opts):
     """
     A minion (not started) for ``salt-call --local``: the formula's modules
-    and states (module_dirs = the checkout), its SLS tree, ``pillar_dir`` as
-    the pillar root, backups in its root dir; ``opts`` are more minion options.
+    and states (the installed extension, no module_dirs), its SLS tree,
+    ``pillar_dir`` as the pillar root, backups in its root dir; ``opts`` are
+    more minion options.
     """
     root = salt_factories.root_dir / minion_id
     overrides = {
         "file_client": "local",
-        "module_dirs": [str(REPO)],
         "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "qubes_firewall_backup_dir": str(root / "backups"),

@@ -17,9 +17,9 @@ def parse(entries):
 
 def check_golden(name, text):
     path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
+    if os.environ.get("QF_UPDATE_GOLDEN") == "1":
         path.write_text(text)
-    assert text == path.read_text(), "golden file %s differs (UPDATE_GOLDEN=1 rewrites it)" % name
+    assert text == path.read_text(), "golden file %s differs (QF_UPDATE_GOLDEN=1 rewrites it)" % name
 
 
 def test_seed_policy_matches_golden():

@@ -1,4 +1,4 @@
-"""diagram: golden Mermaid and DOT text for every pillar.example file (QF_REGOLD=1 rewrites them)."""
+"""diagram: golden Mermaid and DOT text for every pillar.example file (QF_UPDATE_GOLDEN=1 rewrites them)."""
 
 import os
 import shutil
@@ -16,7 +16,7 @@ EXAMPLES = sorted(p.stem for p in REPO_EXAMPLES.glob("*.sls"))
 def test_golden(name, fmt, ext):
     text = diagram.render(example_model(name), fmt)
     golden = GOLDEN / ("%s.%s" % (name, ext))
-    if os.environ.get("QF_REGOLD"):
+    if os.environ.get("QF_UPDATE_GOLDEN") == "1":
         golden.write_text(text)
     assert text == golden.read_text()
 

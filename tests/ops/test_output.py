@@ -16,7 +16,7 @@ OUT = GOLDEN / "output"
 
 def golden(name, text):
     path = OUT / name
-    if os.environ.get("QF_UPDATE_GOLDEN"):
+    if os.environ.get("QF_UPDATE_GOLDEN") == "1":
         path.write_text(text + "\n")
     assert text + "\n" == path.read_text()
 
