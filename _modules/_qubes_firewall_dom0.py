@@ -659,11 +659,40 @@ def _firewall_list_problems(model, conn, where, inventory, features, firewalls, 
     return out
 
 
+def _no_network(model, name, final_provides):
+    """Why ``name`` has no network at all (netvm none and it does not provide network), or None."""
+    if model.qubes[name].netvm is not None or final_provides.get(name):
+        return None
+    return ("%s has netvm none and does not provide network: it has no network at all; give it a netvm "
+            "(%s: netvm: sys-firewall)" % (name, _path("qubes", name)))
+
+
+def _forward_problems(model, inventory, features, final_provides):
+    """Each port forward ends in a qube with a network, and every hop can hold its rules."""
+    out = []
+    for index, fwd in enumerate(model.port_forwards):
+        isolated = _no_network(model, fwd.qube, final_provides)
+        if isolated:
+            out.append("%s: port forward %r can never reach %s: %s"
+                       % (_path("port_forwards", index, "qube"), fwd.name, fwd.qube, isolated))
+            continue
+        out += _holder_problems(_path("port_forwards", index), _holders_of_forward(model, fwd),
+                                "port forward %r" % fwd.name, inventory, features, final_provides)
+    return out
+
+
 def _connection_problems(model, inventory, features, firewalls, now, final_provides):
     """Each connection has a route, hops that can hold its rules, and qvm-firewall lists that let it pass."""
     out = []
     for conn in model.connections:
         where = _path("connections", conn.index)
+        isolated = [(key, _no_network(model, name, final_provides))
+                    for key, name in (("from", conn.source), ("to", conn.target))]
+        isolated = [(key, why) for key, why in isolated if why]
+        if isolated:
+            out += ["%s:%s: the connection %s -> %s can never pass: %s"
+                    % (where, key, conn.source, conn.target, why) for key, why in isolated]
+            continue
         hops, common = connection_route(model, conn)
         if hops is None:
             out.append("%s: %s and %s share no netvm chain (uplinks %s and %s): no route between them"
@@ -696,9 +725,7 @@ def problems(model, inventory, features=None, firewalls=None, now=None):
     out += _disposable_problems(model, inventory)
     out.extend(persist_problems(model, inventory, features))
     out += _service_problems(model, inventory, features, final_provides)
-    for index, fwd in enumerate(model.port_forwards):
-        out += _holder_problems(_path("port_forwards", index), _holders_of_forward(model, fwd),
-                                "port forward %r" % fwd.name, inventory, features, final_provides)
+    out += _forward_problems(model, inventory, features, final_provides)
     out += _connection_problems(model, inventory, features, firewalls, now, final_provides)
     return out
 

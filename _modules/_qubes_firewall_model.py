@@ -877,6 +877,8 @@ def _connections(raw, errors, qubes):
     out = []
     for index, item in enumerate(items):
         cpath = path + [index]
+        if item is None:  # a left-out entry (the pillar view's): the others keep their numbers
+            continue
         item = _mapping(item, cpath, errors, allowed=("from", "to", "proto", "ports"), required=("from", "to"))
         if item is None:
             continue
@@ -917,6 +919,8 @@ def _connect_tcp(raw, errors, qubes):
     keys = ("client", "server", "port", "local_port", "persistent", "call")
     for index, item in enumerate(items):
         cpath = path + [index]
+        if item is None:  # a left-out entry (the pillar view's): the others keep their numbers
+            continue
         item = _mapping(item, cpath, errors, allowed=keys, required=("client", "server", "port"))
         if item is None:
             continue

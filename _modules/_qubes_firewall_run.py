@@ -32,6 +32,7 @@ import _qubes_firewall_persist as qf_persist
 import _qubes_firewall_plan as qf_plan
 import _qubes_firewall_qubes as qf_qubes
 import _qubes_firewall_report as qf_report
+import _qubes_firewall_view as qf_view
 from salt.exceptions import CommandExecutionError
 
 LOCK_FILE = "lock"
@@ -577,11 +578,16 @@ class Run:
 
     # ---- fleet (docs/fleet.md) ----
 
-    def fleet_pillar(self, shared_file, machine_file, ask_qubes=True):
-        """``qubes_firewall.fleet_pillar``: never raises; an error becomes ``qubes_firewall:error``."""
+    def fleet_pillar(self, shared_file, machine_file, ask_qubes=True, minion=None):
+        """
+        ``qubes_firewall.fleet_pillar``: never raises; an error becomes
+        ``qubes_firewall:error``.  ``machine_file`` None: one machine, whose
+        whole topology is ``shared_file``.  ``minion``: only what that minion
+        needs (``_qubes_firewall_view``); a qube gets no fleet information.
+        """
         info = {"machine": None, "machine_file": machine_file, "shared_file": shared_file}
         try:
-            pillar, info = qf_fleet.read_machine(str(shared_file), str(machine_file))
+            pillar, info = self.read_topology(shared_file, machine_file)
             where = info.pop("where")
             qubes = pillar.get("qubes")
             if ask_qubes and isinstance(qubes, dict):
@@ -589,11 +595,13 @@ class Run:
         except qf_fleet.FleetError as exc:
             info.pop("where", None)
             info["error"] = str(exc)
-            return {qf_fleet.ROOT: {"error": str(exc)}, FLEET_KEY: info}
+            pillar = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 (a pillar must render, whatever happened here)
             info["error"] = "fleet_pillar failed: %s: %s" % (type(exc).__name__, exc)
-            return {qf_fleet.ROOT: {"error": info["error"]}, FLEET_KEY: info}
-        return {qf_fleet.ROOT: pillar, FLEET_KEY: info}
+            pillar = {"error": info["error"]}
+        if minion is None or minion == qf_view.DOM0:
+            return {qf_fleet.ROOT: pillar, FLEET_KEY: info}
+        return {qf_fleet.ROOT: qf_view.view(pillar, None, minion)}
 
     def _fleet_ask_qubes(self, pillar, qubes, where):
         try:
@@ -607,10 +615,54 @@ class Run:
         except CommandExecutionError as exc:
             raise qf_fleet.FleetError("%s: cannot ask Qubes for the addresses: %s" % (where, exc)) from None
 
-    def targets(self):
-        """``qubes_firewall.targets``: the qubesctl --targets list of this pillar, comma-separated."""
+    def targets(self, shared_file=None, machine_file=None):
+        """
+        ``qubes_firewall.targets``: the qubesctl --targets list of this pillar,
+        comma-separated.  With files (a pillar top): the ids that need the
+        pillar those files make, dom0 first; never raises: just dom0 when they
+        make none (dom0's pillar then says why).
+        """
+        if shared_file:
+            try:
+                pillar, _info = self.read_topology(shared_file, machine_file)
+                return ",".join(qf_view.needs_pillar(pillar))
+            except Exception:  # noqa: BLE001 (a top file must render, whatever happened here)
+                return qf_view.DOM0
         self.model()  # raises, naming every problem of the pillar
         return ",".join(qf_fleet.targets(self.raw_pillar()))
+
+    # ---- the pillar view: each id's part of the pillar (docs/addresses.md) ----
+
+    def pillar_file(self, name):
+        """``name`` when absolute, else the file of that name in the pillar roots (the first that has it)."""
+        name = str(name)
+        if os.path.isabs(name):
+            return name
+        roots = [d for dirs in (self.opts.get("pillar_roots") or {}).values() for d in dirs or ()]
+        for root in roots:
+            if os.path.exists(os.path.join(root, name)):
+                return os.path.join(root, name)
+        raise qf_fleet.FleetError("%s: no such file in the pillar roots (%s)" % (name, ", ".join(roots)))
+
+    def read_topology(self, shared_file, machine_file=None):
+        """
+        ``(qubes_firewall pillar, info)`` from the files: the fleet's shared
+        and machine files merged, or one machine's topology file alone (plain
+        YAML holding ``qubes_firewall:``).  Raises FleetError naming the file.
+        """
+        path = self.pillar_file(shared_file)
+        if machine_file:
+            machine = str(machine_file)
+            machine = machine if os.path.isabs(machine) else os.path.join(os.path.dirname(path), machine)
+            return qf_fleet.read_machine(path, machine)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = qf_fleet.load_yaml(handle.read(), "the topology %s" % path)
+        except OSError as exc:
+            raise qf_fleet.FleetError("cannot read the topology %s: %s" % (path, exc.strerror)) from None
+        if not isinstance(data, dict) or not isinstance(data.get(qf_fleet.ROOT), dict):
+            raise qf_fleet.FleetError("the topology %s must hold a %s: mapping" % (path, qf_fleet.ROOT))
+        return data[qf_fleet.ROOT], {"machine": None, "machine_file": None, "shared_file": path, "where": path}
 
     def fleet_row(self, host):
         """``qubes_firewall.fleet_status``'s row for this machine (reads only)."""

@@ -361,13 +361,13 @@ def connect_tcp_commands(qube=None):
 # ---- fleet: one pillar tree for many machines (docs/fleet.md) ----
 
 
-def fleet_pillar(shared_file, machine_file, ask_qubes=True):
+def fleet_pillar(shared_file, machine_file=None, ask_qubes=True, minion=None):
     """
-    This machine's pillar in a fleet (docs/fleet.md): the shared topology
-    with this machine's file merged on, and (``ask_qubes``) the addresses and
-    Qubes release from Qubes.  Never raises: a broken file gives
-    ``{"qubes_firewall": {"error": MESSAGE}}`` naming the machine and the
-    file, which fails this formula only.  Called by the fleet's pillar file.
+    This machine's pillar (docs/addresses.md, docs/fleet.md): the shared
+    topology (a path, or a name in the pillar roots) with this machine's file
+    merged on (if any), with (``ask_qubes``) the addresses and release from
+    Qubes; only ``minion``'s part when given.  Never raises: a broken file
+    gives ``{"qubes_firewall": {"error": MESSAGE}}``, failing this formula only.
 
     CLI Example:
 
@@ -375,16 +375,17 @@ def fleet_pillar(shared_file, machine_file, ask_qubes=True):
 
         sudo qubesctl qubes_firewall.fleet_pillar /srv/user_pillar/qubes_firewall_shared.yaml /srv/user_pillar/qubes_firewall_machine.yaml
     """
-    return _run().fleet_pillar(shared_file, machine_file, ask_qubes)
+    return _run().fleet_pillar(shared_file, machine_file or None, ask_qubes, minion)
 
 
-def targets():
+def targets(shared_file=None, machine_file=None):
     """
     The qubes this pillar needs a run in, as qubesctl's ``--targets`` value:
     custom-persist templates, disposable templates, the pillar's qubes from
     the uplink down, the ConnectTCP clients.  Salt's options go after the
     function: ``sudo qubesctl --targets=$(sudo qubesctl qubes_firewall.targets
-    --out=newline_values_only) state.apply qubes_firewall``.
+    --out=newline_values_only) state.apply qubes_firewall``.  With files (as
+    ``fleet_pillar``; the pillar top's call): dom0 first, never an error.
 
     CLI Example:
 
@@ -393,7 +394,7 @@ def targets():
         sudo qubesctl qubes_firewall.targets
         sudo qubesctl qubes_firewall.targets --out=newline_values_only
     """
-    return _run().targets()
+    return _run().targets(shared_file, machine_file)
 
 
 def fleet_status(fmt=None):

@@ -7,7 +7,8 @@ The dom0 part through the real Salt loader, as qubesctl runs it in dom0:
 with the fake qvm-* tools first on PATH (qubesadmin is not importable here, so
 the CLI backend runs), through pytest-salt-factories' salt_call_cli (its
 minion's config, caches and logs inside tmp_path). Also the
-pillar set-up of docs/addresses.md: the addresses pillar resolved in dom0.
+earlier pillar set-up of docs/addresses.md (a '*' top, an addresses file),
+which keeps working: the addresses pillar resolved in dom0.
 """
 
 import json
@@ -26,7 +27,7 @@ from tests.saltfactories_support import formula_minion
 SALT_CALL = Path(sys.executable).parent / "salt-call"
 pytestmark = pytest.mark.skipif(not SALT_CALL.exists(), reason="salt-call is not installed beside python")
 
-# the addresses pillar file of docs/addresses.md (with lookup:qubes_release)
+# the addresses pillar file of the earlier layout (docs/addresses.md; with lookup:qubes_release)
 ADDRESSES_SLS = """\
 {%- import_yaml 'qubes_firewall.sls' as topology %}
 qubes_firewall:

@@ -5,6 +5,7 @@ the second run changes nothing, errors are result False with a comment and
 change nothing.
 """
 
+import copy
 import re
 
 import fake_qubesadmin
@@ -308,3 +309,57 @@ def test_a_noop_run_reads_the_inventory_once(dom0, qubes, backend):
         assert fake_qubesadmin.calls["admin.vm.firewall.Get"] == 1
         assert "admin.vm.property.Get" not in fake_qubesadmin.calls
     assert no_writes(qubes)
+
+
+# ---- what can never work: refused by the preflight, nothing written ----------
+
+
+def _refused(dom0, qubes, pillar):
+    dom0.set_pillar(pillar)
+    world = qubes.path.read_bytes()
+    qubes.clear_calls()
+    fake_qubesadmin.reset_calls()
+    out = dom0.run()
+    assert out["topology"]["result"] is False, out["topology"]
+    assert out["policy"] is None and out["firewall"] is None and out["prefs"] is None
+    assert qubes.path.read_bytes() == world and no_writes(qubes)
+    return out["topology"]["comment"]
+
+
+def _isolated_pillar(dom0):
+    pillar = copy.deepcopy(dom0.pillar["qubes_firewall"])
+    pillar["qubes"]["vault"] = {"netvm": "none"}
+    return pillar
+
+
+def test_a_forward_to_a_qube_without_any_network_is_refused_before_any_write(dom0, qubes, backend):
+    qubes.edit(lambda d: d["qubes"].update(vault=fakequbes._qube("AppVM", 31, props={"netvm": None})))
+    pillar = _isolated_pillar(dom0)
+    pillar["port_forwards"].append({"name": "vault-ssh", "qube": "vault", "port": 22, "interfaces": ["ens6"]})
+    comment = _refused(dom0, qubes, pillar)
+    assert ("qubes_firewall:port_forwards:1:qube: port forward 'vault-ssh' can never reach vault: vault has "
+            "netvm none and does not provide network: it has no network at all") in comment, comment
+    # the same pillar with vault on a netvm is accepted: the refusal is about the missing network
+    pillar["qubes"]["vault"] = {"netvm": "sys-firewall"}
+    pillar["port_forwards"][-1]["port"] = 2222
+    dom0.set_pillar(pillar)
+    assert "vault" not in " ".join(dom0.states.topology_valid("t")["comment"].splitlines()[1:])
+
+
+def test_a_connection_from_or_to_a_qube_without_any_network_is_refused_before_any_write(dom0, qubes, backend):
+    qubes.edit(lambda d: d["qubes"].update(vault=fakequbes._qube("AppVM", 31, props={"netvm": None})))
+    pillar = _isolated_pillar(dom0)
+    pillar["connections"] += [{"from": "work", "to": "vault", "proto": "tcp", "ports": [22]},
+                              {"from": "vault", "to": "build"}]
+    comment = _refused(dom0, qubes, pillar)
+    assert ("qubes_firewall:connections:1:to: the connection work -> vault can never pass: vault has netvm "
+            "none and does not provide network") in comment, comment
+    assert "qubes_firewall:connections:2:from: the connection vault -> build can never pass" in comment
+
+
+def test_a_network_qube_without_a_netvm_is_an_uplink_and_may_take_a_forward(dom0, qubes, backend):
+    # sys-net itself: netvm none, provides network; a forward to it is a local redirect
+    pillar = copy.deepcopy(dom0.pillar["qubes_firewall"])
+    pillar["port_forwards"].append({"name": "net-ssh", "qube": "sys-net", "port": 22, "interfaces": ["ens6"]})
+    dom0.set_pillar(pillar)
+    assert dom0.states.topology_valid("t")["result"] is not False

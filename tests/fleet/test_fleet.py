@@ -26,8 +26,10 @@ from tests.dom0 import fakequbes
 from tests.e2e.formula_lab import Flow, FormulaLab, check_flows, matrix_text
 from tests.lab import OutsideHost
 from tests.lab.preflight import require_lab
-from tests.modules import REPO
+from tests.modules import REPO, core
 from tests.saltfactories_support import formula_minion
+
+qf_view = core("view")
 
 FLEET = REPO / "pillar.example" / "fleet"
 SHARED = ("qubes_firewall.sls", "qubes_firewall_shared.yaml")
@@ -70,9 +72,8 @@ def pillar_root(tmp_path, machine, link="machine", machine_text=None, policy=Non
     for name in SHARED:
         shutil.copy(FLEET / name, root / name)
     shutil.copytree(FLEET / "machines", root / "machines")
-    top = yaml.safe_load((FLEET / "qubes_firewall.top").read_text())
-    top["user"]["*"].append("other_formula")
-    (root / "top.sls").write_text(yaml.safe_dump(top))
+    top = (FLEET / "qubes_firewall.top").read_text()  # Jinja: the ids that need the pillar
+    (root / "top.sls").write_text(top + "  '*':\n    - other_formula\n")
     (root / "other_formula.sls").write_text(OTHER_SLS)
     own = root / "machines" / ("%s.yaml" % machine)
     if machine_text is not None:
@@ -165,9 +166,15 @@ def test_each_machine_gets_the_shared_topology_with_its_own_file_merged(rendered
         assert pillar["qubes"]["sys-net"] == shared["qubes"]["sys-net"]
 
 
-def test_a_target_qube_gets_the_same_pillar_as_dom0(salt_factories, tmp_path, rendered):
-    pillar = Dom0(salt_factories, tmp_path, "studio").pillar(minion_id="sys-firewall")
-    assert pillar["qubes_firewall"] == rendered["studio"]["qubes_firewall"]
+def test_a_target_qube_gets_its_part_of_dom0s_pillar(salt_factories, tmp_path, rendered):
+    dom0 = Dom0(salt_factories, tmp_path, "studio")
+    pillar = dom0.pillar(minion_id="sys-firewall")
+    whole = rendered["studio"]["qubes_firewall"]
+    assert pillar["qubes_firewall"] == qf_view.view(whole, None, "sys-firewall")
+    assert "qubes_firewall_fleet" not in pillar  # the machine's files and dropped entries are dom0's
+    # the custom-persist sys-firewall's template gets the pillar too; a qube no file names does not
+    assert dom0.pillar(minion_id="debian-13")["qubes_firewall"] == qf_view.view(whole, None, "debian-13")
+    assert "qubes_firewall" not in dom0.pillar(minion_id="vault")
 
 
 BROKEN = {

@@ -34,9 +34,9 @@ What stands in for Qubes, and why:
 - ``/srv``: laid out from the package payload (the ``install`` lines of
   packaging/qubes-firewall-formula.spec), plus the user pillar of
   docs/addresses.md: the topology (``/srv/user_pillar/qubes_firewall.sls``,
-  without addresses), ``qubes_firewall_addresses.sls`` exactly as the doc shows
-  it, and a top listing them (what ``top.enable qubes_firewall pillar=True``
-  enables).
+  without addresses), the formula's ``qubes_firewall_pillar.sls`` and
+  ``qubes_firewall.top`` exactly as the doc shows them (what ``top.enable
+  qubes_firewall pillar=True`` enables).
 - One more pillar file, ``qubes_firewall_lab.sls``, gives each qube the lab's
   stand-ins for its real paths (``lookup:rw_config``, ``etc_qubes``,
   ``systemd_dir``, ``state_dir``; dom0's ``policy_file``, ``rw_config``),
@@ -142,13 +142,18 @@ def layout_srv(srv: pathlib.Path) -> pathlib.Path:
     return srv
 
 
-def addresses_sls() -> str:
-    """``qubes_firewall_addresses.sls`` exactly as docs/addresses.md shows it."""
+INSTALL = REPO / "pillar.example" / "install"
+INSTALL_FILES = ("qubes_firewall.top", "qubes_firewall_pillar.sls")
+
+
+def install_files() -> Dict[str, str]:
+    """The formula's pillar top and pillar file, exactly as docs/addresses.md shows them."""
     text = (REPO / "docs" / "addresses.md").read_text()
     blocks = re.findall(r"```jinja\n(.*?)```", text, re.S)
-    if len(blocks) != 1:
-        raise AssertionError("docs/addresses.md should show one ```jinja block (the addresses file)")
-    return blocks[0]
+    files = {name: (INSTALL / name).read_text() for name in INSTALL_FILES}
+    if blocks != [files[name] for name in INSTALL_FILES]:
+        raise AssertionError("docs/addresses.md should show pillar.example/install's two files, unchanged")
+    return files
 
 
 LAB_SLS = """\
@@ -166,10 +171,13 @@ def write_user_pillar(srv: pathlib.Path, topology: dict, lab_paths: Dict[str, di
     user = srv / "user_pillar"
     user.mkdir(parents=True, exist_ok=True)
     (user / "qubes_firewall.sls").write_text(yaml.safe_dump({"qubes_firewall": topology}, sort_keys=False))
-    (user / "qubes_firewall_addresses.sls").write_text(addresses_sls())
+    files = install_files()
+    (user / "qubes_firewall_pillar.sls").write_text(files["qubes_firewall_pillar.sls"])
     (user / "qubes_firewall_lab.sls").write_text(LAB_SLS.replace("{{PATHS}}", json.dumps(lab_paths, sort_keys=True)))
-    (user / "top.sls").write_text(yaml.safe_dump(
-        {"user": {"*": ["qubes_firewall", "qubes_firewall_addresses", "qubes_firewall_lab"]}}))
+    # the formula's top (dom0 and the targets), and the lab's paths for the same ids
+    top = files["qubes_firewall.top"]
+    assert top.endswith("    - qubes_firewall_pillar\n"), top
+    (user / "top.sls").write_text(top + "    - qubes_firewall_lab\n")
     (srv / "pillar").mkdir(exist_ok=True)
 
 

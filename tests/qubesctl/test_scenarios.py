@@ -1,8 +1,8 @@
 """
 The pillar.example scenarios as users apply them on Qubes (README, "Use it on
 Qubes" step 3), through the qubesctl path: dom0 renders each qube's pillar
-from the topology and the addresses file of docs/addresses.md (the addresses
-asked from Qubes, here the lab's), salt-ssh of the management Salt runs the
+from the topology with the formula's pillar files of docs/addresses.md (the
+addresses asked from Qubes, here the lab's; each qube only its part), salt-ssh of the management Salt runs the
 state in each lab qube.
 
     sudo qubesctl state.apply qubes_firewall test=True
