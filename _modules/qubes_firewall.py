@@ -39,8 +39,8 @@ def __virtual__():
 
 
 def _run():
-    """This call's run: Salt's opts, pillar and context (shared with the states of a state run)."""
-    return qf_run.Run(__opts__, __pillar__, __context__)
+    """This call's run: Salt's opts, pillar (or, without one under salt-ssh, the last apply's record) and context."""
+    return qf_run.FunctionRun(__opts__, __pillar__, __context__)
 
 
 def _wants_data(fmt):
@@ -57,11 +57,9 @@ def _wants_data(fmt):
     return (__opts__.get("output") or "") in _MACHINE_OUTPUTTERS
 
 
-def _readable(data, fmt, render):
-    """``data`` as it is when the caller wants data, else rendered to text by ``render``."""
-    if _wants_data(fmt):
-        return data
-    return render(data)
+def _readable(run, data, fmt, render):
+    """``data`` as it is when the caller wants data, else rendered to text by ``render``; with its source."""
+    return run.annotated(data if _wants_data(fmt) else render(data))
 
 
 def pillar_errors():
@@ -90,10 +88,9 @@ def show_plan(qube=None):
         salt-call qubes_firewall.show_plan
         qubesctl --skip-dom0 --targets=sys-net qubes_firewall.show_plan
     """
-    plan = _run().qube_plan(qube)
-    if plan is None:
-        return {}
-    return qf_plan.plan_dict(plan)
+    run = _run()
+    plan = run.qube_plan(qube)
+    return run.annotated({} if plan is None else qf_plan.plan_dict(plan))
 
 
 def status(origin=None, fmt=None):
@@ -122,9 +119,9 @@ def status(origin=None, fmt=None):
     plan = run.qube_plan()
     if plan is None:
         qube = run.minion_id()
-        return _readable({"qube": qube, "comment": "%s is not named in the qubes_firewall:qubes pillar" % qube},
+        return _readable(run, {"qube": qube, "comment": "%s is not named in the qubes_firewall:qubes pillar" % qube},
                          fmt, text)
-    return _readable(qf_report.status(plan, run.live_fresh(), origin), fmt, text)
+    return _readable(run, qf_report.status(plan, run.live_fresh(), origin), fmt, text)
 
 
 def drift(fmt=None):
@@ -150,7 +147,8 @@ def drift(fmt=None):
         salt-call qubes_firewall.drift
         salt-call qubes_firewall.drift fmt=data
     """
-    return _readable(_run().drift(), fmt, qf_report.drift_text)
+    run = _run()
+    return _readable(run, run.drift(), fmt, qf_report.drift_text)
 
 
 def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt=None):
@@ -177,12 +175,13 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt
         salt-call --out=json qubes_firewall.check work build 22
     """
     _wants_data(fmt)
+    run = _run()
     try:
-        answer = qf_flow.check(_run().model(), source, target, port, proto,
+        answer = qf_flow.check(run.model(), source, target, port, proto,
                                interface=interface, source_ip=source_ip)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
-    return _readable(answer, fmt, qf_flow.check_text)
+    return _readable(run, answer, fmt, qf_flow.check_text)
 
 
 def diagram(fmt="mermaid", path=None):
@@ -205,8 +204,9 @@ def diagram(fmt="mermaid", path=None):
         sudo qubesctl --out=newline_values_only qubes_firewall.diagram
         dot -Tpng /tmp/topology.dot -o topology.png
     """
+    run = _run()
     try:
-        text = qf_diagram.render(_run().model(), fmt)
+        text = run.annotated(qf_diagram.render(run.model(), fmt), comment="// " if fmt == "dot" else "%% ")
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
     if path is None:

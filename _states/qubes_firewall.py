@@ -739,4 +739,5 @@ def summary(name):
         records = {_run().minion_id(): {}}
     line = qf_report.qube_summary_line
     ret["comment"] = "\n".join(line(qube, record, test=test) for qube, record in records.items())
+    ret["comment"] += qf_run.record_applied(_run(), records.get(_run().minion_id()), test)  # for pillar-less functions
     return ret

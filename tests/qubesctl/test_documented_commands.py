@@ -54,7 +54,6 @@ def in_dom0(m, *command, out="json"):
 # ---------------------------------------------------------------- in the qubes
 
 
-@NEEDS_PILLAR
 def test_status_in_a_qube(full):
     """docs/operations.md: sudo qubesctl --skip-dom0 --targets=sys-firewall qubes_firewall.status"""
     run, out = in_qubes(full, ["sys-firewall-2"], "qubes_firewall.status")
@@ -63,7 +62,6 @@ def test_status_in_a_qube(full):
     assert [r["origin"] for r in status["rules"]] == ["connections:0 work->build forward"]
 
 
-@NEEDS_PILLAR
 def test_status_of_an_origin_in_three_qubes(full):
     """docs/operations.md: --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https"""
     run, out = in_qubes(full, ["sys-net", "sys-firewall", "web"], "qubes_firewall.status", "origin=port_forwards:https")
@@ -72,7 +70,6 @@ def test_status_of_an_origin_in_three_qubes(full):
     assert rules == {"sys-net": 2, "sys-firewall": 2, "web": 1}
 
 
-@NEEDS_PILLAR
 def test_status_as_text_in_a_qube(full):
     """docs/operations.md: ... qubes_firewall.status fmt=text prints text under qubesctl too"""
     run = full.qc.qubesctl("--skip-dom0", "--show-output", "--targets=sys-firewall-2", "qubes_firewall.status",
@@ -81,7 +78,6 @@ def test_status_as_text_in_a_qube(full):
     assert "connections:0 work->build forward" in run.stdout
 
 
-@NEEDS_PILLAR
 def test_drift_in_a_qube_passes_then_fails_on_a_hand_edit(full):
     """docs/operations.md: --targets=sys-firewall qubes_firewall.drift; README: fails on drift"""
     run, out = in_qubes(full, ["sys-firewall"], "qubes_firewall.drift")
@@ -95,7 +91,6 @@ def test_drift_in_a_qube_passes_then_fails_on_a_hand_edit(full):
         assert fixed.returncode == 0, fixed.stdout
 
 
-@NEEDS_PILLAR
 def test_show_plan_in_a_qube(full):
     """README: qubes_firewall.show_plan, the rules the pillar wants in a qube"""
     run, out = in_qubes(full, ["sys-firewall-2"], "qubes_firewall.show_plan")
@@ -132,7 +127,6 @@ def test_pillar_get_shows_what_a_target_sees(full):
     assert rc == 0 and set(pillar["qubes"]) == set(ALL) and pillar["lookup"]["qubes_release"] == full.qc.release
 
 
-@NEEDS_PILLAR
 def test_check_in_a_qube(full):
     """README: qubes_firewall.check work build 22 (a qube function: from the pillar alone)"""
     run, out = in_qubes(full, ["work"], "qubes_firewall.check", "work", "build", "22")
@@ -140,7 +134,6 @@ def test_check_in_a_qube(full):
     assert rc == 0 and answer["allowed"] is True and answer["rules"][0]["qube"] == "sys-firewall-2", answer
 
 
-@NEEDS_PILLAR
 def test_diagram_in_a_qube(full):
     """README: qubes_firewall.diagram fmt=dot"""
     run, out = in_qubes(full, ["web"], "qubes_firewall.diagram", "fmt=dot")
@@ -148,14 +141,12 @@ def test_diagram_in_a_qube(full):
     assert rc == 0 and text.startswith("digraph qubes_firewall {"), text
 
 
-@NEEDS_PILLAR
 def test_pillar_errors_in_a_qube(full):
     """README: qubes_firewall.pillar_errors, every problem of the pillar (this one has none)"""
     run, out = in_qubes(full, ["web"], "qubes_firewall.pillar_errors")
     assert out["web"] == (0, []), out
 
 
-@NEEDS_PILLAR
 def test_connect_tcp_commands_in_a_qube(full):
     """README: qubes_firewall.connect_tcp_commands (full.sls has no ConnectTCP entry: none)"""
     run, out = in_qubes(full, ["web"], "qubes_firewall.connect_tcp_commands")
