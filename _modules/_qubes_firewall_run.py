@@ -693,9 +693,11 @@ class FunctionRun(Run):
         super().__init__(opts, pillar, context)
         self.recorded = None
         self.no_pillar = qf_model.ROOT not in (pillar or {})
-        if self.no_pillar:  # no pillar: lookup:state_dir is the default, as every call without one sees it
-            path = os.path.join(safe_dir(opts.get("qubes_firewall_state_dir"), qf_model.DEFAULT_STATE_DIR), RECORD_FILE)
-            self.recorded = parse_record(qf_files.read(path), path)
+        # without a pillar, lookup:state_dir is its default (the minion option, else /var/lib/...)
+        self.record_file = os.path.join(safe_dir(opts.get("qubes_firewall_state_dir"), qf_model.DEFAULT_STATE_DIR),
+                                        RECORD_FILE)
+        if self.no_pillar:
+            self.recorded = parse_record(qf_files.read(self.record_file), self.record_file)
             if self.recorded is not None:
                 self.pillar = dict(pillar or {}, **{qf_model.ROOT: self.recorded["pillar"]})
 
@@ -704,7 +706,7 @@ class FunctionRun(Run):
         qube = self.minion_id()
         return ("no qubes_firewall pillar here (salt-ssh gives execution functions none) and no record of an applied"
                 " run in %s: run `sudo qubesctl --skip-dom0 --targets=%s state.apply qubes_firewall` first"
-                % (_record_path(self), qube))
+                % (self.record_file, qube))
 
     def parsed(self):
         if self.no_pillar and self.recorded is None:
@@ -721,15 +723,15 @@ class FunctionRun(Run):
         if self.recorded is None:
             return None
         return "as applied at %s; pillar not available under salt-ssh (record: %s)" % (
-            self.recorded.get("applied_at"), _record_path(self))
+            self.recorded.get("applied_at"), self.record_file)
 
     def annotated(self, out, comment=None):
-        """``out`` with ``source()``: a ``source`` key first in a dict, a first line of text (``comment``: its prefix)."""
+        """``out`` with ``source()``: a ``pillar_source`` key first in a dict, a first line of text (``comment``: its prefix)."""
         note = self.source()
         if note is None:
             return out
         if isinstance(out, dict):
-            return dict([("source", note)] + list(out.items()))
+            return dict([("pillar_source", note)] + list(out.items()))
         if isinstance(out, str):
             return "%s%s\n%s" % (comment or "", note, out)
         return out

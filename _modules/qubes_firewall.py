@@ -101,16 +101,13 @@ def status(origin=None, fmt=None):
     are not loaded. ``origin`` keeps only rules of one pillar entry, e.g.
     ``port_forwards:https``: the same name in every hop of a port forward.
 
-    Output: text for a person by default; the data (a dict) with ``fmt=data``
-    or a machine outputter (``--out=json``, ``--out=yaml``). Under
-    ``qubesctl --skip-dom0 --targets=...`` (salt-ssh) the qube's salt-call
-    always returns JSON data: give ``fmt=text`` there for the text.
+    Text by default, data with ``fmt=data`` or ``--out=json`` (under
+    salt-ssh always data: give ``fmt=text``); docs/operations.md.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call qubes_firewall.status
         qubesctl --skip-dom0 --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https fmt=text
         salt-call --out=json qubes_firewall.status
     """
@@ -135,17 +132,14 @@ def drift(fmt=None):
     Salt's exit code is 1 when anything drifted; ``fix`` holds the
     transaction ``state.apply qubes_firewall`` would load.
 
-    Output: text for a person by default; the data (a dict) with ``fmt=data``
-    or a machine outputter (``--out=json``, ``--out=yaml``). Under
-    ``qubesctl --skip-dom0 --targets=...`` (salt-ssh) the qube's salt-call
-    always returns JSON data: give ``fmt=text`` there for the text.
+    Output as for ``status``.  Without a pillar (salt-ssh) it compares with
+    the last apply's record.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call qubes_firewall.drift
-        salt-call qubes_firewall.drift fmt=data
+        qubesctl --skip-dom0 --targets=sys-firewall --show-output qubes_firewall.drift fmt=text
     """
     run = _run()
     return _readable(run, run.drift(), fmt, qf_report.drift_text)
@@ -162,17 +156,14 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt
     the packet comes from (else rules that depend on them are listed as
     ``conditions``).
 
-    Output: the verdict and the walk hop by hop first, then the rules on the
-    way; the data (``allowed``, ``reason``, ``steps``, ``rules``, ...) with
-    ``fmt=data`` or a machine outputter (``--out=json``).
+    Output as for ``status`` (docs/operations.md).
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call qubes_firewall.check work build 22
-        salt-call qubes_firewall.check outside web 443 interface=ens6 source_ip=192.168.1.50
-        salt-call --out=json qubes_firewall.check work build 22
+        qubesctl qubes_firewall.check work build 22
+        qubesctl qubes_firewall.check outside web 443 interface=ens6 source_ip=192.168.1.50
     """
     _wants_data(fmt)
     run = _run()
@@ -189,20 +180,13 @@ def diagram(fmt="mermaid", path=None):
     The pillar's topology as Mermaid (``fmt=mermaid``) or Graphviz DOT
     (``fmt=dot``) text: the netvm chain with roles, each port forward's path,
     connections and qubes.ConnectTCP bindings. With ``path``, the text is
-    written to that file and the path returned. Salt's default outputter
-    prints the text under a ``local:`` heading; ``--out=newline_values_only``
-    prints it bare (``salt-call --out=newline_values_only
-    qubes_firewall.diagram > topology.mmd``), and ``path=`` works under
-    qubesctl too.
+    written to that file and the path returned (docs/operations.md).
 
     CLI Example:
 
     .. code-block:: bash
 
-        sudo qubesctl qubes_firewall.diagram
         sudo qubesctl qubes_firewall.diagram fmt=dot path=/tmp/topology.dot
-        sudo qubesctl --out=newline_values_only qubes_firewall.diagram
-        dot -Tpng /tmp/topology.dot -o topology.png
     """
     run = _run()
     try:
@@ -217,13 +201,10 @@ def diagram(fmt="mermaid", path=None):
 
 def backup(document=None):
     """
-    Save the live ruleset (the Qubes firewall manual page's backup, as nft's JSON:
-    ``nft -j list ruleset``, counters included) as
-    ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N. The
-    directory is the minion option ``qubes_firewall_backup_dir`` (default
-    ``<lookup:state_dir>/backups``, i.e. ``/var/lib/qubes-firewall-formula/backups``), N the option
-    ``qubes_firewall_backup_keep`` (default 10). The formula's state takes one
-    before each change of the live rules, from the document it read already.
+    Save the live ruleset (``nft -j list ruleset``) as
+    ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N
+    (docs/operations.md: the directory, N).  The state saves one before each
+    change of the live rules.
 
     CLI Example:
 
@@ -250,11 +231,8 @@ def backups():
 def revert(name=None):
     """
     Replace the whole live ruleset with a saved one (default: the newest) in
-    one transaction, ``flush ruleset`` followed by the saved file, checked
-    with ``nft -c`` first: on any error nothing changes. A backup holding a
-    map of concatenated data (a port forward's DNAT map), which nft 1.0.6
-    cannot load from JSON, is first rebuilt as nft text in a scratch network
-    namespace (``unshare --net``, from util-linux), never in the live one.
+    one transaction checked with ``nft -c`` first: on any error nothing
+    changes (docs/operations.md).
 
     CLI Example:
 
@@ -270,15 +248,8 @@ def addresses(names=None):
     """
     ``{qube: ip}`` resolved from Qubes, for the qubes in ``names`` (a list or
     a comma-separated string); by default for the qubes of the
-    ``qubes_firewall:qubes`` pillar, or, when there is none (while a pillar
-    is being rendered), for every qube that has an address. A pillar file
-    should therefore always pass the names, as docs/addresses.md shows:
-
-    .. code-block:: jinja
-
-        {%- import_yaml 'qubes_firewall.sls' as topology %}
-        qubes_firewall:
-          addresses: {{ salt['qubes_firewall.addresses'](topology.qubes_firewall.qubes.keys() | list) | yaml }}
+    ``qubes_firewall:qubes`` pillar, or without one for every qube that has
+    an address: a pillar file passes the names (docs/addresses.md).
 
     CLI Example:
 
@@ -308,13 +279,7 @@ def qubes_release():
 def dom0_problems():
     """
     The dom0 preflight: every reason the pillar cannot be applied to this
-    Qubes, empty when it fits. It checks the pillar against the live Qubes
-    (qubes that do not exist, ``lookup:qubes_release``, custom-persist and
-    ``template``, a network service qube without a firewall qube in front, a
-    hop that cannot hold nft rules, a connection a qvm-firewall list drops, a
-    move Qubes refuses, a rule that would not reach Qubes intact) and plans
-    every qube of the pillar with the qube-side planner, with the addresses
-    Qubes gives them. Reads only, and only once per run.
+    Qubes, empty when it fits (docs/dom0.md lists the checks).  Reads only.
 
     CLI Example:
 

@@ -91,6 +91,7 @@ def _note(qube, ret, what):
     record = _run_record(qube)
     if ret["result"] is False:
         record.setdefault("failed", []).append(what)
+        record.setdefault("why", qf_report.first_cause(ret["comment"]))  # the summary line names the cause
     elif ret["changes"]:
         record.setdefault("changed", []).append(what)
     return ret
