@@ -137,10 +137,12 @@ def test_check_in_a_qube(full):
 
 
 def test_diagram_in_a_qube(full):
-    """README: qubes_firewall.diagram fmt=dot"""
+    """README: qubes_firewall.diagram fmt=dot (a dom0 command; in a qube it draws the recorded pillar and
+    says so in a DOT comment first)"""
     run, out = in_qubes(full, ["web"], "qubes_firewall.diagram", "fmt=dot")
     rc, text = out["web"]
-    assert rc == 0 and text.startswith("digraph qubes_firewall {"), text
+    first, _, rest = text.partition("\n")
+    assert rc == 0 and first.startswith("// " + RECORDED) and rest.startswith("digraph qubes_firewall {"), text
 
 
 def test_pillar_errors_in_a_qube(full):
