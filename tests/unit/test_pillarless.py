@@ -131,3 +131,17 @@ def test_the_public_functions_use_the_record(tmp_path, raw):
     assert answer["allowed"] is True and answer["pillar_source"] == plan["pillar_source"]
     assert module.diagram(fmt="dot").startswith("// as applied at ")
     assert module.connect_tcp_commands() == []
+
+
+def test_a_failed_run_s_summary_line_names_the_cause():
+    """The last state's one line in qubesctl's log: what failed and why (the first problem)."""
+    report = core("report")
+    assert report.first_cause("invalid pillar:\nqubes_firewall:qubes:web:netvm: 'sys firewall' is not a qube name\n"
+                              "qubes_firewall:x: y") == \
+        "invalid pillar: qubes_firewall:qubes:web:netvm: 'sys firewall' is not a qube name"
+    assert report.first_cause("nft -f failed: Error: No such file or directory\n  add chain ...") == \
+        "nft -f failed: Error: No such file or directory"
+    assert report.first_cause("") == ""
+    line = report.qube_summary_line("web", {"failed": ["nft"], "why": "nft -f failed: Error: no table"})
+    assert line == "web: nft FAILED: nft -f failed: Error: no table"
+    assert report.qube_summary_line("web", {"nft": {"kept": 3}}) == "web: 3 kept, nothing to change (nft)"
