@@ -667,8 +667,15 @@ def record_applied(run, summary, test):
     if test or qube == "dom0" or summary.get("nft") is None or "nft" in (summary.get("failed") or ()):
         return ""
     path = _record_path(run)
+    text = record_text(qube, run.raw_pillar())
     try:
-        qf_files.write_atomic(path, record_text(qube, run.raw_pillar()), mode=0o600)
+        old = parse_record(qf_files.read(path), path)
+    except CommandExecutionError:
+        old = None  # damaged or unreadable: written anew
+    if old is not None and old.get("qube") == qube and old["pillar"] == json.loads(text)["pillar"]:
+        return ""  # the same pillar as recorded: a run that changes nothing writes nothing
+    try:
+        qf_files.write_atomic(path, text, mode=0o600)
     except (CommandExecutionError, OSError) as exc:
         return "\n%s: cannot record this run in %s (%s): functions without a pillar will not see it" % (qube, path, exc)
     return ""

@@ -48,6 +48,10 @@ def test_a_real_apply_records_the_pillar_it_used(tmp_path, raw):
     assert data["format"] == 1 and data["qube"] == "work" and data["pillar"] == raw
     assert data["applied_at"].endswith("Z")
     assert path.stat().st_mode & 0o777 == 0o600
+    path.write_text(path.read_text().replace(data["applied_at"], "2000-01-01T00:00:00Z"))
+    assert record(tmp_path, raw) == "" and "2000-01-01T00:00:00Z" in path.read_text()  # same pillar: not rewritten
+    raw["qubes"]["work"]["netvm"] = "sys-firewall"
+    assert record(tmp_path, raw) == "" and json.loads(path.read_text())["pillar"] == raw
 
 
 @pytest.mark.parametrize("summary, test, qube", [
