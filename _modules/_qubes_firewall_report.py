@@ -472,4 +472,18 @@ def qube_summary_line(qube, record, test=False):
         parts.append("%s FAILED" % what)
     if not parts:
         parts.append("nothing to change")
-    return "%s: %s" % (qube, "; ".join(parts))
+    why = (": " + record["why"]) if record.get("why") else ""
+    return "%s: %s%s" % (qube, "; ".join(parts), why)
+
+
+def first_cause(comment):
+    """
+    The cause a failed state's comment names, on one line: its first line, and
+    when that only introduces a list (``invalid pillar:``), the first item too.
+    """
+    lines = [line.strip() for line in str(comment or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return "%s %s" % (lines[0], lines[1])
+    return lines[0]

@@ -345,6 +345,7 @@ class Run:
             files[path] = (qf_files.read(path), None)
         for path, text in qf_persist.owned_persist_files(etc_qubes, systemd_dir, self.minion_id()).items():
             files[path] = (text, None)
+        files.update(record_clean_files(self))
         script, summary = self.remove_owned(self.live_state())
         return {"nft": (script, summary), "files": files, "runtime": qf_connect_tcp.clean_runtime_plan(self.systemd_run_dir())}
 
@@ -683,3 +684,138 @@ class Run:
             except CommandExecutionError as exc:
                 problems = [" ".join(str(exc).split())]
         return qf_fleet.status_row(machine, names, errors, problems, prefs, firewall, policy)
+
+
+# ---- pillar-less functions: the record of the last apply (salt-ssh) ----
+#
+# Under salt-ssh (qubesctl --skip-dom0 --targets=...), state.apply gets the
+# compiled pillar but a plain execution function runs on the target with none.
+# So each real apply in a qube, once the live ruleset took its rules, records
+# the pillar its run used in <lookup:state_dir>/applied.json (JSON, 0600,
+# atomic); a function run without a pillar (FunctionRun) answers from it and
+# says so; clean removes it.
+
+RECORD_FILE = "applied.json"
+RECORD_FORMAT = 1
+
+
+def record_text(qube, raw, when=None):
+    """The record's JSON text: ``{"format", "qube", "applied_at", "pillar"}`` (``pillar``: the raw ``qubes_firewall``)."""
+    when = when or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return json.dumps({"format": RECORD_FORMAT, "qube": qube, "applied_at": when, "pillar": raw},
+                      sort_keys=True, indent=1, default=str) + "\n"
+
+
+def parse_record(text, path):
+    """The record in ``text`` (None when there is none); a damaged one raises, naming ``path``."""
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CommandExecutionError("%s is damaged (%s): run state.apply qubes_firewall again" % (path, exc)) from None
+    if not (isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("pillar"), dict)):
+        raise CommandExecutionError("%s is not a record of this formula version: run state.apply qubes_firewall again"
+                                    % path)
+    return data
+
+
+def _record_path(run):
+    return os.path.join(run.state_dir(), RECORD_FILE)
+
+
+def record_applied(run, summary, test):
+    """
+    After a real (not test) run in a qube whose live ruleset took the planned
+    rules (``summary``: the run's note for this qube, its ``nft`` set and not
+    failed), record the pillar the run used.  Returns "" or one line saying
+    why the record could not be written (the run itself succeeded).
+    """
+    qube = run.minion_id()
+    summary = summary or {}
+    if test or qube == "dom0" or summary.get("nft") is None or "nft" in (summary.get("failed") or ()):
+        return ""
+    path = _record_path(run)
+    text = record_text(qube, run.raw_pillar())
+    try:
+        old = parse_record(qf_files.read(path), path)
+    except CommandExecutionError:
+        old = None  # damaged or unreadable: written anew
+    if old is not None and old.get("qube") == qube and old["pillar"] == json.loads(text)["pillar"]:
+        return ""  # the same pillar as recorded: a run that changes nothing writes nothing
+    try:
+        qf_files.write_atomic(path, text, mode=0o600)
+    except (CommandExecutionError, OSError) as exc:
+        return "\n%s: cannot record this run in %s (%s): functions without a pillar will not see it" % (qube, path, exc)
+    return ""
+
+
+def record_clean_files(run):
+    """``{path: (what, None)}``: the record, for ``clean_plan`` to remove (``what``: one line for the diff)."""
+    path = _record_path(run)
+    if not qf_files.exists(path):
+        return {}
+    return {path: ("the record of the last apply, read by functions run without a pillar\n", None)}
+
+
+class FunctionRun(Run):
+    """
+    The run of an execution function: the pillar when Salt gives one, else
+    (salt-ssh) what the last apply in this qube recorded; without either, one
+    line saying what to run.
+    """
+
+    def __init__(self, opts, pillar, context):
+        super().__init__(opts, pillar, context)
+        self.recorded = None
+        self.no_pillar = qf_model.ROOT not in (pillar or {})
+        # without a pillar, lookup:state_dir is its default (the minion option, else /var/lib/...)
+        self.record_file = os.path.join(safe_dir(opts.get("qubes_firewall_state_dir"), qf_model.DEFAULT_STATE_DIR),
+                                        RECORD_FILE)
+        if self.no_pillar:
+            self.recorded = parse_record(qf_files.read(self.record_file), self.record_file)
+            if self.recorded is not None:
+                self.pillar = dict(pillar or {}, **{qf_model.ROOT: self.recorded["pillar"]})
+
+    def missing(self):
+        """The one line a function without a pillar and without a record answers."""
+        qube = self.minion_id()
+        return ("no qubes_firewall pillar here (salt-ssh gives execution functions none) and no record of an applied"
+                " run in %s: run `sudo qubesctl --skip-dom0 --targets=%s state.apply qubes_firewall` first"
+                % (self.record_file, qube))
+
+    def parsed(self):
+        if self.no_pillar and self.recorded is None:
+            return {"key": None, "model": None, "errors": [self.missing()], "plans": {}}
+        return super().parsed()
+
+    def model(self):
+        if self.no_pillar and self.recorded is None:
+            raise CommandExecutionError(self.missing())
+        return super().model()
+
+    def source(self):
+        """Where this answer's pillar came from, when not from Salt: the note functions add."""
+        if self.recorded is None:
+            return None
+        return "as applied at %s; pillar not available under salt-ssh (record: %s)" % (
+            self.recorded.get("applied_at"), self.record_file)
+
+    def annotated(self, out, comment=None):
+        """``out`` with ``source()``: a ``pillar_source`` key first in a dict, a first line of text (``comment``: its prefix)."""
+        note = self.source()
+        if note is None:
+            return out
+        if isinstance(out, dict):
+            return dict([("pillar_source", note)] + list(out.items()))
+        if isinstance(out, str):
+            return "%s%s\n%s" % (comment or "", note, out)
+        return out
+
+    def drift(self):
+        out = super().drift()
+        if self.recorded is not None:
+            out["comment"] = (out.get("comment", "") + " " if out.get("comment") else "") + (
+                "compared with the recorded run; what differs between today's pillar and that record, "
+                "state.apply qubes_firewall test=True shows")
+        return out

@@ -39,8 +39,8 @@ def __virtual__():
 
 
 def _run():
-    """This call's run: Salt's opts, pillar and context (shared with the states of a state run)."""
-    return qf_run.Run(__opts__, __pillar__, __context__)
+    """This call's run: Salt's opts, pillar (or, without one under salt-ssh, the last apply's record) and context."""
+    return qf_run.FunctionRun(__opts__, __pillar__, __context__)
 
 
 def _wants_data(fmt):
@@ -57,11 +57,9 @@ def _wants_data(fmt):
     return (__opts__.get("output") or "") in _MACHINE_OUTPUTTERS
 
 
-def _readable(data, fmt, render):
-    """``data`` as it is when the caller wants data, else rendered to text by ``render``."""
-    if _wants_data(fmt):
-        return data
-    return render(data)
+def _readable(run, data, fmt, render):
+    """``data`` as it is when the caller wants data, else rendered to text by ``render``; with its source."""
+    return run.annotated(data if _wants_data(fmt) else render(data))
 
 
 def pillar_errors():
@@ -90,10 +88,9 @@ def show_plan(qube=None):
         salt-call qubes_firewall.show_plan
         qubesctl --skip-dom0 --targets=sys-net qubes_firewall.show_plan
     """
-    plan = _run().qube_plan(qube)
-    if plan is None:
-        return {}
-    return qf_plan.plan_dict(plan)
+    run = _run()
+    plan = run.qube_plan(qube)
+    return run.annotated({} if plan is None else qf_plan.plan_dict(plan))
 
 
 def status(origin=None, fmt=None):
@@ -104,16 +101,13 @@ def status(origin=None, fmt=None):
     are not loaded. ``origin`` keeps only rules of one pillar entry, e.g.
     ``port_forwards:https``: the same name in every hop of a port forward.
 
-    Output: text for a person by default; the data (a dict) with ``fmt=data``
-    or a machine outputter (``--out=json``, ``--out=yaml``). Under
-    ``qubesctl --skip-dom0 --targets=...`` (salt-ssh) the qube's salt-call
-    always returns JSON data: give ``fmt=text`` there for the text.
+    Text by default, data with ``fmt=data`` or ``--out=json`` (under
+    salt-ssh always data: give ``fmt=text``); docs/operations.md.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call qubes_firewall.status
         qubesctl --skip-dom0 --targets=sys-net,sys-firewall,web qubes_firewall.status origin=port_forwards:https fmt=text
         salt-call --out=json qubes_firewall.status
     """
@@ -122,9 +116,9 @@ def status(origin=None, fmt=None):
     plan = run.qube_plan()
     if plan is None:
         qube = run.minion_id()
-        return _readable({"qube": qube, "comment": "%s is not named in the qubes_firewall:qubes pillar" % qube},
+        return _readable(run, {"qube": qube, "comment": "%s is not named in the qubes_firewall:qubes pillar" % qube},
                          fmt, text)
-    return _readable(qf_report.status(plan, run.live_fresh(), origin), fmt, text)
+    return _readable(run, qf_report.status(plan, run.live_fresh(), origin), fmt, text)
 
 
 def drift(fmt=None):
@@ -138,19 +132,17 @@ def drift(fmt=None):
     Salt's exit code is 1 when anything drifted; ``fix`` holds the
     transaction ``state.apply qubes_firewall`` would load.
 
-    Output: text for a person by default; the data (a dict) with ``fmt=data``
-    or a machine outputter (``--out=json``, ``--out=yaml``). Under
-    ``qubesctl --skip-dom0 --targets=...`` (salt-ssh) the qube's salt-call
-    always returns JSON data: give ``fmt=text`` there for the text.
+    Output as for ``status``.  Without a pillar (salt-ssh) it compares with
+    the last apply's record.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call qubes_firewall.drift
-        salt-call qubes_firewall.drift fmt=data
+        qubesctl --skip-dom0 --targets=sys-firewall --show-output qubes_firewall.drift fmt=text
     """
-    return _readable(_run().drift(), fmt, qf_report.drift_text)
+    run = _run()
+    return _readable(run, run.drift(), fmt, qf_report.drift_text)
 
 
 def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt=None):
@@ -164,25 +156,23 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt
     the packet comes from (else rules that depend on them are listed as
     ``conditions``).
 
-    Output: the verdict and the walk hop by hop first, then the rules on the
-    way; the data (``allowed``, ``reason``, ``steps``, ``rules``, ...) with
-    ``fmt=data`` or a machine outputter (``--out=json``).
+    Output as for ``status`` (docs/operations.md).
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call qubes_firewall.check work build 22
-        salt-call qubes_firewall.check outside web 443 interface=ens6 source_ip=192.168.1.50
-        salt-call --out=json qubes_firewall.check work build 22
+        qubesctl qubes_firewall.check work build 22
+        qubesctl qubes_firewall.check outside web 443 interface=ens6 source_ip=192.168.1.50
     """
     _wants_data(fmt)
+    run = _run()
     try:
-        answer = qf_flow.check(_run().model(), source, target, port, proto,
+        answer = qf_flow.check(run.model(), source, target, port, proto,
                                interface=interface, source_ip=source_ip)
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
-    return _readable(answer, fmt, qf_flow.check_text)
+    return _readable(run, answer, fmt, qf_flow.check_text)
 
 
 def diagram(fmt="mermaid", path=None):
@@ -190,23 +180,17 @@ def diagram(fmt="mermaid", path=None):
     The pillar's topology as Mermaid (``fmt=mermaid``) or Graphviz DOT
     (``fmt=dot``) text: the netvm chain with roles, each port forward's path,
     connections and qubes.ConnectTCP bindings. With ``path``, the text is
-    written to that file and the path returned. Salt's default outputter
-    prints the text under a ``local:`` heading; ``--out=newline_values_only``
-    prints it bare (``salt-call --out=newline_values_only
-    qubes_firewall.diagram > topology.mmd``), and ``path=`` works under
-    qubesctl too.
+    written to that file and the path returned (docs/operations.md).
 
     CLI Example:
 
     .. code-block:: bash
 
-        sudo qubesctl qubes_firewall.diagram
         sudo qubesctl qubes_firewall.diagram fmt=dot path=/tmp/topology.dot
-        sudo qubesctl --out=newline_values_only qubes_firewall.diagram
-        dot -Tpng /tmp/topology.dot -o topology.png
     """
+    run = _run()
     try:
-        text = qf_diagram.render(_run().model(), fmt)
+        text = run.annotated(qf_diagram.render(run.model(), fmt), comment="// " if fmt == "dot" else "%% ")
     except ValueError as exc:
         raise CommandExecutionError(str(exc)) from exc
     if path is None:
@@ -217,13 +201,10 @@ def diagram(fmt="mermaid", path=None):
 
 def backup(document=None):
     """
-    Save the live ruleset (the Qubes firewall manual page's backup, as nft's JSON:
-    ``nft -j list ruleset``, counters included) as
-    ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N. The
-    directory is the minion option ``qubes_firewall_backup_dir`` (default
-    ``<lookup:state_dir>/backups``, i.e. ``/var/lib/qubes-firewall-formula/backups``), N the option
-    ``qubes_firewall_backup_keep`` (default 10). The formula's state takes one
-    before each change of the live rules, from the document it read already.
+    Save the live ruleset (``nft -j list ruleset``) as
+    ``<dir>/<minion id>-<UTC timestamp>.json`` and keep the newest N
+    (docs/operations.md: the directory, N).  The state saves one before each
+    change of the live rules.
 
     CLI Example:
 
@@ -250,11 +231,8 @@ def backups():
 def revert(name=None):
     """
     Replace the whole live ruleset with a saved one (default: the newest) in
-    one transaction, ``flush ruleset`` followed by the saved file, checked
-    with ``nft -c`` first: on any error nothing changes. A backup holding a
-    map of concatenated data (a port forward's DNAT map), which nft 1.0.6
-    cannot load from JSON, is first rebuilt as nft text in a scratch network
-    namespace (``unshare --net``, from util-linux), never in the live one.
+    one transaction checked with ``nft -c`` first: on any error nothing
+    changes (docs/operations.md).
 
     CLI Example:
 
@@ -271,15 +249,8 @@ def addresses(names=None, family=4):
     ``{qube: ip}`` resolved from Qubes, for the qubes in ``names`` (a list or
     a comma-separated string); ``family=6``: ``{qube: ip6}`` of those where
     IPv6 is in effect (``addresses6``); by default for the qubes of the
-    ``qubes_firewall:qubes`` pillar, or, when there is none (while a pillar
-    is being rendered), for every qube that has an address. A pillar file
-    should therefore always pass the names, as docs/addresses.md shows:
-
-    .. code-block:: jinja
-
-        {%- import_yaml 'qubes_firewall.sls' as topology %}
-        qubes_firewall:
-          addresses: {{ salt['qubes_firewall.addresses'](topology.qubes_firewall.qubes.keys() | list) | yaml }}
+    ``qubes_firewall:qubes`` pillar, or without one for every qube that has
+    an address: a pillar file passes the names (docs/addresses.md).
 
     CLI Example:
 
@@ -309,13 +280,7 @@ def qubes_release():
 def dom0_problems():
     """
     The dom0 preflight: every reason the pillar cannot be applied to this
-    Qubes, empty when it fits. It checks the pillar against the live Qubes
-    (qubes that do not exist, ``lookup:qubes_release``, custom-persist and
-    ``template``, a network service qube without a firewall qube in front, a
-    hop that cannot hold nft rules, a connection a qvm-firewall list drops, a
-    move Qubes refuses, a rule that would not reach Qubes intact) and plans
-    every qube of the pillar with the qube-side planner, with the addresses
-    Qubes gives them. Reads only, and only once per run.
+    Qubes, empty when it fits (docs/dom0.md lists the checks).  Reads only.
 
     CLI Example:
 

@@ -237,6 +237,7 @@ def _note(qube, ret, what):
     record = _run_record(qube)
     if ret["result"] is False:
         record.setdefault("failed", []).append(what)
+        record.setdefault("why", qf_report.first_cause(ret["comment"]))  # the summary line names the cause
     elif ret["changes"]:
         record.setdefault("changed", []).append(what)
     return ret
@@ -980,6 +981,7 @@ def run_summary(name):
         records = {_run().minion_id(): {}}
     line = qf_report.qube_summary_line
     ret["comment"] = "\n".join(line(qube, record, test=test) for qube, record in records.items())
+    ret["comment"] += qf_run.record_applied(_run(), records.get(_run().minion_id()), test)  # for pillar-less functions
     return ret
 
 

@@ -194,7 +194,11 @@ def fake_world(lab, topology: dict) -> dict:
         prefix, _, last = lab.ip(name).rpartition(".")
         if prefix != "10.137.0":
             raise ValueError("the fake Qubes gives %s 10.137.0.<qid>, not %s" % (name, lab.ip(name)))
-        qubes[name] = fakequbes._qube("AppVM", int(last), template=template, props={"netvm": None},
+        dvm = ((topology.get("qubes") or {}).get(name) or {}).get("dispvm_template")
+        if dvm:  # a named disposable: its class and template as Qubes has them (its lab address kept)
+            qubes.setdefault(dvm, fakequbes._qube("AppVM", None, state="Halted", template=template))
+        qubes[name] = fakequbes._qube("DispVM" if dvm else "AppVM", int(last), template=dvm or template,
+                                      props=dict({"netvm": None}, **({"ip": lab.ip(name)} if dvm else {})),
                                       kernel="6.6.48-1.fc37")
     for name in topology.get("qubes") or {}:
         qubes.setdefault(name, fakequbes._qube("AppVM", None, state="Halted"))
