@@ -60,6 +60,9 @@ class Dom0:
                         **{fakequbes.STATE_ENV: str(world), fakequbes.LOG_ENV: str(tmp_path / "calls.log")})
         self.env.pop("PYTHONPATH", None)
         self.module_dirs = [str(REPO)]
+        # without the formula: no module dir, and the installed extension (the test venv's
+        # `pip install .`) disabled, as a dom0 where it was never installed
+        self.absent = {} if modules else {"disable_modules": ["qubes_firewall"], "disable_states": ["qubes_firewall"]}
         if not modules:
             (tmp_path / "no-modules").mkdir()
             self.module_dirs = [str(tmp_path / "no-modules")]
@@ -68,7 +71,7 @@ class Dom0:
         """``pillar.items`` of ``minion_id``, rendered in dom0 (qubesctl's --id=VM)."""
         minion = formula_minion(self.factories, minion_id, self.root, id=minion_id,
                                 pillar_roots={"user": [str(self.root)]}, module_dirs=self.module_dirs,
-                                qubes_firewall_release_file=str(self.release))
+                                qubes_firewall_release_file=str(self.release), **self.absent)
         ret = minion.salt_call_cli(environ=self.env, timeout=300).run("--local", "pillar.items")
         assert ret.returncode == 0 and isinstance(ret.data, dict), ret
         assert "_errors" not in ret.data, ret.data["_errors"]  # it renders: no formula is stopped

@@ -12,8 +12,8 @@ import pathlib
 
 import salt.config
 import salt.loader
-import yaml
 
+from tests import examples
 from tests.modules import REPO
 from tests.saltfactories_support import (
     formula_minion,
@@ -22,7 +22,7 @@ from tests.saltfactories_support import (
     write_pillar_tree,
 )
 
-FULL = yaml.safe_load((REPO / "pillar.example" / "full.sls").read_text())
+FULL = examples.sls("full")  # with the lab's addresses, as a qube's rendered pillar has them
 
 
 def test_the_installed_wheel_ships_every_flat_file_and_only_them():

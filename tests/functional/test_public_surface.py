@@ -150,8 +150,9 @@ def fake_dom0(tmp_path, salt_factories):
     state = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
     release = tmp_path / "qubes-release"
     release.write_text("Qubes release 4.3.0 (R4.3)\n")
+    # dom0's pillar as the documented pillar file renders it: the topology with the
+    # addresses Qubes gives (the fake Qubes of seed_world gives the lab's)
     pillar = yaml.safe_load(yaml.safe_dump(FULL))
-    pillar["qubes_firewall"].pop("addresses", None)
     pillar["qubes_firewall"]["lookup"] = {"rw_config": str(tmp_path / "rw"),
                                           "policy_file": str(tmp_path / "policy.d" / "30-user-networking.policy")}
     pillar_dir = write_pillar_tree(tmp_path / "pillar", pillar)
