@@ -43,6 +43,8 @@ _QUBE_NAME = {
     "4.2": re.compile(r"\A[a-zA-Z][a-zA-Z0-9_-]{0,30}\Z"),
     "4.3": re.compile(r"\A[a-zA-Z][a-zA-Z0-9_.-]{0,30}\Z"),
 }
+# the widest qube-name grammar (4.3): a name that may stand in a pillar top's list
+QUBE_NAME_ANY = _QUBE_NAME["4.3"]
 _RESERVED_QUBE_NAMES = ("none", "default", "dom0", "Domain-0")
 _FORWARD_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,22}\Z")
 # Linux: at most 15 bytes, no '/', ':' or whitespace; we allow the portable

@@ -52,11 +52,18 @@ def with_addresses(raw, addresses):
 
 
 def needs_pillar(raw):
-    """The minion ids that need the pillar: dom0 and the targets (``[DOM0]`` alone for an invalid pillar)."""
+    """
+    The minion ids that need the pillar: dom0 and the targets.  For an invalid
+    pillar, dom0 and every qube it lists under a well-formed name: their
+    pillar is ``{error: ...}``, so that a run there says why it cannot run.
+    """
     try:
         qf_model.parse(raw)
     except ValueError:
-        return [DOM0]
+        qubes = raw.get("qubes") if isinstance(raw, dict) else None
+        names = [n for n in qubes or () if isinstance(n, str) and qf_model.QUBE_NAME_ANY.match(n)
+                 and n != DOM0] if isinstance(qubes, dict) else []
+        return [DOM0] + sorted(names)
     return [DOM0] + qf_fleet.targets(raw)
 
 

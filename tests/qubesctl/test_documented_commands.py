@@ -133,9 +133,10 @@ def test_pillar_get_shows_what_a_target_sees(full):
 
 
 def test_check_in_a_qube(full):
-    """README: qubes_firewall.check work build 22 (a qube function: from the pillar alone)"""
-    run, out = in_qubes(full, ["work"], "qubes_firewall.check", "work", "build", "22")
-    rc, answer = out["work"]
+    """README: qubes_firewall.check work build 22, a dom0 function; in a qube it answers from that
+    qube's part of the pillar: sys-firewall-2, the hop of that connection, has both ends"""
+    run, out = in_qubes(full, ["sys-firewall-2"], "qubes_firewall.check", "work", "build", "22")
+    rc, answer = out["sys-firewall-2"]
     assert rc == 0 and answer["allowed"] is True and answer["rules"][0]["qube"] == "sys-firewall-2", answer
 
 
@@ -283,7 +284,8 @@ def test_qube_functions_say_they_answer_from_the_record(full):
     record = full.qc.qube_dir("web") / "state" / "applied.json"
     assert str(record) in status["pillar_source"]
     data = json.loads(record.read_text())
-    assert data["qube"] == "web" and set(data["pillar"]["qubes"]) == set(ALL)
+    # web's part of the pillar only (least privilege): its chain, none of the other qubes
+    assert data["qube"] == "web" and set(data["pillar"]["qubes"]) == {"sys-net", "sys-firewall", "web"}
     run = full.qc.qubesctl("--skip-dom0", "--show-output", "--targets=web", "qubes_firewall.drift", "fmt=text")
     assert run.returncode == 0 and RECORDED in run.stdout and "test=True" in run.stdout, run.stdout
 
@@ -322,8 +324,9 @@ def _summary_line(log_text, qube):
 
 
 def test_a_bad_pillar_fails_the_qube_and_its_log_says_why_in_one_line(full):
-    """A bad value: web: ERROR; the log's first failed state and the summary line name the pillar path;
-    nothing changed, the record stays the last good run's."""
+    """A bad value: web: ERROR; the log's first failed state and the summary line say the pillar is
+    invalid and where to see why (dom0's pillar_errors: a qube learns nothing of the topology's
+    problems); nothing changed, the record stays the last good run's."""
     pillar_file = full.qc.srv / "user_pillar" / "qubes_firewall.sls"
     good = pillar_file.read_text()
     record = full.qc.qube_dir("web") / "state" / "applied.json"
@@ -335,9 +338,11 @@ def test_a_bad_pillar_fails_the_qube_and_its_log_says_why_in_one_line(full):
         run = full.qc.qubesctl("--skip-dom0", "--targets=web", "state.apply", "qubes_firewall")
         assert run.returncode != 0 and run.line("web").startswith("web: ERROR (exit code "), run.stdout
         log = run.targets["web"].log.read_text()
-        assert "qubes_firewall:qubes:web:netvm" in _first_failure(log), _first_failure(log)
+        assert "qubes_firewall:error" in _first_failure(log) and "pillar_errors" in _first_failure(log), log
         line = _summary_line(log, "web")
-        assert "FAILED" in line and "qubes_firewall:qubes:web:netvm" in line and "sys firewall" in line, line
+        assert "FAILED" in line and "is invalid" in line and "pillar_errors in dom0" in line, line
+        rc, errors = in_dom0(full, "qubes_firewall.pillar_errors")  # dom0 says why
+        assert rc == 0 and any("qubes_firewall:qubes:web:netvm" in e and "sys firewall" in e for e in errors), errors
         assert record.read_text() == recorded and full.flab.ruleset_model("web") == before
     finally:
         pillar_file.write_text(good)

@@ -296,5 +296,9 @@ def test_an_invalid_pillar_gives_a_qube_an_error_and_dom0_everything():
     raw = {"qubes": {"a": {"netvm": "nowhere"}}}
     assert qf_view.view(raw, None, "dom0") == raw
     assert qf_view.view(raw, None, "a") == {"error": qf_view.INVALID % 1}
-    assert qf_view.needs_pillar(raw) == ["dom0"]
+    # the qubes it lists get that error (their runs say why); a name outside every
+    # Qubes grammar never reaches the top file's list
+    assert qf_view.needs_pillar(raw) == ["dom0", "a"]
+    assert qf_view.needs_pillar(dict(raw, qubes=dict(raw["qubes"], **{"x y,dom0": {}}))) == ["dom0", "a"]
+    assert qf_view.needs_pillar({"qubes": ["a"]}) == ["dom0"]
     assert qf_view.view({"error": "broken file"}, None, "a") == {"error": "broken file"}
