@@ -9,9 +9,14 @@
 #   leg        stack     Salt  Qubes  what
 #   salt3008   bookworm  3008  4.3    ruff, salt-lint, yamllint; every test, the lab in 4.3
 #   qubes42    bookworm  3008  4.2    every lab test in 4.2
-#   trixie     trixie    3007  4.3    every test on Python 3.13 and nft 1.1.3, the lab in 4.3
-#                                     (what differs in 4.2 is Qubes' daemon, not nft or
-#                                     Python: qubes42 proves it; nft 1.1.3 is proven on 4.3)
+#   trixie     trixie    3007  4.3    Python 3.13 and nft 1.1.3, the lab in 4.3: every test but
+#                                     the slow lab tests whose outcome neither nft's JSON nor
+#                                     Python's version changes (fleet, lifecycle and its
+#                                     concurrency rounds, the demo, the docstring examples,
+#                                     every documented command through qubesctl: the
+#                                     scenarios through qubesctl into a 3.13 target stay);
+#                                     salt3008 and qubes42 run those.  What differs in 4.2 is
+#                                     Qubes' daemon, not nft or Python: qubes42 proves it.
 #   salt3006   bookworm  3006  4.3    every test that loads Salt, outside the lab, plus a lab
 #                                     smoke test (tests/unit and tests/packaging use no Salt:
 #                                     salt3008 runs them on the same Python)
@@ -50,7 +55,7 @@ trap 'rm -rf "$work"' EXIT
 declare -A LEG
 LEG[salt3008]="bookworm 3008 4.3 1.0.6|lint|tests -k not(qubes-4.2)"
 LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3)"
-LEG[trixie]="trixie 3007 4.3 1.1.3|tests -k not(qubes-4.2)"
+LEG[trixie]="trixie 3007 4.3 1.1.3|tests -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py"
 LEG[salt3006]="bookworm 3006 4.3 1.0.6|tests -m not(lab)or(smoke) --ignore=tests/unit --ignore=tests/packaging"
 for name in $legs; do
     [ -n "${LEG[$name]:-}" ] || { echo "test.sh: unknown leg $name (known: ${!LEG[*]})" >&2; exit 2; }
