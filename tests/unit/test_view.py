@@ -24,6 +24,7 @@ qf_files = core("files")
 qf_connect_tcp = core("connect_tcp")
 qf_fleet = core("fleet")
 qf_view = core("view")
+qf_flow = core("flow")
 
 STRANGER = "stranger"  # a qube no pillar names
 
@@ -99,7 +100,7 @@ def what_the_run_computes(raw, minion, root):
 
 def named_in(pillar):
     """Every qube name a reduced pillar mentions, anywhere."""
-    names = set(pillar.get("qubes") or {}) | set(pillar.get("addresses") or {})
+    names = set(pillar.get("qubes") or {}) | set(pillar.get("addresses") or {}) | set(pillar.get("addresses6") or {})
     for spec in (pillar.get("qubes") or {}).values():
         names |= {spec.get(k) for k in ("netvm", "dispvm_template", "template")} - {None, "none"}
     for fwd in pillar.get("port_forwards") or []:
@@ -135,6 +136,14 @@ def check_view(raw, minion):
     for name, ip in (reduced.get("addresses") or {}).items():
         own = name in planned and full_model.qubes[name].netvm is not None  # the planner reads it
         assert ip in rules or errors or own, (minion, name)  # (a refused plan shows no rules)
+    # IPv6: only the qubes of a kept forward's or connection's path that has IPv6 all the way
+    ipv6_paths = [qf_flow.forward_path(full_model, f) for f in full_model.port_forwards
+                  if f.name in {g["name"] for g in reduced.get("port_forwards") or []}]
+    ipv6_paths += [qf_flow.connection_path(full_model, c) for c in full_model.connections
+                   if c.index < len(reduced.get("connections") or []) and reduced["connections"][c.index]]
+    ipv6_paths = [p for p in ipv6_paths if p and not qf_flow.missing_ipv6(full_model, p)]
+    assert set(reduced.get("addresses6") or {}) <= {q for p in ipv6_paths for q in p}, minion
+    assert all(reduced["addresses6"][q] == raw["addresses6"][q] for q in reduced.get("addresses6") or {})
     # every forward of the view crosses a planned qube; every connection gives one rules (or is refused)
     for fwd in reduced.get("port_forwards") or []:
         assert planned & set(full_model.chain(fwd["qube"])), (minion, fwd)
@@ -182,6 +191,9 @@ def topologies(draw):
         if draw(st.booleans()) and draw(st.booleans()):
             spec["firewall"] = [{"action": "accept"}]
     pillar = {"qubes": qubes, "addresses": {n: "10.137.0.%d" % (i + 2) for i, n in enumerate(names)}}
+    with_ipv6 = [n for n in names if draw(st.booleans())]  # Qubes' ipv6 feature, in effect here or not
+    if with_ipv6:
+        pillar["addresses6"] = {n: "fd09:24ef:4179::a89:%x" % (i + 2) for i, n in enumerate(names) if n in with_ipv6}
     forwards, used = [], set()
     for index in range(draw(st.integers(0, 4))):
         qube = draw(st.sampled_from(names))
@@ -267,6 +279,28 @@ def test_work_learns_nothing_about_unrelated_qubes():
     for reduced in (qf_view.view(raw, None, "web"), vpn):  # qvm-firewall lists and service are dom0's
         assert not [s for s in reduced["qubes"].values() if "firewall" in s or "service" in s], reduced
     assert vpn["qubes"]["sys-vpn"] == {"netvm": "sys-firewall", "provides_network": True}
+
+
+def test_ipv6_addresses_only_for_paths_with_ipv6_all_the_way():
+    """full.sls with IPv6 everywhere but build: web's forward has an IPv6 side (its three qubes
+    learn the three addresses), work -> build has none (build is IPv4-only): no IPv6 address
+    for either end; an IPv4-only pillar hands out none."""
+    raw = examples.example("full")
+    assert all("addresses6" not in qf_view.view(raw, None, q) for q in qf_fleet.targets(raw))
+    six = {q: "fd09:24ef:4179::a89:%x" % (i + 5) for i, q in enumerate(sorted(raw["qubes"])) if q != "build"}
+    raw = dict(raw, addresses6=six)
+    for qube in ("sys-net", "sys-firewall", "web"):
+        assert qf_view.view(raw, None, qube)["addresses6"] == {q: six[q] for q in ("sys-net", "sys-firewall", "web")}
+    for qube in ("work", "build", "sys-vpn", "sys-firewall-2"):
+        assert "addresses6" not in qf_view.view(raw, None, qube), qube
+    # build gets IPv6 too: the connection's path (work, sys-firewall-2, build) has it all the way
+    raw = dict(raw, addresses6=dict(six, build="fd09:24ef:4179::a89:a"))
+    build = qf_view.view(raw, None, "build")
+    assert build["addresses6"] == {q: raw["addresses6"][q] for q in ("work", "sys-firewall-2", "build")}, build
+    # given apart from the pillar, as dom0's pillar file does
+    assert qf_view.view(examples.example("full"), None, "web", addresses6=six)["addresses6"] == {
+        q: six[q] for q in ("sys-net", "sys-firewall", "web")}
+    assert qf_view.view(raw, None, "dom0") == raw
 
 
 def test_a_qube_that_needs_nothing_gets_no_qubes_and_its_run_says_so():
