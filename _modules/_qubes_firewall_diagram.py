@@ -100,7 +100,8 @@ def _node_extra(model, name):
     rules = model.qubes[name].firewall
     if rules is not None:
         ipv6 = sum(1 for r in rules if _is_ipv6_rule(r))
-        out.append("qvm-firewall: %d rules%s" % (len(rules), ", %d dst6" % ipv6 if ipv6 else ""))
+        out.append("qvm-firewall: %d rule%s%s" % (len(rules), "" if len(rules) == 1 else "s",
+                                                 ", %d dst6" % ipv6 if ipv6 else ""))
     return out
 
 

@@ -367,6 +367,30 @@ def test_ipv6_addresses_from_the_inventory_only_where_ipv6_is_in_effect(world):
         dom0.addresses(inv, family=5)
 
 
+def test_qubes_ip6_follows_the_ipv6_feature_along_the_netvm_chain(world):
+    """core-admin (release4.2 and release4.3 alike): ip6 defaults to an address only where
+    features.check_with_netvm('ipv6', False) is true: the qube's own value first ('' turns it
+    off), else its netvm's, up the chain; a disposable's from its dispid; an explicitly set ip6
+    wins over the feature.  The inventory reads that property as it is."""
+    world.set_feature("sys-net", "ipv6", "1")
+    world.set_feature("web", "ipv6", "")
+    world.set("work", "netvm", "sys-net")
+    inv = inventory_of(world)
+    assert inv["sys-net"]["ip6"] == "fd09:24ef:4179::a89:5" and inv["work"]["ip6"] == "fd09:24ef:4179::a89:9"
+    assert inv["sys-firewall"]["ip6"] == "fd09:24ef:4179::a89:6" and inv["web"]["ip6"] is None
+    assert inv["fedora-39-xfce"]["ip6"] is None  # a template: no netvm, no network
+    # a qube's own feature without its netvm's: Qubes gives it an address (its netvm none, so
+    # check walks stop at the netvm: "sys-firewall has no IPv6")
+    world.del_feature("sys-net", "ipv6")
+    world.set_feature("build", "ipv6", "1")
+    inv = inventory_of(world)
+    assert inv["build"]["ip6"] == "fd09:24ef:4179::a89:a" and inv["sys-firewall"]["ip6"] is None
+    world.set("personal", "ip6", "fd09:24ef:4179::a89:77")
+    assert inventory_of(world)["personal"]["ip6"] == "fd09:24ef:4179::a89:77"
+    with pytest.raises(fakequbes.QubesValueError):
+        world.set("personal", "ip6", "10.137.0.12")
+
+
 def _disposable_sys_firewall(inv):
     inv["sys-firewall"].update(klass="DispVM", template="default-dvm", disposable=True)
 
