@@ -333,6 +333,23 @@ def test_hand_typed_addresses_that_disagree_with_qubes(world):
                    "(leave addresses to dom0: see docs/addresses.md)"]
 
 
+def test_hand_typed_ipv6_addresses_that_disagree_with_qubes(world):
+    """addresses6 typed on Qubes: dom0's run fails where Qubes gives another IPv6 address, or none
+    to a networked qube (the ipv6 feature not in effect); the right ones pass."""
+    world.set_feature("sys-net", "ipv6", "1")
+    world.set_feature("work", "ipv6", "")
+    pillar = full_pillar()
+    pillar["addresses6"] = {"sys-net": "fd09:24ef:4179::a89:5", "web": "fd09:24ef:4179::a89:99",
+                            "work": "fd09:24ef:4179::a89:9"}
+    assert problems(pillar, world) == [
+        "qubes_firewall:addresses6:web: fd09:24ef:4179::a89:99, but Qubes gives web the IPv6 address "
+        "fd09:24ef:4179::a89:b (leave addresses6 to dom0: see docs/addresses.md)",
+        "qubes_firewall:addresses6:work: fd09:24ef:4179::a89:9, but work has no IPv6 in Qubes (its ipv6 "
+        "feature is not in effect: see docs/addresses.md)"]
+    pillar["addresses6"] = {"sys-net": "fd09:24ef:4179::a89:5", "web": "fd09:24ef:4179::a89:b"}
+    assert problems(pillar, world) == []
+
+
 def test_connection_route_hops():
     model = parse(full_pillar())
     conn = model_mod.Connection(0, "work", "web", "tcp", (80,))
