@@ -35,11 +35,12 @@ def outside_hosts(uplinks):
     return hosts
 
 
-def lab_qubes(mdl):
+def lab_qubes(mdl, ipv6=None):
+    """The lab's qubes for a model; ``ipv6``: {qube: its own value of Qubes' ipv6 feature}."""
     return {
         name: QubeSpec(ip=mdl.addresses[name], netvm=q.netvm, provides_network=q.provides_network,
                        custom_persist=bool(getattr(q, "custom_persist", False)),
-                       template=getattr(q, "template", None))
+                       template=getattr(q, "template", None), ipv6=(ipv6 or {}).get(name))
         for name, q in mdl.qubes.items()
     }
 
@@ -68,13 +69,13 @@ class FormulaLab:
     """``with FormulaLab(pillar, workdir) as flab:`` builds the lab; ``flab.lab`` is the Lab."""
 
     def __init__(self, pillar: dict, workdir, outside: Optional[List[OutsideHost]] = None,
-                 release: Optional[str] = None):
+                 release: Optional[str] = None, ipv6: Optional[dict] = None):
         self.pillar = copy.deepcopy(pillar)
         self.workdir = pathlib.Path(workdir)
         self.model = model_mod.parse(self.pillar["qubes_firewall"])
         uplinks = [n for n, q in self.model.qubes.items() if q.netvm is None]
         self.outside = outside if outside is not None else outside_hosts(uplinks)
-        self.lab = Lab(lab_qubes(self.model), self.outside, workdir=self.workdir / "lab", release=release)
+        self.lab = Lab(lab_qubes(self.model, ipv6), self.outside, workdir=self.workdir / "lab", release=release)
         self.release = self.lab.release
         self._minions = {}
 
