@@ -207,8 +207,7 @@ def _local(qube):
 
 
 def _show(addr, addresses):
-    """``addr`` for people; ``addresses``: the walk's ``{qube: address}`` (a model: its IPv4 ones)."""
-    addresses = getattr(addresses, "addresses", addresses)
+    """``addr`` for people; ``addresses``: the walk's ``{qube: address}``."""
     if addr == OUTSIDE_ADDR:
         return "an outside address"
     if addr and addr.startswith(_LOCAL_PREFIX):

@@ -81,7 +81,7 @@ def test_a_dst6_rule_alone_makes_the_diagram_speak_of_families():
     from tests.ops.helpers import example, model
 
     pillar = example("full")
-    pillar["qubes"]["web"]["firewall"] = [{"action": "accept", "dsthost": "2001:db8::1"}]
+    pillar["qubes"]["web"]["firewall"] = [{"action": "accept", "dst6": "2001:db8::1"}]
     graph = diagram.graph(model.parse(pillar))
     assert graph["ipv6"] and graph["extra"] == {"web": ["qvm-firewall: 1 rule, 1 dst6"]}
     assert {label for kind, _, _, label in graph["edges"] if kind in ("netvm", "uplink")} == {"IPv4 only"}
