@@ -13,7 +13,6 @@ import pytest
 
 from tests.e2e.formula_lab import FormulaLab
 from tests.e2e.full_example import full_pillar
-from tests.lab.seed import seed_outside
 from tests.ops.helpers import flow, model
 
 pytestmark = pytest.mark.lab
@@ -26,11 +25,8 @@ SYS_NET_LAN6 = "2001:db8:1::10"  # sys-net's address on the LAN (what a forward 
 @pytest.fixture(scope="module")
 def v6flab(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops-v6-lab")
-    lab = FormulaLab(full_pillar(), root, outside=seed_outside(), ipv6={"sys-net": "1", "build": ""})
+    lab = FormulaLab(full_pillar(), root, ipv6={"sys-net": "1", "build": ""})  # addresses6 as dom0 hands them
     try:
-        pillar = full_pillar()
-        pillar["qubes_firewall"]["addresses6"] = {q: lab.lab.ip6(q) for q in lab.lab.order if lab.lab.ip6(q)}
-        lab.set_pillar(pillar)
         for qube, result in lab.apply_all().items():
             assert result.retcode == 0 and not result.failed, (qube, result.failed)
         for node in list(lab.lab.order) + ["lan"]:
