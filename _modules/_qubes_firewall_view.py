@@ -19,9 +19,10 @@ computes from:
   ``dispvm_template`` / ``custom_persist`` / ``template`` where they decide
   what its run writes, and the addresses its rules name;
 - ``addresses6`` (IPv6, where Qubes' ``ipv6`` feature is in effect): those of
-  every qube on the way of a forward or connection it keeps whose whole path
-  has IPv6 (what decides whether its rules have an IPv6 side, and what they
-  name); a path with an IPv4-only qube gives none, an IPv4-only qube none;
+  the qubes on the way of each forward and connection it keeps (whether all
+  of them have IPv6 decides whether its rules have an IPv6 side, and which do
+  not is what its plan's note names); none when no qube on those ways has
+  IPv6;
 - ``lookup`` as given.
 
 Nothing else: no ``firewall`` lists, no ``service`` flags (dom0's business),
@@ -106,7 +107,7 @@ class Needs:
         self.qubes = set()  # named with their netvm chain
         self.duties = set()  # keys that decide what the run writes: dispvm_template, custom_persist, template
         self.addresses = set()
-        self.addresses6 = set()  # the qubes of every path it keeps that has IPv6 all the way
+        self.addresses6 = set()  # the qubes on the way of what it keeps: their IPv6, where they have it
         self.entries = {kind: set() for kind in LISTS}
         self.forwards = set()
         for name in self.planned():
@@ -167,9 +168,8 @@ class Needs:
                 self.add_ipv6_path(qf_flow.connection_path(model, conn))
 
     def add_ipv6_path(self, path):
-        """A path whose every qube has IPv6 has an IPv6 side: its run reads those addresses."""
-        if path and not qf_flow.missing_ipv6(self.model, path):
-            self.addresses6.update(path)
+        """The planner reads which qubes of ``path`` have IPv6 (all: an IPv6 side; else a note naming the others)."""
+        self.addresses6.update(q for q in path or () if q in self.model.addresses6)
 
     def qube_spec(self, name, raw_spec):
         spec = raw_spec if isinstance(raw_spec, dict) else {}

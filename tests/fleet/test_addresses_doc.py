@@ -98,10 +98,10 @@ def test_each_id_gets_its_part_and_an_unrelated_qube_nothing(salt_factories, tmp
     assert "qubes_firewall" not in dom0.pillar("vault")
 
 
-def test_ipv6_addresses_go_only_to_the_qubes_whose_rules_have_an_ipv6_side(salt_factories, tmp_path):
+def test_ipv6_addresses_go_to_the_qubes_on_the_way_of_what_they_plan(salt_factories, tmp_path):
     """Qubes' ipv6 feature on sys-net reaches every qube below it; build turns it off (ipv6 ''):
-    dom0 gets every IPv6 address Qubes gives, a qube those of the paths it plans that have
-    IPv6 all the way (web's forward), an IPv4-only qube or path none."""
+    dom0 gets every IPv6 address Qubes gives, a qube those of the qubes on the way of the
+    forwards and connections it plans, a qube that plans none of them none."""
     dom0 = Dom0(salt_factories, tmp_path)
     dom0.world.set_feature("sys-net", "ipv6", "1")
     dom0.world.set_feature("build", "ipv6", "")
@@ -116,9 +116,9 @@ def test_ipv6_addresses_go_only_to_the_qubes_whose_rules_have_an_ipv6_side(salt_
     for qube in ("sys-net", "sys-firewall", "web"):
         assert dom0.pillar(qube)["qubes_firewall"]["addresses6"] == {
             q: six[q] for q in ("sys-net", "sys-firewall", "web")}, qube
-    # work -> build crosses build, which has no IPv6: neither end learns an IPv6 address
-    for qube in ("work", "build"):
-        assert "addresses6" not in dom0.pillar(qube)["qubes_firewall"], qube
+    # work -> build crosses build, which has no IPv6: build learns which of the others have it
+    assert dom0.pillar("build")["qubes_firewall"]["addresses6"] == {q: six[q] for q in ("work", "sys-firewall-2")}
+    assert "addresses6" not in dom0.pillar("work")["qubes_firewall"]  # its rules allow nothing of it
 
 
 def test_without_the_formula_other_formulas_render_and_dom0_says_why(salt_factories, tmp_path):

@@ -199,12 +199,18 @@ def test_ipv6_to_the_outside_needs_the_uplinks_own_ipv6():
 
 
 def test_ipv6_walks_the_ip6_objects_only():
-    """Without ip6 objects in the plan, Qubes' ip6 chains decide: forwarding down to a client and
-    new connections into a qube are dropped, whatever the ip rules allow."""
+    """The IPv6 walk reads the plan's ip6 objects only: where the planner writes the connection's
+    ip6 rules they let it through (named in ``ipv6``'s rules, with IPv6 addresses); without them
+    Qubes' ip6 chains decide (forwarding down to a client is dropped), whatever the ip rules allow."""
     mdl = model.parse(with_ipv6(example("full")))
     answer = flow.check(mdl, "work", "build", 22)
     assert answer["allowed"] and answer["rules"]
-    if not any(getattr(c, "family", "ip") == "ip6" for q in mdl.qubes for c in plan.plan_qube(mdl, q).chains):
+    if any(getattr(c, "family", "ip") == "ip6" for q in mdl.qubes for c in plan.plan_qube(mdl, q).chains):
+        assert answer["ipv6"]["allowed"], answer["ipv6"]
+        assert [(r["qube"], r["chain"]) for r in answer["ipv6"]["rules"]] == [("sys-firewall-2", "qf-forward"),
+                                                                             ("build", "qf-input")]
+        assert IPV6["work"] in answer["ipv6"]["rules"][0]["rule"] and "ip6 saddr" in answer["ipv6"]["rules"][0]["rule"]
+    else:
         assert answer["ipv6"]["reason"] == "sys-firewall-2 drops forwarding to its client build (Qubes' forward chain)"
         assert answer["ipv6"]["rules"] == []
 
