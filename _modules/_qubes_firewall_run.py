@@ -608,6 +608,8 @@ class Run:
         try:
             if "addresses" not in pillar:
                 pillar["addresses"] = self.addresses(sorted(str(q) for q in qubes))
+            if "addresses6" not in pillar:  # only where Qubes' ipv6 feature is in effect; none: IPv4-only
+                pillar.update(self.addresses6_key(sorted(str(q) for q in qubes)))
             lookup = pillar.get("lookup")
             if lookup is None or isinstance(lookup, dict):
                 lookup = dict(lookup or {})
@@ -615,6 +617,11 @@ class Run:
                 pillar["lookup"] = lookup
         except CommandExecutionError as exc:
             raise qf_fleet.FleetError("%s: cannot ask Qubes for the addresses: %s" % (where, exc)) from None
+
+    def addresses6_key(self, names):
+        """``{"addresses6": {qube: ip6}}`` from Qubes for ``names``, or ``{}`` when none has IPv6."""
+        found = self.addresses(names, 6)
+        return {"addresses6": found} if found else {}
 
     def targets(self, shared_file=None, machine_file=None):
         """
