@@ -8,7 +8,8 @@
 #
 #   leg           stack     Salt  Qubes  what
 #   salt3008      bookworm  3008  4.3    ruff, salt-lint, yamllint; every test outside the lab
-#   salt3008-lab  bookworm  3008  4.3    every lab test in 4.3
+#   salt3008-lab  bookworm  3008  4.3    the lab tests in 4.3 but those of salt3008-ctl
+#   salt3008-ctl  bookworm  3008  4.3    the lab tests in 4.3 of tests/qubesctl, tests/lab, tests/ops
 #   qubes42       bookworm  3008  4.2    the lab tests in 4.2 but those of qubes42-ctl
 #   qubes42-ctl   bookworm  3008  4.2    the lab tests in 4.2 of tests/qubesctl, tests/lab, tests/ops
 #   trixie        trixie    3007  4.3    Python 3.13 and nft 1.1.3, the lab in 4.3: every test but
@@ -17,14 +18,15 @@
 #                                        concurrency rounds, the demo, the docstring examples,
 #                                        every documented command through qubesctl: the
 #                                        scenarios through qubesctl into a 3.13 target stay);
-#                                        salt3008-lab and qubes42 run those.  What differs in 4.2
+#                                        the lab legs of salt3008 and qubes42 run those.  What differs in 4.2
 #                                        is Qubes' daemon, not nft or Python: qubes42 proves it.
 #   salt3006      bookworm  3006  4.3    every test that loads Salt, outside the lab, plus a lab
 #                                        smoke test (tests/unit and tests/packaging use no Salt:
 #                                        salt3008 runs them on the same Python)
 #
-# salt3008 and salt3008-lab are one stack, Salt and release split in two (outside the
-# lab, the lab), and so are qubes42 and qubes42-ctl: halves that run side by side.
+# salt3008, salt3008-lab and salt3008-ctl are one stack, Salt and release split in three
+# (outside the lab, the lab in two), and qubes42 and qubes42-ctl are one split in two: parts
+# that run side by side, so that no leg is much longer than the others.
 #
 # A lab test parametrized by release (ids qubes-4.2, qubes-4.3) runs in the bookworm leg
 # of that release; the others run in the release of $QF_LAB_RELEASE.  tests/qubesctl
@@ -51,8 +53,8 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 export PYTHONWARNINGS=ignore PYTHONDONTWRITEBYTECODE=1
-# the longest first (the critical path): qubes42, salt3008-lab and trixie start together
-legs="${QF_LEGS:-qubes42 salt3008-lab trixie qubes42-ctl salt3008 salt3006}"
+# the longest first (the critical path): trixie, then the lab halves, then the rest
+legs="${QF_LEGS:-trixie salt3008-ctl qubes42-ctl salt3008-lab qubes42 salt3008 salt3006}"
 jobs="${QF_JOBS:-3}"
 host_stack="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
 pytest_args=("$@")
@@ -64,7 +66,8 @@ trap 'rm -rf "$work"' EXIT
 # as one string (split on spaces; -k and -m expressions without spaces).
 declare -A LEG
 LEG[salt3008]="bookworm 3008 4.3 1.0.6|lint|tests -m not(lab) -k not(qubes-4.2)"
-LEG[salt3008-lab]="bookworm 3008 4.3 1.0.6|tests -m lab -k not(qubes-4.2)"
+LEG[salt3008-lab]="bookworm 3008 4.3 1.0.6|tests -m lab -k not(qubes-4.2) --ignore=tests/qubesctl --ignore=tests/lab --ignore=tests/ops"
+LEG[salt3008-ctl]="bookworm 3008 4.3 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.2)"
 LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3) --ignore=tests/qubesctl --ignore=tests/lab --ignore=tests/ops"
 LEG[qubes42-ctl]="bookworm 3008 4.2 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.3)"
 LEG[trixie]="trixie 3007 4.3 1.1.3|tests -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py"
