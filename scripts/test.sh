@@ -6,20 +6,27 @@
 # stack (scripts/stack-root.sh, scripts/in-root.sh).  Under CI=true no test may skip
 # (tests/conftest.py); CI (.ci/run) runs this script.
 #
-#   leg        stack     Salt  Qubes  what
-#   salt3008   bookworm  3008  4.3    ruff, salt-lint, yamllint; every test, the lab in 4.3
-#   qubes42    bookworm  3008  4.2    every lab test in 4.2
-#   trixie     trixie    3007  4.3    Python 3.13 and nft 1.1.3, the lab in 4.3: every test but
-#                                     the slow lab tests whose outcome neither nft's JSON nor
-#                                     Python's version changes (fleet, lifecycle and its
-#                                     concurrency rounds, the demo, the docstring examples,
-#                                     every documented command through qubesctl: the
-#                                     scenarios through qubesctl into a 3.13 target stay);
-#                                     salt3008 and qubes42 run those.  What differs in 4.2 is
-#                                     Qubes' daemon, not nft or Python: qubes42 proves it.
-#   salt3006   bookworm  3006  4.3    every test that loads Salt, outside the lab, plus a lab
-#                                     smoke test (tests/unit and tests/packaging use no Salt:
-#                                     salt3008 runs them on the same Python)
+#   leg           stack     Salt  Qubes  what
+#   salt3008      bookworm  3008  4.3    ruff, salt-lint, yamllint; every test outside the lab
+#   salt3008-lab  bookworm  3008  4.3    the lab tests in 4.3 but those of salt3008-ctl
+#   salt3008-ctl  bookworm  3008  4.3    the lab tests in 4.3 of tests/qubesctl, tests/lab, tests/ops
+#   qubes42       bookworm  3008  4.2    the lab tests in 4.2 but those of qubes42-ctl
+#   qubes42-ctl   bookworm  3008  4.2    the lab tests in 4.2 of tests/qubesctl, tests/lab, tests/ops
+#   trixie        trixie    3007  4.3    Python 3.13 and nft 1.1.3, the lab in 4.3: every test but
+#                                        the slow lab tests whose outcome neither nft's JSON nor
+#                                        Python's version changes (fleet, lifecycle and its
+#                                        concurrency rounds, the demo, the docstring examples,
+#                                        every documented command through qubesctl: the
+#                                        scenarios through qubesctl into a 3.13 target stay);
+#                                        the lab legs of salt3008 and qubes42 run those.  What differs in 4.2
+#                                        is Qubes' daemon, not nft or Python: qubes42 proves it.
+#   salt3006      bookworm  3006  4.3    every test that loads Salt, outside the lab, plus a lab
+#                                        smoke test (tests/unit and tests/packaging use no Salt:
+#                                        salt3008 runs them on the same Python)
+#
+# salt3008, salt3008-lab and salt3008-ctl are one stack, Salt and release split in three
+# (outside the lab, the lab in two), and qubes42 and qubes42-ctl are one split in two: parts
+# that run side by side, so that no leg is much longer than the others.
 #
 # A lab test parametrized by release (ids qubes-4.2, qubes-4.3) runs in the bookworm leg
 # of that release; the others run in the release of $QF_LAB_RELEASE.  tests/qubesctl
@@ -32,8 +39,12 @@
 # First everything is prepared, one step at a time (apt and pip must not race): the
 # venvs of every stack (the leg's Salt, and Salt 3006 and 3007 for salt-ssh, each with
 # the formula installed as `pip install .` does), the stack roots, Python 3.9.  Then the
-# legs run, $QF_JOBS at a time (default 2), each into its own log, printed whole when the
-# leg ends; a summary table and one closing line "N passed, N failed" end the run.
+# legs run, $QF_JOBS at a time (default 3: the lab tests wait on packets and timeouts
+# much of their time, so a third leg fills two cores), the longest first, each into its own
+# log, printed whole when the leg ends.  Then the leak check: nothing a test made may
+# outlive the legs (a file or directory in the legs' TMPDIR, a lab network namespace, a
+# table in this machine's own ruleset, a process the legs started).  A summary table and
+# one closing line "N passed, N failed" end the run.
 #
 #   scripts/test.sh [pytest args...]           # args are added to every leg's pytest
 #   QF_LEGS="salt3008 trixie" scripts/test.sh  # only these legs
@@ -42,8 +53,9 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 export PYTHONWARNINGS=ignore PYTHONDONTWRITEBYTECODE=1
-legs="${QF_LEGS:-salt3008 qubes42 trixie salt3006}"
-jobs="${QF_JOBS:-2}"
+# the longest first (the critical path): trixie, then the lab halves, then the rest
+legs="${QF_LEGS:-trixie salt3008-ctl qubes42-ctl salt3008-lab qubes42 salt3008 salt3006}"
+jobs="${QF_JOBS:-3}"
 host_stack="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
 pytest_args=("$@")
 start_all=$SECONDS
@@ -53,8 +65,11 @@ trap 'rm -rf "$work"' EXIT
 # The legs: NAME STACK SALT RELEASE NFT CHECK...; a check is "lint" or pytest's arguments
 # as one string (split on spaces; -k and -m expressions without spaces).
 declare -A LEG
-LEG[salt3008]="bookworm 3008 4.3 1.0.6|lint|tests -k not(qubes-4.2)"
-LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3)"
+LEG[salt3008]="bookworm 3008 4.3 1.0.6|lint|tests -m not(lab) -k not(qubes-4.2)"
+LEG[salt3008-lab]="bookworm 3008 4.3 1.0.6|tests -m lab -k not(qubes-4.2) --ignore=tests/qubesctl --ignore=tests/lab --ignore=tests/ops"
+LEG[salt3008-ctl]="bookworm 3008 4.3 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.2)"
+LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3) --ignore=tests/qubesctl --ignore=tests/lab --ignore=tests/ops"
+LEG[qubes42-ctl]="bookworm 3008 4.2 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.3)"
 LEG[trixie]="trixie 3007 4.3 1.1.3|tests -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py"
 LEG[salt3006]="bookworm 3006 4.3 1.0.6|tests -m not(lab)or(smoke) --ignore=tests/unit --ignore=tests/packaging"
 for name in $legs; do
@@ -146,6 +161,9 @@ run_leg() {
         return
     fi
     export QF_LAB_RELEASE="$release" QF_EXPECT_NFT="$nft"
+    # the leak check's marks: this run's TMPDIR (legs on this machine; a stack root has a
+    # /tmp of its own, dropped when the leg ends) and, in every process's environment, the run
+    export TMPDIR="$leak_tmp" QF_TEST_RUN="$work"
     export QF_SALT_PYTHON_3006="${PY[$stack/3006]}" QF_SALT_PYTHON_3007="${PY[$stack/3007]}"
     [ "$where" = - ] && export PATH="$bindir:$PATH"
     run_in "$where" "$py" -c 'import platform, salt.version; print("   python", platform.python_version(), "salt", salt.version.__version__)'
@@ -188,6 +206,13 @@ basetemp() {
     if [ "$1" = - ]; then echo "$work/tmp-$2"; else echo "/tmp/qf-$2"; fi
 }
 
+# ---- what may not leak: what exists before the legs ----------------------------------------
+leak_tmp="$work/tmpdir"
+mkdir -p "$leak_tmp"
+netns_list() { ip netns list 2>/dev/null | awk '{print $1}' | sort; }
+netns_before="$(netns_list)"
+tables_before="$(nft list tables 2>/dev/null | sort)"
+
 echo
 echo "== legs: $legs ($jobs at a time; each leg's log is printed when it ends)"
 declare -A STARTED
@@ -228,9 +253,41 @@ for name in $legs; do
 done
 while [ "$running" -gt 0 ]; do finish_one; done
 
+# ---- leaks: what the legs made and left ----------------------------------------------------
+# a test cleans up after itself (pytest's tmp_path, fixtures that close what they open):
+# anything left in the legs' TMPDIR, a lab namespace whose creating process (the pid in its
+# name) is gone, a new table in this machine's ruleset, a process of this run still alive
+echo
+echo "== leak check"
+leaks=()
+for _ in 1 2 3 4 5; do   # a process that was killed may take a moment to go
+    mapfile -t procs < <(grep -lxzsF "QF_TEST_RUN=$work" /proc/[0-9]*/environ | cut -d/ -f3)
+    [ "${#procs[@]}" = 0 ] && break
+    sleep 1
+done
+for pid in "${procs[@]}"; do
+    leaks+=("process $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | cut -c1-200)")
+done
+while read -r left; do
+    [ -n "$left" ] && leaks+=("left in TMPDIR: $left")
+done < <(find "$leak_tmp" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort)
+while read -r ns; do
+    [ -n "$ns" ] || continue
+    pid="$(grep -oE '[0-9]+' <<<"$ns" | head -1)"
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then leaks+=("network namespace $ns"); fi
+done < <(comm -13 <(echo "$netns_before") <(netns_list))
+while read -r table; do
+    [ -n "$table" ] && leaks+=("nft $table in this machine's ruleset")
+done < <(comm -13 <(echo "$tables_before") <(nft list tables 2>/dev/null | sort))
+if [ "${#leaks[@]}" = 0 ]; then
+    echo "   nothing left behind"
+else
+    printf '   LEAK: %s\n' "${leaks[@]}"
+fi
+
 # ---- summary -----------------------------------------------------------------------------
 echo
-echo "leg       stack     salt        qubes      result  passed failed   time    cpu"
+echo "leg           stack     salt        qubes      result  passed failed   time    cpu"
 total_passed=0
 total_failed=0
 failed_legs=()
@@ -239,7 +296,7 @@ for name in $legs; do
     read -r p f < "$work/$name.counts" 2>/dev/null || { p=0; f=1; }
     verdict=ok
     [ "$f" = 0 ] || { verdict=FAILED; failed_legs+=("$name"); }
-    printf '%-9s %-9s salt-%-5s  qubes-%s  %-7s %6s %6s %5ss %5ss\n' "$name" "$stack" "$version" "$release" "$verdict" \
+    printf '%-13s %-9s salt-%-5s  qubes-%s  %-7s %6s %6s %5ss %5ss\n' "$name" "$stack" "$version" "$release" "$verdict" \
         "$p" "$f" "$(cat "$work/$name.time" 2>/dev/null || echo '?')" "$(cat "$work/$name.cpu" 2>/dev/null || echo '?')"
     total_passed=$((total_passed + p))
     total_failed=$((total_failed + f))
@@ -247,6 +304,10 @@ done
 if [ "${#prepare_failed[@]}" -gt 0 ]; then
     echo "prepare FAILED: ${prepare_failed[*]}"
     total_failed=$((total_failed + ${#prepare_failed[@]}))
+fi
+if [ "${#leaks[@]}" -gt 0 ]; then
+    echo "leak check FAILED: ${#leaks[@]} things left behind (above)"
+    total_failed=$((total_failed + 1))
 fi
 echo "total $((SECONDS - start_all))s (counts: pytest tests, plus one per linter; cpu: user + system seconds)"
 [ "${#failed_legs[@]}" -gt 0 ] && echo "FAILED legs: ${failed_legs[*]}"

@@ -1,6 +1,11 @@
 """
 For every test directory:
 
+- the lab marker: every test of tests/e2e, tests/qubesctl and
+  tests/ops/test_ops_lab.py is a lab test (others mark themselves); a lab test
+  needs root, nft and network namespaces (tests/lab/preflight.py: it skips
+  without them, and fails under ``CI=true``);
+
 - pytest-salt-factories' salt_factories fixture, rooted in each test's tmp_path
   (tests/saltfactories_support.py says why it is ours);
 - under ``CI=true`` no test may skip: a skip (a missing tool, no root, no
@@ -18,7 +23,12 @@ import os
 import pytest
 from hypothesis import settings
 
+from tests.lab.preflight import require_lab
+
 pytest_plugins = ["tests.saltfactories_support"]
+
+# the paths (relative to the checkout) whose every test is a lab test
+LAB_PATHS = ("tests/e2e/", "tests/qubesctl/", "tests/ops/test_ops_lab.py")
 
 GOLDEN_ENV = "QF_UPDATE_GOLDEN"
 
@@ -46,6 +56,17 @@ def pytest_configure(config):
         raise pytest.UsageError("%s is set under CI=true: golden files are never rewritten in CI" % GOLDEN_ENV)
     if _ci():
         settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.relative_to(config.rootpath).as_posix().startswith(LAB_PATHS):
+            item.add_marker(pytest.mark.lab)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("lab") is not None:
+        require_lab()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -66,9 +66,12 @@ def installed_formula_problem():
     return None
 
 
-@pytest.fixture
-def salt_factories(tmp_path):
-    """The factories manager, rooted in this test's tmp_path (configs, caches, logs, scripts)."""
+def factories_manager(root):
+    """
+    The factories manager rooted in ``root`` (configs, caches, logs, scripts),
+    for the formula as installed in this Python (fails the test when the
+    installed formula is not the checkout's).
+    """
     problem = installed_formula_problem()
     if problem:
         pytest.fail(problem)
@@ -76,8 +79,6 @@ def salt_factories(tmp_path):
     # logging, and flushes them at exit, when pytest has closed stderr: hand
     # them to pytest's log capture instead (shown with a failing test).
     salt._logging.shutdown_temp_handler()
-    root = tmp_path / "salt-factories"
-    root.mkdir()
     # the manager logs its own repr as a warning when created: not a warning here
     logger = logging.getLogger("saltfactories.manager")
     level = logger.level
@@ -88,6 +89,20 @@ def salt_factories(tmp_path):
                                 scripts_dir=pathlib.Path(sys.executable).parent)
     finally:
         logger.setLevel(level)
+
+
+@pytest.fixture
+def salt_factories(tmp_path):
+    """The factories manager, rooted in this test's tmp_path."""
+    root = tmp_path / "salt-factories"
+    root.mkdir()
+    return factories_manager(root)
+
+
+@pytest.fixture(scope="module")
+def module_salt_factories(tmp_path_factory):
+    """The same, shared by a module's tests (for what several tests read, made once)."""
+    return factories_manager(tmp_path_factory.mktemp("salt-factories"))
 
 
 def write_pillar_tree(pillar_dir, pillar, name="qubes_firewall"):

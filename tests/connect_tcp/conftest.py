@@ -35,12 +35,17 @@ def example_pillar():
 class Minion:
     """The formula's modules as Salt's loader would wire them, for one minion id."""
 
+    scratch = None  # the running test's tmp_path (fixture _minion_scratch): each minion's state dir goes there
+
     def __init__(self, minion_id, pillar, **opts):
         self.opts = {"id": minion_id, "test": False}
         self.context = {}
         self.opts.update(opts)
-        # the lock and scratch files: never the host's /var/lib
-        self.opts.setdefault("qubes_firewall_state_dir", tempfile.mkdtemp(prefix="qf-test-state-"))
+        # the lock and scratch files: never the host's /var/lib, and inside the test's tmp_path
+        if "qubes_firewall_state_dir" not in self.opts:
+            if Minion.scratch is None:
+                raise RuntimeError("a Minion outside a test (the autouse fixture gives it the test's tmp_path)")
+            self.opts["qubes_firewall_state_dir"] = tempfile.mkdtemp(prefix="state-", dir=Minion.scratch)
         self.pillar = {"qubes_firewall": pillar}
         dunders = {"salt": {}, "opts": self.opts, "pillar": self.pillar, "context": self.context}
         self.qubes_firewall = load("qubes_firewall", **dunders)
@@ -136,6 +141,12 @@ elif verb != "daemon-reload":
 with open(active_file, "w") as handle:
     handle.write("\n".join(sorted(active)))
 '''
+
+
+@pytest.fixture(autouse=True)
+def _minion_scratch(tmp_path, monkeypatch):
+    """Each Minion of the test keeps its lock and scratch files in the test's tmp_path."""
+    monkeypatch.setattr(Minion, "scratch", tmp_path)
 
 
 @pytest.fixture

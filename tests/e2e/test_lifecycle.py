@@ -166,27 +166,39 @@ def test_clean_removes_everything_the_formula_made_even_with_a_broken_pillar(tmp
 
 def test_concurrent_runs_in_one_qube_serialise(tmp_path):
     """
-    Two salt-call runs at once in one qube, 12 rounds: both succeed, the
-    second finds the first one's work, never a duplicated jump.  Each run has
-    its own Salt cache (as runs from two management qubes do; a shared cache
-    makes Salt queue them itself); they share the qube's lookup:state_dir.
+    Two salt-call runs at once in one qube, 3 rounds: both succeed, the second
+    finds the first one's work, never a duplicated jump.  Each run has its own
+    Salt cache (as runs from two management qubes do; a shared cache makes Salt
+    queue them itself); they share the qube's lookup:state_dir.
+
+    Every round forces the race instead of hoping for it: a run's nft read
+    waits (up to 60 s) until the other run has read too, or is at the lock (it
+    holds ``<state_dir>/lock`` open).  Without the lock both runs read before
+    either loads, and the round fails; with it the first run goes on as soon
+    as the second is waiting for the lock, and the round proves that it waited
+    (the shim saw it at the lock, and exactly one run's lock state says it
+    waited).  So one round already decides; three guard against a lock that
+    works by chance of timing.
     """
-    shim, barrier = tmp_path / "slow-nft", tmp_path / "barrier"
+    shim, barrier, state = tmp_path / "slow-nft", tmp_path / "barrier", tmp_path / "state"
     shim.mkdir()
-    # each read waits (up to 6 s) until two runs have read: without the lock both read
-    # before either loads; with it the first run gives up waiting and goes on alone
+    lock = state / "lock"
     (shim / "nft").write_text(
-        '#!/bin/sh\nif [ "$1" = -j ]; then\n  touch %s/$$\n  i=0\n'
-        '  while [ "$(ls %s | wc -l)" -lt 2 ] && [ $i -lt 60 ]; do sleep 0.1; i=$((i+1)); done\n'
-        'fi\nexec %s "$@"\n' % (barrier, barrier, shutil.which("nft")))
+        '#!/bin/sh\nif [ "$1" = -j ]; then\n  touch %(barrier)s/read-$$\n  i=0\n'
+        '  while [ "$(ls %(barrier)s | grep -c ^read-)" -lt 2 ] && [ $i -lt 300 ]; do\n'
+        # the other run holds the lock file open: it waits for the lock this run holds
+        '    if [ "$(find /proc/[0-9]*/fd -lname %(lock)s 2>/dev/null | cut -d/ -f3 | sort -u | wc -l)" -ge 2 ]; then\n'
+        '      touch %(barrier)s/at-lock; break\n    fi\n'
+        '    sleep 0.2; i=$((i+1))\n  done\nfi\nexec %(nft)s "$@"\n'
+        % {"barrier": barrier, "lock": lock, "nft": shutil.which("nft")})
     (shim / "nft").chmod(0o755)
     with FormulaLab(full_pillar(), tmp_path / "lab") as flab:
         pillar = flab.qube_pillar("sys-firewall")
-        pillar["qubes_firewall"]["lookup"]["state_dir"] = str(tmp_path / "state")
+        pillar["qubes_firewall"]["lookup"]["state_dir"] = str(state)
         netns = flab.lab.netns("sys-firewall")
         minions = [SaltCall(tmp_path / ("salt%d" % i), "sys-firewall", pillar, netns=netns) for i in (1, 2)]
         env = dict(os.environ, PYTHONWARNINGS="ignore", PATH="%s:%s" % (shim, os.environ["PATH"]))
-        for _round in range(12):
+        for _round in range(3):
             remove_owned(flab, "sys-firewall")
             shutil.rmtree(barrier, ignore_errors=True)
             barrier.mkdir()
@@ -195,14 +207,17 @@ def test_concurrent_runs_in_one_qube_serialise(tmp_path):
                      for m in minions]
             outs = [p.communicate(timeout=300) for p in procs]
             assert [p.returncode for p in procs] == [0, 0], outs
-            changed = []
+            changed, waited = [], []
             for out, _err in outs:
-                states = json.loads(out)["local"]
-                changed.append(bool(next(s for s in states.values()
-                                         if s["__id__"] == "qubes_firewall-runtime-rules")["changes"]))
+                states = {s["__id__"]: s for s in json.loads(out)["local"].values()}
+                changed.append(bool(states["qubes_firewall-runtime-rules"]["changes"]))
+                waited.append(not states["qubes_firewall-locked"]["comment"].endswith("(waited 0.0 s)."))
             jumps = [(c, t) for c, t, _h in owned(flab, "sys-firewall")[1]]
             assert sorted(jumps) == [("custom-forward", "qf-forward"), ("custom-input", "qf-input")], jumps
             assert sorted(changed) == [False, True]  # the second run found the first one's work
+            # the race happened: the second run was at the lock while the first one read
+            assert (barrier / "at-lock").exists(), sorted(p.name for p in barrier.iterdir())
+            assert sorted(waited) == [False, True], [o for o, _e in outs]
 
 
 def test_a_run_killed_mid_way_leaves_nothing_after_the_next_run(tmp_path):

@@ -1,7 +1,7 @@
 """Fixtures for lab tests (real nftables in network namespaces).
 
-A test marked ``lab`` (and any test using the fixtures below) SKIPS when the lab cannot
-run here (not root, no ip/nft), and FAILS instead under CI=true.  Tests elsewhere that
+A test marked ``lab`` (tests/conftest.py; and any test using the fixtures below) SKIPS
+when the lab cannot run here (not root, no ip/nft), and FAILS instead under CI=true.  Tests elsewhere that
 build a Lab should call tests.lab.preflight.require_lab() first, to the same effect.
 
 Fixtures:
@@ -20,15 +20,6 @@ from tests.lab.preflight import require_lab
 from tests.lab.qubes_base import RELEASES
 from tests.lab.seed import seed_outside, seed_qubes
 from tests.lab.topology import Lab
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "lab: needs root, nftables and network namespaces (tests/lab)")
-
-
-def pytest_runtest_setup(item):
-    if item.get_closest_marker("lab") is not None:
-        require_lab()
 
 
 @pytest.fixture(scope="module", params=RELEASES, ids=["qubes-" + r for r in RELEASES])

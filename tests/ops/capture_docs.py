@@ -50,44 +50,44 @@ def tcpdump(flab, qube, cmd):
 
 
 def main():
-    root = tempfile.mkdtemp(prefix="qf-ops-docs-")
-    with FormulaLab(full_pillar(), root) as flab:
-        configure_backups(flab, root)
-        flab.apply_all()
-        start_servers(flab.lab)
-        for _ in range(3):
-            flab.lab.probe_tcp("lan", "192.168.1.10", 443, timeout=2)
-        flab.lab.probe_tcp("work", "build", 22, timeout=2)
-        salt(flab, "sys-firewall", "qubes_firewall.status")
-        salt(flab, "sys-firewall", "qubes_firewall.status", out="json")
-        for qube in ("sys-net", "sys-firewall", "web"):
-            salt(flab, qube, "qubes_firewall.status", "origin=port_forwards:https")
-        shell(flab, "sys-net", "nft list chain ip qubes qf-nat; nft list maps ip")
-        salt(flab, "sys-firewall", "qubes_firewall.drift")
-        shell(flab, "sys-firewall", "nft add rule ip qubes qf-forward tcp dport 9999 accept")
-        salt(flab, "sys-firewall", "qubes_firewall.drift")
-        rc_local = flab.lab.rw_config("web") / "rc.local"
-        rc_local.write_text(rc_local.read_text().split("# BEGIN qubes_firewall:rules")[0])
-        salt(flab, "web", "qubes_firewall.drift")
-        salt(flab, "sys-firewall", "state.apply", "qubes_firewall", "test=True", out="highstate")
-        salt(flab, "sys-firewall", "state.apply", "qubes_firewall", out="highstate")
-        salt(flab, "sys-firewall", "qubes_firewall.drift")
-        salt(flab, "sys-firewall", "qubes_firewall.drift", "fmt=data", out="yaml")
-        salt(flab, "sys-vpn", "qubes_firewall.backup", out="yaml")
-        time.sleep(0.01)
-        salt(flab, "sys-vpn", "qubes_firewall.backup", out="yaml")
-        salt(flab, "sys-vpn", "qubes_firewall.backups", out="yaml")
-        shell(flab, "sys-vpn", "nft flush chain ip qubes custom-input")
-        salt(flab, "sys-vpn", "qubes_firewall.revert", out="yaml")
-        salt(flab, "web", "qubes_firewall.diagram", out="newline_values_only")
-        salt(flab, "work", "qubes_firewall.check", "work", "build", "22")
-        salt(flab, "work", "qubes_firewall.check", "build", "work", "22")
-        salt(flab, "work", "qubes_firewall.check", "build", "work", "22", out="json")
-        salt(flab, "work", "qubes_firewall.check", "outside", "web", "443")
-        salt(flab, "work", "qubes_firewall.check", "lan", "sys-net", "443", "interface=ens6",
-             "source_ip=192.168.1.50")
-        tcpdump(flab, "sys-firewall", "tcpdump -l -c 2 -i any -nn tcp dst port 443")
-    return 0
+    with tempfile.TemporaryDirectory(prefix="qf-ops-docs-") as root:
+        with FormulaLab(full_pillar(), root) as flab:
+            configure_backups(flab, root)
+            flab.apply_all()
+            start_servers(flab.lab)
+            for _ in range(3):
+                flab.lab.probe_tcp("lan", "192.168.1.10", 443, timeout=2)
+            flab.lab.probe_tcp("work", "build", 22, timeout=2)
+            salt(flab, "sys-firewall", "qubes_firewall.status")
+            salt(flab, "sys-firewall", "qubes_firewall.status", out="json")
+            for qube in ("sys-net", "sys-firewall", "web"):
+                salt(flab, qube, "qubes_firewall.status", "origin=port_forwards:https")
+            shell(flab, "sys-net", "nft list chain ip qubes qf-nat; nft list maps ip")
+            salt(flab, "sys-firewall", "qubes_firewall.drift")
+            shell(flab, "sys-firewall", "nft add rule ip qubes qf-forward tcp dport 9999 accept")
+            salt(flab, "sys-firewall", "qubes_firewall.drift")
+            rc_local = flab.lab.rw_config("web") / "rc.local"
+            rc_local.write_text(rc_local.read_text().split("# BEGIN qubes_firewall:rules")[0])
+            salt(flab, "web", "qubes_firewall.drift")
+            salt(flab, "sys-firewall", "state.apply", "qubes_firewall", "test=True", out="highstate")
+            salt(flab, "sys-firewall", "state.apply", "qubes_firewall", out="highstate")
+            salt(flab, "sys-firewall", "qubes_firewall.drift")
+            salt(flab, "sys-firewall", "qubes_firewall.drift", "fmt=data", out="yaml")
+            salt(flab, "sys-vpn", "qubes_firewall.backup", out="yaml")
+            time.sleep(0.01)
+            salt(flab, "sys-vpn", "qubes_firewall.backup", out="yaml")
+            salt(flab, "sys-vpn", "qubes_firewall.backups", out="yaml")
+            shell(flab, "sys-vpn", "nft flush chain ip qubes custom-input")
+            salt(flab, "sys-vpn", "qubes_firewall.revert", out="yaml")
+            salt(flab, "web", "qubes_firewall.diagram", out="newline_values_only")
+            salt(flab, "work", "qubes_firewall.check", "work", "build", "22")
+            salt(flab, "work", "qubes_firewall.check", "build", "work", "22")
+            salt(flab, "work", "qubes_firewall.check", "build", "work", "22", out="json")
+            salt(flab, "work", "qubes_firewall.check", "outside", "web", "443")
+            salt(flab, "work", "qubes_firewall.check", "lan", "sys-net", "443", "interface=ens6",
+                 "source_ip=192.168.1.50")
+            tcpdump(flab, "sys-firewall", "tcpdump -l -c 2 -i any -nn tcp dst port 443")
+        return 0
 
 
 if __name__ == "__main__":

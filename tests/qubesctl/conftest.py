@@ -31,17 +31,6 @@ from tests.qubesctl.harness import QubesctlLab, salt_python
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "/tests/qubesctl/" in str(item.fspath):
-            item.add_marker(pytest.mark.lab)
-
-
-@pytest.fixture(autouse=True)
-def _needs_lab():
-    require_lab()
-
-
 @pytest.fixture(scope="session")
 def release():
     return default_release()

@@ -9,24 +9,14 @@ import ast
 import inspect
 import re
 
-import pytest
 import yaml
 
 from tests import examples
 from tests.modules import REPO, core, load_file
-from tests.unit.test_run_context import Run
+from tests.unit.states_double import Run
 
 EXTRA = {"name": "extra", "qube": "web", "proto": "tcp", "port": 8443, "external_port": 8443,
          "interfaces": ["ens6"], "sources": ["192.168.1.0/24"]}
-
-
-@pytest.fixture
-def pillar(tmp_path):
-    data = examples.sls("full")
-    data["qubes_firewall"]["qubes"]["sys-firewall"].pop("dispvm_template")
-    data["qubes_firewall"]["lookup"] = {"rw_config": str(tmp_path / "rw"), "state_dir": str(tmp_path / "state"),
-                                        "etc_qubes": str(tmp_path / "etc"), "systemd_dir": str(tmp_path / "systemd")}
-    return data
 
 
 def entries(ret):
