@@ -12,14 +12,18 @@
 #   salt3008-ctl  bookworm  3008  4.3    the lab tests in 4.3 of tests/qubesctl, tests/lab, tests/ops
 #   qubes42       bookworm  3008  4.2    the lab tests in 4.2 but those of qubes42-ctl
 #   qubes42-ctl   bookworm  3008  4.2    the lab tests in 4.2 of tests/qubesctl, tests/lab, tests/ops
-#   trixie        trixie    3007  4.3    Python 3.13 and nft 1.1.3, the lab in 4.3: every test but
-#                                        the slow lab tests whose outcome neither nft's JSON nor
+#   trixie        trixie    3007  4.3    Python 3.13: every test outside the lab
+#   trixie-lab    trixie    3007  4.3    nft 1.1.3 and a 3.13 target, the lab in 4.3: every lab test
+#                                        but the slow ones whose outcome neither nft's JSON nor
 #                                        Python's version changes (fleet, lifecycle and its
 #                                        concurrency rounds, the demo, the docstring examples,
-#                                        every documented command through qubesctl: the
-#                                        scenarios through qubesctl into a 3.13 target stay);
-#                                        the lab legs of salt3008 and qubes42 run those.  What differs in 4.2
-#                                        is Qubes' daemon, not nft or Python: qubes42 proves it.
+#                                        every documented command and the templates through
+#                                        qubesctl: the scenarios through qubesctl into a 3.13
+#                                        target stay); the lab legs of salt3008 and qubes42 run
+#                                        those.  What differs in 4.2 is Qubes' daemon, not nft
+#                                        or Python: qubes42 proves it.  Each leg in a stack root
+#                                        has its own /run and /tmp (scripts/in-root.sh), so the
+#                                        two trixie legs run side by side.
 #   salt3006      bookworm  3006  4.3    every test that loads Salt, outside the lab, plus a lab
 #                                        smoke test (tests/unit and tests/packaging use no Salt:
 #                                        salt3008 runs them on the same Python)
@@ -53,8 +57,8 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 export PYTHONWARNINGS=ignore PYTHONDONTWRITEBYTECODE=1
-# the longest first (the critical path): trixie, then the lab halves, then the rest
-legs="${QF_LEGS:-trixie salt3008-ctl qubes42-ctl salt3008-lab qubes42 salt3008 salt3006}"
+# the longest first (the critical path): the trixie lab, then the lab halves, then the rest
+legs="${QF_LEGS:-trixie-lab salt3008-ctl qubes42-ctl salt3008-lab qubes42 trixie salt3008 salt3006}"
 jobs="${QF_JOBS:-3}"
 host_stack="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
 pytest_args=("$@")
@@ -70,7 +74,8 @@ LEG[salt3008-lab]="bookworm 3008 4.3 1.0.6|tests -m lab -k not(qubes-4.2) --igno
 LEG[salt3008-ctl]="bookworm 3008 4.3 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.2)"
 LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3) --ignore=tests/qubesctl --ignore=tests/lab --ignore=tests/ops"
 LEG[qubes42-ctl]="bookworm 3008 4.2 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.3)"
-LEG[trixie]="trixie 3007 4.3 1.1.3|tests -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py"
+LEG[trixie]="trixie 3007 4.3 1.1.3|tests -m not(lab) -k not(qubes-4.2)"
+LEG[trixie-lab]="trixie 3007 4.3 1.1.3|tests -m lab -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py --ignore=tests/qubesctl/test_templates.py"
 LEG[salt3006]="bookworm 3006 4.3 1.0.6|tests -m not(lab)or(smoke) --ignore=tests/unit --ignore=tests/packaging"
 for name in $legs; do
     [ -n "${LEG[$name]:-}" ] || { echo "test.sh: unknown leg $name (known: ${!LEG[*]})" >&2; exit 2; }
