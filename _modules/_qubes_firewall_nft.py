@@ -430,6 +430,9 @@ def transaction(plan, live):
     jump_targets_gone = {c.ref for c in recreated} | set(stale_chains)
     pre = _removals(live, live_sets, replaced_sets, stale_sets, recreated, refilled, stale_chains,
                     jump_targets_gone)
+    for (custom, target), handles in sorted(live["jumps"].items()):
+        if target in stale_chains:  # a table the plan no longer has objects in (IPv6 gone)
+            summary.add("jumps_removed", *["%s -> %s" % (custom, target)] * len(handles))
     cmds = _set_commands(plan, live_sets, new_sets, replaced_sets, stale_sets, summary)
     cmds += _chain_commands(live, new_chains, recreated, refilled, stale_chains, summary)
     cmds += _jump_commands(plan, live, jump_targets_gone, summary)
