@@ -7,8 +7,9 @@ traced to its pillar origin, and the shell block that replays them at boot.
 Nothing here touches the system.
 
 Where rules live: objects named ``qf-*`` in ``table ip qubes`` and, in a
-qube where Qubes' IPv6 is in effect (``addresses6`` in the model), the same
-kinds in ``table ip6 qubes``; every object carries its family.  In each
+qube where Qubes' IPv6 is in effect (``addresses6`` in the model) and a
+forward or connection has IPv6 rules, the same kinds in ``table ip6 qubes``;
+every object carries its family.  In each
 table ``qf-input`` and ``qf-forward`` are reached by one jump each from
 Qubes' ``custom-input`` / ``custom-forward``; one nat base chain ``qf-nat``
 (``type nat hook prerouting priority filter + 1``, after Qubes' dnat-dns)
@@ -32,7 +33,7 @@ its path has IPv6, a connection only when both ends' paths have it, each with
 the IPv6 addresses of ``addresses6`` and the IPv6 networks of ``sources``
 (sources that name only IPv4 networks keep the forward IPv4-only, and the
 other way round: no family is opened wider than the pillar says).  A qube
-without IPv6 gets no ip6 object at all.  Loading ip6 objects first adds
+without IPv6 (or without IPv6 rules) gets no ip6 object at all.  Loading ip6 objects first adds
 ``table ip6 qubes`` and its ``custom-input`` / ``custom-forward`` (an
 idempotent ``add``), so a qube whose IPv6 table is missing or partial still
 loads.
@@ -459,8 +460,11 @@ class QubePlan:
 
     @property
     def jumps(self):
-        """(Qubes chain, owned chain) as ``ref``s, one jump rule each, per family of the plan."""
-        return tuple((ref(f, custom), ref(f, target)) for f in self.families for custom, target in JUMPS)
+        """(Qubes chain, owned chain) as ``ref``s, one jump rule each, for each owned chain of
+        ``JUMPS`` the plan holds (qf-input and qf-forward of each of its tables)."""
+        have = {c.ref for c in self.chains}
+        return tuple((ref(f, custom), ref(f, target)) for f in self.families for custom, target in JUMPS
+                     if ref(f, target) in have)
 
     @staticmethod
     def jump_command(custom, target):
@@ -792,7 +796,8 @@ def plan_qube(model, qube):
     """
     The plan for ``qube``: its owned chains, sets and maps, in a stable
     order: those of ``table ip qubes``, then (when IPv6 is in effect in
-    ``qube``: ``addresses6``) those of ``table ip6 qubes``.  Raises PlanError
+    ``qube``: ``addresses6``, and a forward or connection has IPv6 rules
+    there) those of ``table ip6 qubes``.  Raises PlanError
     (path-named) when an address is missing or a connection cannot be routed.
     """
     if qube not in model.qubes:
@@ -801,7 +806,8 @@ def plan_qube(model, qube):
     chains, sets = _plan_family(model, qube, FAMILY, errors, notes)
     if qube in model.addresses6 and not errors:
         chains6, sets6 = _plan_family(model, qube, FAMILY6, errors, notes)
-        chains, sets = chains + chains6, sets + sets6
+        if sets6 or any(c.rules for c in chains6):  # nothing in ip6 unless there is something to do
+            chains, sets = chains + chains6, sets + sets6
     if errors:
         raise PlanError(errors)
     return QubePlan(qube, model.qubes[qube].provides_network, chains, tuple(notes), sets)
@@ -873,6 +879,8 @@ def persist_block(plan):
     for family in plan.families:
         var = "qf_jumps" + ("" if family == FAMILY else family[2:])  # qf_jumps, qf_jumps6
         jumps = "\n".join(plan.jump_command(c, t) for c, t in plan.jumps if split_ref(c)[0] == family)
+        if not jumps:
+            continue
         probes += ("    %(var)s=1\n"
                    "    nft list chain %(table)s %(input)s >/dev/null 2>&1 && %(var)s=0\n"
                    % {"var": var, "table": table_of(family), "input": INPUT_CHAIN})

@@ -46,12 +46,11 @@ def outside_hosts(uplinks, ipv6=False):
 
 
 def lab_qubes(mdl, ipv6=None):
-    """The lab's qubes of the model; ``ipv6``: {qube: its ``ipv6`` feature value}."""
-    ipv6 = ipv6 or {}
+    """The lab's qubes for a model; ``ipv6``: {qube: its own value of Qubes' ipv6 feature}."""
     return {
         name: QubeSpec(ip=mdl.addresses[name], netvm=q.netvm, provides_network=q.provides_network,
                        custom_persist=bool(getattr(q, "custom_persist", False)),
-                       template=getattr(q, "template", None), ipv6=ipv6.get(name))
+                       template=getattr(q, "template", None), ipv6=(ipv6 or {}).get(name))
         for name, q in mdl.qubes.items()
     }
 
