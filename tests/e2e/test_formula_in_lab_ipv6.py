@@ -21,13 +21,16 @@ WAN_UPLINK6 = "2001:db8:30::10"
 
 
 def ipv6_pillar():
-    """The full example, its https forward open to the LAN's IPv6 network too, and a forward
-    through every hop of the VPN sandwich open to the LAN's IPv6 network only."""
+    """The full example, its https forward open to the LAN's IPv6 network too, a forward
+    through every hop of the VPN sandwich open to the LAN's IPv6 network only, a UDP one open
+    to anyone on any interface, and a connection across branches (masqueraded hops)."""
     pillar = full_pillar()
     forwards = pillar["qubes_firewall"]["port_forwards"]
     forwards[0]["sources"].append("2001:db8:1::/64")
     forwards.append({"name": "ssh-work", "qube": "work", "proto": "tcp", "port": 22, "external_port": 2222,
                      "sources": ["2001:db8:1::/64"]})
+    forwards.append({"name": "dns-build", "qube": "build", "proto": "udp", "port": 5353, "external_port": 53})
+    pillar["qubes_firewall"]["connections"].append({"from": "work", "to": "web", "proto": "tcp", "ports": [8443]})
     return pillar
 
 
@@ -39,7 +42,11 @@ FLOWS6 = [
     Flow("other port of web stays closed (IPv6)", "lan", LAN_UPLINK6, 8443, None, family=6),
     Flow("four hops down to work, port changed (IPv6 source only)", "lan", LAN_UPLINK6, 2222, "work:22", family=6),
     Flow("... and not over IPv4 (no IPv4 source)", "lan", "192.168.1.10", 2222, None),
+    Flow("udp forward, any source and interface (IPv6)", "wan", WAN_UPLINK6, 53, "build:5353", proto="udp",
+         family=6),
     Flow("work -> build ssh over IPv6", "work", "build", 22, "build:22", family=6),
+    Flow("work -> web across branches over IPv6", "work", "web", 8443, "web:8443", family=6),
+    Flow("web -> work stays closed (IPv6)", "web", "work", 22, None, family=6),
     Flow("work -> build other port (IPv6)", "work", "build", 80, None, family=6),
     Flow("build -> work (one way only, IPv6)", "build", "work", 22, None, family=6),
     Flow("web -> build (IPv6)", "web", "build", 22, None, family=6),
@@ -69,6 +76,7 @@ def owned(lab, qube, family):
 def start_all(lab):
     lab.stop_servers()
     start_servers(lab)  # work:22 among them
+    lab.serve_udp("build", 5353)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +110,15 @@ def test_connectivity_matrix_over_both_families(applied6):
     is not opened over IPv4; nothing else."""
     flab, _ = applied6
     assert_flows(flab.lab, FLOWS + FLOWS6)
-    # traffic going down is not NATed: work sees the LAN's IPv6 address
-    assert flab.lab.probe_tcp6("lan", LAN_UPLINK6, 2222, timeout=1.0) == "work:22"
+    lab = flab.lab
+    # work reaches web masqueraded as sys-vpn (the last hop on its way up), over IPv6 as over IPv4
+    lab.stop_servers()
+    lab.serve_tcp("web", 8443, report_peer=True)
+    try:
+        assert lab.probe_tcp6("work", "web", 8443, timeout=1.0) == "web:8443:" + lab.ip6("sys-vpn")
+        assert lab.probe_tcp("work", "web", 8443, timeout=1.0) == "web:8443:10.137.0.7"
+    finally:
+        start_all(lab)
 
 
 def test_boot_replay_restores_both_tables(applied6):
@@ -160,7 +175,7 @@ def test_when_ipv6_goes_away_its_rules_go_and_ipv4_stays(applied6):
     for qube, result in results.items():
         assert result.retcode == 0 and result.changed, qube
         assert owned(flab.lab, qube, "ip6") == (set(), []), qube
-        if qube in ("sys-vpn", "work"):  # their only rules were ssh-work's, whose sources are IPv6 only
+        if qube == "work":  # its only rules were ssh-work's, whose sources are IPv6 only
             assert owned(flab.lab, qube, "ip") == (set(), []), qube
         else:
             assert {"qf-input", "qf-forward"} <= owned(flab.lab, qube, "ip")[0], qube
