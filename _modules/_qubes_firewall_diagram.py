@@ -12,10 +12,20 @@ validated model (``_qubes_firewall_model.Model``).
 - each qubes.ConnectTCP binding as a dotted edge client -> server (qrexec,
   no IP networking).
 
+Both families: in a pillar with IPv6 (``addresses6``, or a qvm-firewall rule
+for an IPv6 network), each qube shows its IPv6 address, each netvm link,
+port forward and connection says whether it carries ``IPv4, IPv6`` (every
+qube on its way has IPv6) or ``IPv4 only``, and each qube with a qvm-firewall
+list in the pillar shows how many rules it has and how many of them are for
+IPv6 networks (``dst6``).  A pillar without IPv6 is drawn as before.
+
 Pure.
 """
 
+import ipaddress
 import re
+
+import _qubes_firewall_flow as qf_flow
 
 OUTSIDE = "(outside)"  # not a valid qube name: never collides
 
@@ -57,11 +67,52 @@ def _tcp_label(entry):
     return text
 
 
+def _is_ipv6_rule(rule):
+    try:
+        return ipaddress.ip_network(rule.dsthost or "", strict=False).version == 6
+    except ValueError:
+        return False
+
+
+def has_ipv6(model):
+    """Does the pillar speak of IPv6 (a qube with IPv6, or a qvm-firewall rule for an IPv6 network)?"""
+    return bool(model.addresses6) or any(_is_ipv6_rule(r) for q in model.qubes.values() for r in q.firewall or ())
+
+
+def _families(model, path):
+    """The address families along ``path`` (a list of qubes): IPv4, and IPv6 when every one has it."""
+    if path is None:
+        return ("ipv4",)
+    return ("ipv4", "ipv6") if not qf_flow.missing_ipv6(model, path) else ("ipv4",)
+
+
+def _family_label(families):
+    return "IPv4, IPv6" if "ipv6" in families else "IPv4 only"
+
+
+def _with_family(label, families):
+    return "%s (%s)" % (label, _family_label(families)) if label else _family_label(families)
+
+
+def _node_extra(model, name):
+    """A qube's lines beside its IPv4 address in a pillar with IPv6: its IPv6, its qvm-firewall list."""
+    out = [model.addresses6[name]] if name in model.addresses6 else []
+    rules = model.qubes[name].firewall
+    if rules is not None:
+        ipv6 = sum(1 for r in rules if _is_ipv6_rule(r))
+        out.append("qvm-firewall: %d rule%s%s" % (len(rules), "" if len(rules) == 1 else "s",
+                                                 ", %d dst6" % ipv6 if ipv6 else ""))
+    return out
+
+
 def graph(model):
     """
     The diagram as plain data: ``{"nodes": [(name, role, address)], "edges":
-    [(kind, from, to, label)]}``; kinds ``netvm``, ``uplink``, ``forward``,
-    ``connection``, ``connect_tcp``.  Both renderers draw this.
+    [(kind, from, to, label)], "ipv6": bool, "extra": {name: [line]},
+    "families": [families of each edge]}``; kinds ``netvm``, ``uplink``,
+    ``forward``, ``connection``, ``connect_tcp``; families ``("ipv4",)``,
+    ``("ipv4", "ipv6")``, or ``()`` (qrexec).  In a pillar with IPv6 the
+    labels name the families.  Both renderers draw this.
     """
     nodes = []
     names = sorted(model.qubes, key=lambda n: (len(model.chain(n)), n))
@@ -75,20 +126,30 @@ def graph(model):
             if name not in model.qubes and name not in extra:
                 extra.append(name)
     nodes += [(name, "other", "") for name in extra]
-    edges = []
+    edges, families = [], []
     for name in names:
         netvm = model.qubes[name].netvm
         edges.append(("netvm", netvm, name, "") if netvm else ("uplink", OUTSIDE, name, ""))
+        families.append(_families(model, [name, netvm] if netvm else [name]))
     for fwd in model.port_forwards:
-        hops = [OUTSIDE] + list(reversed(model.chain(fwd.qube)))
+        hops = [OUTSIDE] + qf_flow.forward_path(model, fwd)
         for i, (a, b) in enumerate(zip(hops, hops[1:])):
             # the whole story on the first hop, the name on the others
             edges.append(("forward", a, b, _forward_label(fwd) if i == 0 else fwd.name))
+            families.append(_families(model, hops[1:]))
     for conn in model.connections:
         edges.append(("connection", conn.source, conn.target, _ports(conn.proto, conn.ports)))
+        families.append(_families(model, qf_flow.connection_path(model, conn)))
     for entry in model.connect_tcp:
         edges.append(("connect_tcp", entry.client, entry.server, _tcp_label(entry)))
-    return {"nodes": nodes, "edges": edges}
+        families.append(())
+    ipv6 = has_ipv6(model)
+    if ipv6:
+        edges = [(kind, a, b, _with_family(label, fam) if fam else label)
+                 for (kind, a, b, label), fam in zip(edges, families)]
+    extra = {name: _node_extra(model, name) for name in names} if ipv6 else {}
+    return {"nodes": nodes, "edges": edges, "ipv6": ipv6, "extra": {k: v for k, v in extra.items() if v},
+            "families": families}
 
 
 # --------------------------------------------------------------------------
@@ -128,7 +189,9 @@ def mermaid(model):
         if kind == "outside":
             lines.append('    %s(("outside"))' % _node_id(name))
             continue
-        label = name if kind == "other" else "%s<br/><i>%s</i>%s" % (name, kind, "<br/>" + addr if addr else "")
+        rows = [addr] if addr else []
+        rows += data["extra"].get(name, [])
+        label = name if kind == "other" else "%s<br/><i>%s</i>%s" % (name, kind, "".join("<br/>" + x for x in rows))
         if kind == "other":
             label += "<br/><i>not in qubes</i>"
         lines.append('    %s["%s"]:::%s' % (_node_id(name), _mermaid_text(label), kind))
@@ -183,7 +246,8 @@ def dot(model):
         if kind in ("outside", "other"):
             label = "outside" if kind == "outside" else "%s\n(not in qubes)" % name
         else:
-            label = "%s\n%s%s" % (name, kind, "\n" + addr if addr else "")
+            rows = ([addr] if addr else []) + data["extra"].get(name, [])
+            label = "%s\n%s%s" % (name, kind, "".join("\n" + x for x in rows))
         lines.append("    %s [label=%s, %s];" % (_dot_quote(name), _dot_quote(label), _DOT_NODES[kind]))
     for kind, a, b, label in data["edges"]:
         attrs = _DOT_EDGES[kind]

@@ -545,6 +545,22 @@ def _missing_problems(model, inventory):
         if name in inventory and live and live != addr:
             out.append("%s: %s, but Qubes gives %s the address %s (leave addresses to dom0: "
                        "see docs/addresses.md)" % (_path("addresses", name), addr, name, live))
+    return out + _ipv6_problems(model, inventory)
+
+
+def _ipv6_problems(model, inventory):
+    """IPv6 addresses typed in the pillar that Qubes gives otherwise, or not at all (a networked qube)."""
+    out = []
+    for name, addr in sorted(model.addresses6.items()):
+        live = inventory.get(name, {})
+        if name not in inventory or live.get("ip6") == addr:
+            continue
+        if live.get("ip6"):
+            out.append("%s: %s, but Qubes gives %s the IPv6 address %s (leave addresses6 to dom0: "
+                       "see docs/addresses.md)" % (_path("addresses6", name), addr, name, live["ip6"]))
+        elif live.get("ip"):
+            out.append("%s: %s, but %s has no IPv6 in Qubes (its ipv6 feature is not in effect: "
+                       "see docs/addresses.md)" % (_path("addresses6", name), addr, name))
     return out
 
 

@@ -22,6 +22,13 @@ to outside, it leaves through the source's uplink.  The outside interface and
 source address are unknown to the pillar: give ``interface`` / ``source_ip``,
 or rules that depend on them are listed as ``conditions``.
 
+Both families: the walk above is IPv4 (the answer's top-level keys); the same
+walk is made for IPv6 (the answer's ``ipv6``) over ``addresses6``, the
+planner's ``ip6`` objects and Qubes' ``ip6 qubes`` chains (which behave as
+the ``ip`` ones, NAT66 included), and stops at the first qube on the way
+without IPv6 (Qubes' ``ipv6`` feature not in effect there).  ``families``
+sums both up (``{"ipv4": "allowed", "ipv6": "not (sys-net has no IPv6 ...)"}``).
+
 Pure; imports the planner and the qvm-firewall evaluator.
 """
 
@@ -37,6 +44,11 @@ OUTSIDE_NAMES = ("outside", "lan", "wan", "internet")
 OUTSIDE_ADDR = "<outside>"  # an address in the outside world
 _LOCAL_PREFIX = "<local:"  # an uplink's own address on the outside network
 MAX_HOPS = 64
+# address family -> the nft family of the planner's objects and the payload protocol of its matches
+NFT_FAMILY = {4: "ip", 6: "ip6"}
+FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+NO_IPV6 = "%s has no IPv6"
+NO_IPV6_STEP = "%s has no IPv6 (Qubes' ipv6 feature is not in effect there): the IPv6 packet stops here"
 
 
 class FlowError(ValueError):
@@ -55,19 +67,25 @@ def _items(right):
 def _addr_in(addr, items):
     if addr is None or addr.startswith("<"):
         return False
-    ip = ipaddress.IPv4Address(addr)
+    ip = ipaddress.ip_address(addr)
     for item in items:
         net = "%s/%d" % (item["prefix"]["addr"], item["prefix"]["len"]) if isinstance(item, dict) else item
-        if ip in ipaddress.IPv4Network(net, strict=False):
+        net = ipaddress.ip_network(net, strict=False)
+        if net.version == ip.version and ip in net:
             return True
     return False
 
 
+def _packet_family(packet):
+    """The nft payload protocol of the packet's addresses: ip, or ip6."""
+    return NFT_FAMILY[packet.get("family", 4)]
+
+
 def _field(left, packet):
-    """The packet's value for a key of a set lookup (meta l4proto, ip daddr, th dport)."""
+    """The packet's value for a key of a set lookup (meta l4proto, ip/ip6 daddr, th dport)."""
     if left == {"meta": {"key": "l4proto"}}:
         return packet["proto"]
-    if left == {"payload": {"protocol": "ip", "field": "daddr"}}:
+    if left == {"payload": {"protocol": _packet_family(packet), "field": "daddr"}}:
         return packet["daddr"]
     if left == {"payload": {"protocol": "th", "field": "dport"}}:
         return packet["dport"]
@@ -120,10 +138,13 @@ def match(stmts, packet, sets=None):
             if left["fib"] != {"result": "type", "flags": ["daddr"]} or right != "local":
                 raise ValueError("unknown fib statement %r" % (stmt,))
             ok = ok and packet["daddr"] in packet["local_addrs"]
-        elif payload and payload["protocol"] == "ip":
+        elif payload and payload["protocol"] in ("ip", "ip6"):
             field = payload["field"]
             if field not in ("saddr", "daddr"):
                 raise ValueError("unknown ip statement %r" % (stmt,))
+            if payload["protocol"] != _packet_family(packet):
+                ok = False  # an ip match never matches an IPv6 packet, nor ip6 an IPv4 one
+                continue
             if field == "saddr" and packet["saddr"] is None:
                 conditions.append("comes from %s" % ", ".join(
                     "%s/%d" % (i["prefix"]["addr"], i["prefix"]["len"]) if isinstance(i, dict) else i
@@ -145,6 +166,34 @@ def match(stmts, packet, sets=None):
 
 
 # --------------------------------------------------------------------------
+# the qubes a pillar entry's packets cross, and which of them have IPv6
+# --------------------------------------------------------------------------
+
+
+def forward_path(model, fwd):
+    """A port forward's hops, from its uplink down to its qube."""
+    return list(reversed(model.chain(fwd.qube)))
+
+
+def connection_path(model, conn):
+    """
+    The qubes a connection's packets cross, in order: its source, up to the
+    netvm source and target share, then down to the target; None when they
+    share none (different uplinks).
+    """
+    up, down = model.chain(conn.source), model.chain(conn.target)
+    common = next((q for q in up if q in down), None)
+    if common is None:
+        return None
+    return up[:up.index(common) + 1] + list(reversed(down[:down.index(common)]))
+
+
+def missing_ipv6(model, path):
+    """The qubes of ``path`` without IPv6 (not in ``addresses6``): an empty list when it has IPv6 all the way."""
+    return [q for q in path if q not in model.addresses6]
+
+
+# --------------------------------------------------------------------------
 # the walk
 # --------------------------------------------------------------------------
 
@@ -157,20 +206,32 @@ def _local(qube):
     return "%s%s>" % (_LOCAL_PREFIX, qube)
 
 
-def _show(addr, model):
+def _show(addr, addresses):
+    """``addr`` for people; ``addresses``: the walk's ``{qube: address}``."""
     if addr == OUTSIDE_ADDR:
         return "an outside address"
     if addr and addr.startswith(_LOCAL_PREFIX):
         return "%s's outside address" % addr[len(_LOCAL_PREFIX):-1]
-    names = [n for n, a in model.addresses.items() if a == addr]
+    names = [n for n, a in addresses.items() if a == addr]
     return "%s (%s)" % (addr, names[0]) if names else str(addr)
 
 
+def _family_of(obj):
+    """The nft family of a planned chain or set: its ``family``, else its ``table``'s first word, else ip."""
+    family = getattr(obj, "family", None)
+    if family is None:
+        table = getattr(obj, "table", None)
+        family = str(table).split()[0] if table else qf_plan.FAMILY
+    return family
+
+
 class _Walk:
-    def __init__(self, model, proto, now):
+    def __init__(self, model, proto, now, family=4):
         self.model = model
         self.proto = proto
         self.now = now
+        self.family = family
+        self.addresses = model.addresses if family == 4 else model.addresses6
         self.plans = {}
         self.steps = []
         self.rules = []
@@ -182,8 +243,16 @@ class _Walk:
             self.plans[qube] = qf_plan.plan_qube(self.model, qube)
         return self.plans[qube]
 
+    def chains(self, qube):
+        """The planned chains of ``qube`` in this walk's family."""
+        return [c for c in self.plan(qube).chains if _family_of(c) == NFT_FAMILY[self.family]]
+
+    def sets(self, qube):
+        """The planned sets and maps of ``qube`` in this walk's family, by name."""
+        return {s.name: s for s in self.plan(qube).sets if _family_of(s) == NFT_FAMILY[self.family]}
+
     def chain(self, qube, name):
-        for chain in self.plan(qube).chains:
+        for chain in self.chains(qube):
             if chain.name == name:
                 return chain
         return None
@@ -194,7 +263,7 @@ class _Walk:
 
     def first_match(self, qube, rules, packet):
         """The first rule that matches, its set element (or None) and its origin; or (None, None, None)."""
-        sets = {s.name: s for s in self.plan(qube).sets}
+        sets = self.sets(qube)
         for rule in rules:
             ok, conds, element = match(rule.matches, packet, sets)
             if ok and _verdict_applies(rule, packet, sets):
@@ -214,10 +283,17 @@ class _Walk:
         self.steps.append(text)
 
     def address(self, qube):
-        addr = self.model.addresses.get(qube)
+        addr = self.addresses.get(qube)
         if addr is None:
-            raise FlowError("qubes_firewall:addresses:%s: check needs the address of %s" % (qube, qube))
+            key = "addresses" if self.family == 4 else "addresses6"
+            raise FlowError("qubes_firewall:%s:%s: check needs the address of %s" % (key, qube, qube))
         return addr
+
+    def lacks_family(self, qube, step=False):
+        """Why the packet cannot be in ``qube`` in this family (a qube without IPv6), or None."""
+        if self.family == 6 and qube in self.model.qubes and qube not in self.addresses:
+            return (NO_IPV6_STEP if step else NO_IPV6) % qube
+        return None
 
 
 def _nat_map(rule):
@@ -244,8 +320,8 @@ def _verdict_applies(rule, packet, sets):
 
 def _dnat(walk, node, packet):
     """The formula's nat prerouting chain of ``node`` (first rule whose map has the packet's key)."""
-    chains = [c for c in walk.plan(node).chains if c.hook and c.hook[1] == "prerouting"]
-    sets = {s.name: s for s in walk.plan(node).sets}
+    chains = [c for c in walk.chains(node) if c.hook and c.hook[1] == "prerouting"]
+    sets = walk.sets(node)
     for chain in chains:
         rule, _, _ = walk.first_match(node, chain.rules, packet)
         if rule is None:
@@ -259,7 +335,7 @@ def _dnat(walk, node, packet):
             packet["daddr"] = walk.address(node)
             packet["dport"] = int(element.value[0])
         walk.step("%s: %s rewrites the destination to %s port %d"
-                  % (node, chain.name, _show(packet["daddr"], walk.model), packet["dport"]))
+                  % (node, chain.name, _show(packet["daddr"], walk.addresses), packet["dport"]))
         return
 
 
@@ -278,6 +354,10 @@ def _firewall_list(walk, client, netvm, packet):
     if ip is None and any("dsthost=" in line for line in lines):
         walk.notes.append("%s's qvm-firewall rules for named hosts were not evaluated: the outside "
                           "destination is unknown" % client)
+    key = "dst%d=" % walk.family
+    if ip is None and any(key in line for line in lines):
+        walk.notes.append("%s's qvm-firewall rules for %s networks (%s) were not evaluated: the outside "
+                          "destination is unknown" % (client, "IPv4" if walk.family == 4 else "IPv6", key))
     walk.step("%s: qubes-firewall: %s's qvm-firewall list: %s by %s" % (netvm, client, action, which))
     return action == "accept"
 
@@ -286,17 +366,17 @@ def _route(walk, node, packet):
     """Where ``node`` sends the packet: ("local", None), ("down", client), ("up", netvm), ("out", None), ("none", why)."""
     model = walk.model
     daddr = packet["daddr"]
-    if daddr == model.addresses.get(node) or daddr == _local(node):
+    if daddr == walk.addresses.get(node) or daddr == _local(node):
         return "local", None
     for client in model.clients(node):
-        if model.addresses.get(client) == daddr:
+        if walk.addresses.get(client) == daddr:
             return "down", client
     netvm = model.qubes[node].netvm
     if netvm is not None:
         return "up", netvm
     if daddr == OUTSIDE_ADDR:
         return "out", None
-    return "none", "%s has no route to %s (not one of its clients)" % (node, _show(daddr, model))
+    return "none", "%s has no route to %s (not one of its clients)" % (node, _show(daddr, walk.addresses))
 
 
 def _packet_at(walk, node, packet, came_from):
@@ -308,25 +388,44 @@ def _packet_at(walk, node, packet, came_from):
         packet["iifgroup"] = 0
     else:  # a client
         packet["iifgroup"], packet["iifname"] = 2, "vif0.0"
-    packet["local_addrs"] = {walk.model.addresses.get(node), _local(node)}
+    packet["local_addrs"] = {walk.addresses.get(node), _local(node)}
     return packet
 
 
-def _walk(walk, source, target, port, interface, source_ip):
+def _outside_ipv6(walk, uplink):
+    """Over IPv6, the uplink's own IPv6 on the outside network is not the pillar's to know."""
+    if walk.family == 6:
+        walk.conditions.append("%s has IPv6 on its outside network" % uplink)
+
+
+def _start(walk, source, target, port, interface, source_ip):
+    """``(node, packet, came_from)`` where the walk begins, or ``(None, qube, None)`` (a qube without IPv6)."""
     model = walk.model
-    packet = {"proto": walk.proto, "dport": port, "iifname": None}
+    packet = {"proto": walk.proto, "dport": port, "iifname": None, "family": walk.family}
     if is_outside(source):
         node = model.uplink(target)
+        if walk.lacks_family(node):
+            return None, node, None
+        _outside_ipv6(walk, node)
         packet.update(saddr=source_ip, daddr=_local(node))
         packet = _packet_at(walk, node, packet, "outside")
         packet["iifname"] = interface
-        walk.step("%s: sends to %s %s/%d" % (source, _show(packet["daddr"], model), walk.proto, port))
-        came_from = "outside"
-    else:
-        daddr = OUTSIDE_ADDR if is_outside(target) else walk.address(target)
-        packet.update(saddr=walk.address(source), daddr=daddr)
-        node, came_from = source, None
-        walk.step("%s: sends to %s %s/%d" % (source, _show(daddr, model), walk.proto, port))
+        walk.step("%s: sends to %s %s/%d" % (source, _show(packet["daddr"], walk.addresses), walk.proto, port))
+        return node, packet, "outside"
+    for qube in (source, target):
+        if walk.lacks_family(qube):
+            return None, qube, None
+    daddr = OUTSIDE_ADDR if is_outside(target) else walk.address(target)
+    packet.update(saddr=walk.address(source), daddr=daddr)
+    walk.step("%s: sends to %s %s/%d" % (source, _show(daddr, walk.addresses), walk.proto, port))
+    return source, packet, None
+
+
+def _walk(walk, source, target, port, interface, source_ip):
+    node, packet, came_from = _start(walk, source, target, port, interface, source_ip)
+    if node is None:
+        walk.step(walk.lacks_family(packet, step=True))
+        return None, walk.lacks_family(packet)
     prev = source
     for _ in range(MAX_HOPS):
         if came_from is not None:
@@ -361,6 +460,7 @@ def _walk(walk, source, target, port, interface, source_ip):
             if came_from == "client" and not _firewall_list(walk, prev, node, packet):
                 return None, "%s's qvm-firewall list drops it in %s" % (prev, node)
         if where == "out":
+            _outside_ipv6(walk, node)
             walk.step("%s: leaves to the outside network, masqueraded as its outside address" % node)
             return (OUTSIDE_ADDR, packet["dport"]), None
         if where == "up" and came_from is not None:
@@ -372,26 +472,16 @@ def _walk(walk, source, target, port, interface, source_ip):
             walk.step("%s: sends it down to its client %s" % (node, other))
         prev = node
         node = other
+        if walk.lacks_family(node):
+            walk.step(walk.lacks_family(node, step=True))
+            return None, walk.lacks_family(node)
         packet = _packet_at(walk, node, packet, "netvm" if where == "down" else "client")
         came_from = "netvm" if where == "down" else "client"
     raise ValueError("the walk did not end after %d hops" % MAX_HOPS)
 
 
-def check(model, source, target, port, proto="tcp", interface=None, source_ip=None, now=None):
-    """
-    May a new ``proto`` connection from ``source`` to ``target`` port
-    ``port`` pass?  Returns::
-
-        {"allowed": bool, "source", "target", "proto", "port",
-         "reaches": {"node", "port"} | None,   # where the packet ends up
-         "reason": str,                         # why not, or what lets it
-         "rules": [{"qube", "chain", "comment", "rule"}],  # the formula's rules on the way
-         "steps": [str],                        # the walk, hop by hop
-         "conditions": [str], "notes": [str]}
-
-    ``reaches`` may be another node than ``target`` (a port forward's DNAT
-    sends the uplink's port elsewhere): then ``allowed`` is False.
-    """
+def _question(model, source, target, port, proto, source_ip):
+    """The checked port (an int), and ``{4: ip, 6: ip}`` of ``source_ip`` (its family's; the other None)."""
     for name, what in ((source, "source"), (target, "target")):
         if not is_outside(name) and name not in model.qubes:
             raise FlowError("%s %r is neither a qube of qubes_firewall:qubes nor an outside name (%s)"
@@ -406,9 +496,18 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
         raise FlowError("port must be an integer 1-65535, got %r" % port) from None
     if not 1 <= port <= 65535:
         raise FlowError("port must be an integer 1-65535, got %d" % port)
+    sources = {4: None, 6: None}
     if source_ip is not None:
-        ipaddress.IPv4Address(source_ip)
-    walk = _Walk(model, proto, time.time() if now is None else now)
+        try:
+            sources[ipaddress.ip_address(str(source_ip)).version] = str(ipaddress.ip_address(str(source_ip)))
+        except ValueError:
+            raise FlowError("source_ip must be an IPv4 or IPv6 address, got %r" % (source_ip,)) from None
+    return port, sources
+
+
+def _family_answer(model, source, target, port, proto, interface, source_ip, now, family):
+    """One family's walk: ``{allowed, reaches, reason, rules, steps, conditions, notes}``."""
+    walk = _Walk(model, proto, now, family)
     reached, why = _walk(walk, source, target, port, interface, source_ip)
     reaches = None
     allowed = False
@@ -421,14 +520,10 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
             why = "allowed: %s reaches %s %s/%d" % (source, target, proto, landed)
         else:
             why = "%s %s/%d lands in %s %s/%d, not in %s" % (
-                _show(_local(model.uplink(target)), model) if is_outside(source) else target,
+                _show(_local(model.uplink(target)), walk.addresses) if is_outside(source) else target,
                 proto, port, node, proto, landed, target)
     return {
         "allowed": allowed,
-        "source": source,
-        "target": target,
-        "proto": proto,
-        "port": port,
         "reaches": reaches,
         "reason": why,
         "rules": walk.rules,
@@ -436,6 +531,42 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
         "conditions": walk.conditions if allowed else [],
         "notes": walk.notes,
     }
+
+
+def family_verdict(answer):
+    """One family's answer in a few words: ``allowed``, or ``not (why)``."""
+    return "allowed" if answer["allowed"] else "not (%s)" % answer["reason"]
+
+
+def check(model, source, target, port, proto="tcp", interface=None, source_ip=None, now=None):
+    """
+    May a new ``proto`` connection from ``source`` to ``target`` port
+    ``port`` pass?  Returns, for IPv4::
+
+        {"allowed": bool, "source", "target", "proto", "port",
+         "reaches": {"node", "port"} | None,   # where the packet ends up
+         "reason": str,                         # why not, or what lets it
+         "rules": [{"qube", "chain", "comment", "rule"}],  # the formula's rules on the way
+         "steps": [str],                        # the walk, hop by hop
+         "conditions": [str], "notes": [str],
+         "ipv6": {"allowed", "reaches", "reason", "rules", "steps", "conditions", "notes"},
+         "families": {"ipv4": "allowed" | "not (why)", "ipv6": ...}}
+
+    ``ipv6`` is the same walk over IPv6 (it stops at the first qube without
+    IPv6).  ``reaches`` may be another node than ``target`` (a port
+    forward's DNAT sends the uplink's port elsewhere): then ``allowed`` is
+    False.  ``source_ip`` (IPv4 or IPv6) is the outside source of its family.
+    """
+    port, sources = _question(model, source, target, port, proto, source_ip)
+    now = time.time() if now is None else now
+    answers = {family: _family_answer(model, source, target, port, proto, interface, sources[family], now, family)
+               for family in (4, 6)}
+    out = {"allowed": answers[4]["allowed"], "source": source, "target": target, "proto": proto, "port": port}
+    for key in ("reaches", "reason", "rules", "steps", "conditions", "notes"):
+        out[key] = answers[4][key]
+    out["ipv6"] = answers[6]
+    out["families"] = {FAMILY_NAMES[f]: family_verdict(answers[f]) for f in (4, 6)}
+    return out
 
 
 def matrix(model, nodes, ports, proto="tcp", **kwargs):
@@ -450,29 +581,54 @@ def matrix(model, nodes, ports, proto="tcp", **kwargs):
     return out
 
 
-def check_text(answer):
-    """
-    ``check``'s answer as text, narrative first: the verdict, the walk hop by
-    hop, then the formula's rules on the way, the conditions and the notes.
-    """
-    verdict = "ALLOWED" if answer["allowed"] else "BLOCKED"
-    reason = answer["reason"]
-    if reason.startswith("allowed: "):
-        reason = reason[len("allowed: "):]
-    lines = ["%s: %s -> %s %s/%s: %s" % (verdict, answer["source"], answer["target"], answer["proto"],
-                                       answer["port"], reason)]
+def _walk_text(answer, title):
+    """The walk, conditions, rules and notes of one family's answer (``title``: "" or "IPv6 ")."""
+    lines = []
     if answer["steps"]:
-        lines += ["", "path, hop by hop:"]
+        lines += ["", "%spath, hop by hop:" % title]
         lines += ["  %d. %s" % (i, step) for i, step in enumerate(answer["steps"], 1)]
     if answer["conditions"]:
-        lines += ["", "only if:"] + ["  - " + c for c in answer["conditions"]]
+        lines += ["", "%sonly if:" % title] + ["  - " + c for c in answer["conditions"]]
     if answer["rules"]:
-        lines += ["", "the formula's rules on the way:"]
+        lines += ["", "the formula's %srules on the way:" % title]
         for rule in answer["rules"]:
             lines.append("  %s %s: %s" % (rule["qube"], rule["chain"], rule["comment"]))
             lines.append("      %s" % rule["rule"])
             if rule.get("element"):
                 lines.append("      element %s" % rule["element"])
     if answer["notes"]:
-        lines += ["", "notes:"] + ["  - " + n for n in answer["notes"]]
+        lines += ["", "%snotes:" % title] + ["  - " + n for n in answer["notes"]]
+    return lines
+
+
+def _family_word(answer, lead):
+    """A family's verdict on the line under the headline (its reason unless the headline gave it)."""
+    if answer["allowed"]:
+        return "allowed"
+    return "blocked" if answer is lead else family_verdict(answer)
+
+
+def check_text(answer):
+    """
+    ``check``'s answer as text, narrative first: the verdict (IPv4's; when
+    only IPv6 lets it through, IPv6's), a line per family, the walk hop by
+    hop, then the formula's rules on the way, the conditions and the notes;
+    then the same for IPv6 when the path has IPv6.
+    """
+    ipv6 = answer.get("ipv6")
+    lead = answer
+    verdict = "ALLOWED" if answer["allowed"] else "BLOCKED"
+    if ipv6 and ipv6["allowed"] and not answer["allowed"]:
+        lead, verdict = ipv6, "ALLOWED over IPv6 only"
+    reason = lead["reason"]
+    if reason.startswith("allowed: "):
+        reason = reason[len("allowed: "):]
+    lines = ["%s: %s -> %s %s/%s: %s" % (verdict, answer["source"], answer["target"], answer["proto"],
+                                       answer["port"], reason)]
+    if answer.get("families"):
+        lines.append("; ".join("%s: %s" % (name, _family_word(fam, lead)) for name, fam in
+                               (("ipv4", answer), ("ipv6", ipv6)) if fam is not None))
+    lines += _walk_text(answer, "")
+    if ipv6 and len(ipv6["steps"]) > 1:  # walked beyond "X has no IPv6"
+        lines += _walk_text(ipv6, "IPv6 ")
     return "\n".join(lines)

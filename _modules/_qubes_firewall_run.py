@@ -608,6 +608,8 @@ class Run:
         try:
             if "addresses" not in pillar:
                 pillar["addresses"] = self.addresses(sorted(str(q) for q in qubes))
+            if "addresses6" not in pillar:  # only where Qubes' ipv6 feature is in effect; none: IPv4-only
+                pillar.update(self.addresses6_key(sorted(str(q) for q in qubes)))
             lookup = pillar.get("lookup")
             if lookup is None or isinstance(lookup, dict):
                 lookup = dict(lookup or {})
@@ -615,6 +617,11 @@ class Run:
                 pillar["lookup"] = lookup
         except CommandExecutionError as exc:
             raise qf_fleet.FleetError("%s: cannot ask Qubes for the addresses: %s" % (where, exc)) from None
+
+    def addresses6_key(self, names):
+        """``{"addresses6": {qube: ip6}}`` from Qubes for ``names``, or ``{}`` when none has IPv6."""
+        found = self.addresses(names, 6)
+        return {"addresses6": found} if found else {}
 
     def targets(self, shared_file=None, machine_file=None):
         """
@@ -691,11 +698,19 @@ class Run:
 # Under salt-ssh (qubesctl --skip-dom0 --targets=...), state.apply gets the
 # compiled pillar but a plain execution function runs on the target with none.
 # So each real apply in a qube, once the live ruleset took its rules, records
-# the pillar its run used in <lookup:state_dir>/applied.json (JSON, 0600,
-# atomic); a function run without a pillar (FunctionRun) answers from it and
-# says so; clean removes it.
+# the pillar its run used in <lookup:rw_config>/qubes-firewall-formula/
+# applied-QUBE.json (JSON, 0600, atomic): under /rw, which a qube keeps across
+# restarts.  The run on a disposable template records the same for each of its
+# named disposables (their /rw is a copy of its /rw at each start).  A function
+# run without a pillar (FunctionRun) answers from the record at the default
+# location (/rw/config, or the minion option qubes_firewall_rw_config): found
+# without the pillar, it names the lookup (state_dir...) of the run.  Records
+# of 0.2.0 (<state_dir>/applied.json, lost at a restart) are still read, and
+# removed by the next apply; clean removes every record.
 
-RECORD_FILE = "applied.json"
+RECORD_DIR = "qubes-firewall-formula"  # in lookup:rw_config, like the formula's files of a template's /etc/qubes
+RECORD_PATTERN = "applied-%s.json"
+RECORD_FILE = "applied.json"  # 0.2.0's record, in <state_dir>
 RECORD_FORMAT = 1
 
 
@@ -720,42 +735,105 @@ def parse_record(text, path):
     return data
 
 
-def _record_path(run):
-    return os.path.join(run.state_dir(), RECORD_FILE)
+def default_rw_config(opts):
+    """Where a qube's /rw/config is without a pillar: the minion option ``qubes_firewall_rw_config``, else /rw/config."""
+    return safe_dir(opts.get("qubes_firewall_rw_config"), qf_model.DEFAULT_RW_CONFIG)
+
+
+def record_path(rw_config, qube):
+    """``<rw_config>/qubes-firewall-formula/applied-QUBE.json``; None for a name that is not a plain file name."""
+    name = RECORD_PATTERN % qube
+    if not isinstance(qube, str) or not qf_model.QUBE_NAME_ANY.match(qube) or os.path.basename(name) != name:
+        return None
+    return os.path.join(rw_config, RECORD_DIR, name)
+
+
+def _record_names(directory):
+    """``{qube: path}`` of the records in ``directory``."""
+    prefix, suffix = RECORD_PATTERN.split("%s")
+    out = {}
+    for entry in qf_files.listdir(directory, file_ok=True):
+        if entry.startswith(prefix) and entry.endswith(suffix) and len(entry) > len(prefix) + len(suffix):
+            out[entry[len(prefix):-len(suffix)]] = os.path.join(directory, entry)
+    return out
+
+
+def _record_rw_config(run):
+    return run.raw_lookup("rw_config", default_rw_config(run.opts))
+
+
+def _recorded_for(run, summary):
+    """The qubes this run records: itself, and the named disposables of the template it runs on (when nothing failed)."""
+    names = [run.minion_id()]
+    if not summary.get("failed"):
+        try:
+            names += run.model().disposables_of(run.minion_id())
+        except CommandExecutionError:
+            pass
+    return names
+
+
+def _stale_record(run, name, recorded):
+    """A record of another qube in this /rw: kept while ``name`` is a disposable (its template's run wrote it)."""
+    if name in recorded:
+        return False
+    try:
+        qube = run.model().qubes.get(name)
+    except CommandExecutionError:
+        return False
+    return qube is None or qube.dispvm_template is None
+
+
+def _write_record(path, qube, raw):
+    """Write the record unless it already holds this pillar (a run that changes nothing writes nothing)."""
+    text = record_text(qube, raw)
+    try:
+        old = parse_record(qf_files.read(path), path)
+    except CommandExecutionError:
+        old = None  # damaged or unreadable: written anew
+    if old is not None and old.get("qube") == qube and old["pillar"] == json.loads(text)["pillar"]:
+        return
+    qf_files.write_atomic(path, text, mode=0o600)
 
 
 def record_applied(run, summary, test):
     """
     After a real (not test) run in a qube whose live ruleset took the planned
     rules (``summary``: the run's note for this qube, its ``nft`` set and not
-    failed), record the pillar the run used.  Returns "" or one line saying
-    why the record could not be written (the run itself succeeded).
+    failed), record the pillar the run used, for this qube and (on a
+    disposable template) for each of its named disposables; remove the
+    records no longer needed.  Returns "" or one line saying why the record
+    could not be written (the run itself succeeded).
     """
     qube = run.minion_id()
     summary = summary or {}
     if test or qube == "dom0" or summary.get("nft") is None or "nft" in (summary.get("failed") or ()):
         return ""
-    path = _record_path(run)
-    text = record_text(qube, run.raw_pillar())
+    rw_config = _record_rw_config(run)
+    raw = run.raw_pillar()
+    recorded = [name for name in _recorded_for(run, summary) if record_path(rw_config, name)]
+    directory = os.path.join(rw_config, RECORD_DIR)
     try:
-        old = parse_record(qf_files.read(path), path)
-    except CommandExecutionError:
-        old = None  # damaged or unreadable: written anew
-    if old is not None and old.get("qube") == qube and old["pillar"] == json.loads(text)["pillar"]:
-        return ""  # the same pillar as recorded: a run that changes nothing writes nothing
-    try:
-        qf_files.write_atomic(path, text, mode=0o600)
+        for name in recorded:
+            _write_record(record_path(rw_config, name), name, raw)
+        for name, path in sorted(_record_names(directory).items()):
+            if _stale_record(run, name, recorded):
+                qf_files.write_atomic(path, None)
+        legacy = os.path.join(run.state_dir(), RECORD_FILE)  # 0.2.0's, in the root fs
+        if qf_files.exists(legacy):
+            qf_files.write_atomic(legacy, None)
     except (CommandExecutionError, OSError) as exc:
-        return "\n%s: cannot record this run in %s (%s): functions without a pillar will not see it" % (qube, path, exc)
+        return "\n%s: cannot record this run in %s (%s): functions without a pillar will not see it" % (
+            qube, directory, exc)
     return ""
 
 
 def record_clean_files(run):
-    """``{path: (what, None)}``: the record, for ``clean_plan`` to remove (``what``: one line for the diff)."""
-    path = _record_path(run)
-    if not qf_files.exists(path):
-        return {}
-    return {path: ("the record of the last apply, read by functions run without a pillar\n", None)}
+    """``{path: (what, None)}``: every record, for ``clean_plan`` to remove (``what``: one line for the diff)."""
+    what = "the record of the last apply, read by functions run without a pillar\n"
+    paths = list(_record_names(os.path.join(_record_rw_config(run), RECORD_DIR)).values())
+    paths.append(os.path.join(run.state_dir(), RECORD_FILE))
+    return {path: (what, None) for path in paths if qf_files.exists(path)}
 
 
 class FunctionRun(Run):
@@ -769,11 +847,16 @@ class FunctionRun(Run):
         super().__init__(opts, pillar, context)
         self.recorded = None
         self.no_pillar = qf_model.ROOT not in (pillar or {})
-        # without a pillar, lookup:state_dir is its default (the minion option, else /var/lib/...)
-        self.record_file = os.path.join(safe_dir(opts.get("qubes_firewall_state_dir"), qf_model.DEFAULT_STATE_DIR),
-                                        RECORD_FILE)
+        # without a pillar the record is at its default place (it names the run's lookup: state_dir...)
+        self.record_file = record_path(default_rw_config(opts), self.minion_id()) or ""
         if self.no_pillar:
-            self.recorded = parse_record(qf_files.read(self.record_file), self.record_file)
+            legacy = os.path.join(safe_dir(opts.get("qubes_firewall_state_dir"), qf_model.DEFAULT_STATE_DIR),
+                                  RECORD_FILE)
+            for path in (self.record_file, legacy):
+                text = qf_files.read(path) if path else None
+                if text is not None:
+                    self.record_file, self.recorded = path, parse_record(text, path)
+                    break
             if self.recorded is not None:
                 self.pillar = dict(pillar or {}, **{qf_model.ROOT: self.recorded["pillar"]})
 

@@ -18,6 +18,11 @@ computes from:
   makes it (given explicitly when only a client or ``service`` implied it),
   ``dispvm_template`` / ``custom_persist`` / ``template`` where they decide
   what its run writes, and the addresses its rules name;
+- ``addresses6`` (IPv6, where Qubes' ``ipv6`` feature is in effect): those of
+  the qubes on the way of each forward and connection it keeps (whether all
+  of them have IPv6 decides whether its rules have an IPv6 side, and which do
+  not is what its plan's note names); none when no qube on those ways has
+  IPv6;
 - ``lookup`` as given.
 
 Nothing else: no ``firewall`` lists, no ``service`` flags (dom0's business),
@@ -32,6 +37,7 @@ and ``_qubes_firewall_fleet.targets``.
 """
 
 import _qubes_firewall_fleet as qf_fleet
+import _qubes_firewall_flow as qf_flow
 import _qubes_firewall_model as qf_model
 import _qubes_firewall_plan as qf_plan
 
@@ -44,11 +50,15 @@ INVALID = ("the qubes_firewall pillar is invalid (%d problems): run sudo qubesct
            "qubes_firewall.pillar_errors in dom0")
 
 
-def with_addresses(raw, addresses):
-    """``raw`` with ``addresses`` (when not None) as its ``addresses`` key; ``raw`` is not changed."""
-    if addresses is None or not isinstance(raw, dict):
+def with_addresses(raw, addresses, addresses6=None):
+    """``raw`` with ``addresses`` / ``addresses6`` (when not None) as those keys; ``raw`` is not changed."""
+    if not isinstance(raw, dict):
         return raw
-    return dict(raw, addresses=dict(addresses))
+    if addresses is not None:
+        raw = dict(raw, addresses=dict(addresses))
+    if addresses6 is not None:
+        raw = dict(raw, addresses6=dict(addresses6))
+    return raw
 
 
 def needs_pillar(raw):
@@ -67,14 +77,15 @@ def needs_pillar(raw):
     return [DOM0] + qf_fleet.targets(raw)
 
 
-def view(raw, addresses, minion):
+def view(raw, addresses, minion, addresses6=None):
     """
     The ``qubes_firewall`` pillar ``minion`` needs (module docstring), from
-    ``raw`` (the whole pillar's ``qubes_firewall``) and ``addresses`` (``{qube:
-    ip}``, None: those of ``raw``).  An invalid pillar gives dom0 the whole of
-    it (its run names every problem) and a qube ``{"error": ...}``.
+    ``raw`` (the whole pillar's ``qubes_firewall``), ``addresses`` (``{qube:
+    ip}``, None: those of ``raw``) and ``addresses6`` (``{qube: ip6}``, None:
+    those of ``raw``).  An invalid pillar gives dom0 the whole of it (its run
+    names every problem) and a qube ``{"error": ...}``.
     """
-    raw = with_addresses(raw, addresses)
+    raw = with_addresses(raw, addresses, addresses6)
     if minion == DOM0:
         return raw
     try:
@@ -96,6 +107,7 @@ class Needs:
         self.qubes = set()  # named with their netvm chain
         self.duties = set()  # keys that decide what the run writes: dispvm_template, custom_persist, template
         self.addresses = set()
+        self.addresses6 = set()  # the qubes on the way of what it keeps: their IPv6, where they have it
         self.entries = {kind: set() for kind in LISTS}
         self.forwards = set()
         for name in self.planned():
@@ -136,6 +148,7 @@ class Needs:
                     self.addresses.add(path[where - 1])
                 if where == 0:  # the forward ends here
                     self.addresses.add(name)
+                self.add_ipv6_path(qf_flow.forward_path(model, fwd))
         for conn in model.connections:
             touched = set(model.chain(conn.source)) | set(model.chain(conn.target))
             if name not in touched:
@@ -152,6 +165,11 @@ class Needs:
             if source is not None:  # the rules name the source (as seen), the forward hop also the target
                 self.addresses.update((source, conn.target) if name == shared else (source,))
                 self.add_chain(source)
+                self.add_ipv6_path(qf_flow.connection_path(model, conn))
+
+    def add_ipv6_path(self, path):
+        """The planner reads which qubes of ``path`` have IPv6 (all: an IPv6 side; else a note naming the others)."""
+        self.addresses6.update(q for q in path or () if q in self.model.addresses6)
 
     def qube_spec(self, name, raw_spec):
         spec = raw_spec if isinstance(raw_spec, dict) else {}
@@ -175,6 +193,10 @@ class Needs:
         addresses = {name: ip for name, ip in known.items() if name in self.addresses}
         if addresses:
             out["addresses"] = addresses
+        known6 = raw.get("addresses6") or {}
+        addresses6 = {name: ip for name, ip in known6.items() if name in self.addresses6}
+        if addresses6:
+            out["addresses6"] = addresses6
         for kind in LISTS:
             items = list(raw.get(kind) or [])
             kept = [item if index in self.entries[kind] else None for index, item in enumerate(items)]

@@ -152,9 +152,10 @@ def check(source, target, port, proto="tcp", interface=None, source_ip=None, fmt
     or written to the system), by walking the packet through every hop.
     ``source``/``target``: qube names, or ``outside`` (also ``lan``, ``wan``,
     ``internet``) for the world beyond the uplink; from outside, ``port`` is
-    the port opened on the uplink and ``interface``/``source_ip`` say where
-    the packet comes from (else rules that depend on them are listed as
-    ``conditions``).
+    the port opened on the uplink and ``interface``/``source_ip`` (IPv4 or
+    IPv6) say where the packet comes from (else rules that depend on them are
+    listed as ``conditions``). IPv4 and IPv6 are walked apart: ``ipv6`` and
+    ``families`` hold the IPv6 answer.
 
     Output as for ``status`` (docs/operations.md).
 

@@ -70,7 +70,7 @@ def salt_env(work, spawns, bytecode):
 
 def measure(work, env, spawns, n, repeat):
     fresh_namespace()
-    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=env)
+    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n, work), netns=NS, env=env)
     first = timed(call, spawns, "state.apply", "qubes_firewall")
     nop_root = work / "nop-sls"
     nop_root.mkdir(exist_ok=True)
@@ -98,7 +98,7 @@ def measure(work, env, spawns, n, repeat):
 
 def profile(work, env, n, top, everything):
     fresh_namespace()
-    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=env)
+    call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n, work), netns=NS, env=env)
     call.run("state.apply", "qubes_firewall", check=True)
     out = work / "noop.prof"
     argv = call.argv("state.apply", "qubes_firewall")

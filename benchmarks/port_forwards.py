@@ -50,8 +50,11 @@ def rule_count():
     return sum(1 for item in doc["nftables"] if "rule" in item)
 
 
-def pillar(n):
+def pillar(n, work):
+    """sys-net with ``n`` forwards to web; the boot files go under ``work``, never the host's /rw."""
     return {"qubes_firewall": {
+        "lookup": {"rw_config": str(pathlib.Path(work) / "rw-config"),
+                   "etc_qubes": str(pathlib.Path(work) / "etc-qubes")},
         "addresses": {"sys-net": "10.137.0.5", "sys-firewall": "10.137.0.6", "web": "10.137.0.11"},
         "qubes": {"sys-net": {"netvm": None}, "sys-firewall": {"netvm": "sys-net"},
                   "web": {"netvm": "sys-firewall"}},
@@ -127,7 +130,7 @@ def main():
     rows = []
     try:
         fresh_namespace()
-        ours = SaltCall(work / "ours", "sys-net", pillar(n), netns=NS, env=spawns.env)
+        ours = SaltCall(work / "ours", "sys-net", pillar(n, work), netns=NS, env=spawns.env)
         rows += run("qubes_firewall", ours, ("state.apply", "qubes_firewall"), spawns)
 
         fresh_namespace()

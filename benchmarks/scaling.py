@@ -61,17 +61,17 @@ def main():
     rows = []
     try:
         fresh_namespace()
-        floor_call = SaltCall(work / "floor", "sys-net", pillar(1), netns=NS, env=spawns.env)
+        floor_call = SaltCall(work / "floor", "sys-net", pillar(1, work), netns=NS, env=spawns.env)
         floor_call.run("test.ping")  # warm caches
         floor = min(timed(floor_call, spawns, "test.ping")["wall"] for _ in range(max(3, args.repeat)))
         for n in [int(x) for x in args.forwards.split(",")]:
-            call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n), netns=NS, env=spawns.env)
-            changed = copy.deepcopy(pillar(n))
+            call = SaltCall(work / ("n%d" % n), "sys-net", pillar(n, work), netns=NS, env=spawns.env)
+            changed = copy.deepcopy(pillar(n, work))
             changed["qubes_firewall"]["port_forwards"][n // 2]["external_port"] += 40000
             runs = {"first run": [], "no-op": [], "one changed": []}
             for _ in range(args.repeat):
                 fresh_namespace()
-                call.set_pillar(pillar(n))
+                call.set_pillar(pillar(n, work))
                 runs["first run"].append(timed(call, spawns, "state.apply", "qubes_firewall"))
                 runs["no-op"].append(timed(call, spawns, "state.apply", "qubes_firewall"))
                 call.set_pillar(changed)

@@ -43,7 +43,7 @@ TOOLS = ("qvm-ls", "qvm-prefs", "qvm-firewall", "qvm-features", "qvm-service", "
 RUNNING = ("Running", "Paused", "Transient")
 PROPERTIES = ("ip", "ip6", "kernel", "klass", "label", "name", "netvm", "provides_network", "qid", "template")
 IPV6_PREFIX = "fd09:24ef:4179:0000"  # core-admin's qubes.config.qubes_ipv6_prefix
-WRITABLE = ("ip", "kernel", "label", "netvm", "provides_network")
+WRITABLE = ("ip", "ip6", "kernel", "label", "netvm", "provides_network")
 
 
 class QubesException(Exception):
@@ -368,6 +368,12 @@ class World:
                 raise QubesValueError("The {} qube is still used by other qubes: {}".format(
                     name, ", ".join(self.connected(name))))
             q["props"]["provides_network"] = value
+        elif prop == "ip6":
+            # core-admin: type=ipaddress.IPv6Address; a set ip6 wins over the default, feature or not
+            try:
+                q["props"]["ip6"] = str(ipaddress.IPv6Address(value))
+            except ValueError as exc:
+                raise QubesValueError(str(exc)) from None
         else:
             q["props"][prop] = value
         self.save()

@@ -75,6 +75,7 @@ def test_inventory_reads_ipv6_as_qubes_decides_it_along_the_netvm_chain(qubes, b
     def add(data):
         data["qubes"]["sys-net"]["features"]["ipv6"] = "1"
         data["qubes"]["build"]["features"]["ipv6"] = ""
+        data["qubes"]["personal"]["props"]["ip6"] = "fd09:24ef:4179::a89:99"  # qvm-prefs personal ip6 ...: set wins
         data["qubes"]["disp-web"] = {"klass": "DispVM", "qid": 42, "dispid": 300, "state": "Running",
                                      "template": "default-dvm", "props": {"netvm": "sys-firewall"},
                                      "features": {}}
@@ -90,6 +91,7 @@ def test_inventory_reads_ipv6_as_qubes_decides_it_along_the_netvm_chain(qubes, b
     assert inv["disp-web"]["ip6"] == "fd09:24ef:4179::a8a:12c"
     assert inv["build"]["ip6"] is None  # ipv6 '' on the qube itself
     assert inv["dom0"]["ip6"] is None and inv["fedora-39-xfce"]["ip6"] is None
+    assert inv["personal"]["ip6"] == "fd09:24ef:4179::a89:99"
 
 
 def test_set_pref_and_qubes_refusals(dom0, qubes, backend):

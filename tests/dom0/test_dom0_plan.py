@@ -333,6 +333,23 @@ def test_hand_typed_addresses_that_disagree_with_qubes(world):
                    "(leave addresses to dom0: see docs/addresses.md)"]
 
 
+def test_hand_typed_ipv6_addresses_that_disagree_with_qubes(world):
+    """addresses6 typed on Qubes: dom0's run fails where Qubes gives another IPv6 address, or none
+    to a networked qube (the ipv6 feature not in effect); the right ones pass."""
+    world.set_feature("sys-net", "ipv6", "1")
+    world.set_feature("work", "ipv6", "")
+    pillar = full_pillar()
+    pillar["addresses6"] = {"sys-net": "fd09:24ef:4179::a89:5", "web": "fd09:24ef:4179::a89:99",
+                            "work": "fd09:24ef:4179::a89:9"}
+    assert problems(pillar, world) == [
+        "qubes_firewall:addresses6:web: fd09:24ef:4179::a89:99, but Qubes gives web the IPv6 address "
+        "fd09:24ef:4179::a89:b (leave addresses6 to dom0: see docs/addresses.md)",
+        "qubes_firewall:addresses6:work: fd09:24ef:4179::a89:9, but work has no IPv6 in Qubes (its ipv6 "
+        "feature is not in effect: see docs/addresses.md)"]
+    pillar["addresses6"] = {"sys-net": "fd09:24ef:4179::a89:5", "web": "fd09:24ef:4179::a89:b"}
+    assert problems(pillar, world) == []
+
+
 def test_connection_route_hops():
     model = parse(full_pillar())
     conn = model_mod.Connection(0, "work", "web", "tcp", (80,))
@@ -365,6 +382,30 @@ def test_ipv6_addresses_from_the_inventory_only_where_ipv6_is_in_effect(world):
     assert dom0.addresses(inv, ["work"], family="6") == {"work": got["work"]}
     with pytest.raises(ValueError, match="family must be 4 or 6"):
         dom0.addresses(inv, family=5)
+
+
+def test_qubes_ip6_follows_the_ipv6_feature_along_the_netvm_chain(world):
+    """core-admin (release4.2 and release4.3 alike): ip6 defaults to an address only where
+    features.check_with_netvm('ipv6', False) is true: the qube's own value first ('' turns it
+    off), else its netvm's, up the chain; a disposable's from its dispid; an explicitly set ip6
+    wins over the feature.  The inventory reads that property as it is."""
+    world.set_feature("sys-net", "ipv6", "1")
+    world.set_feature("web", "ipv6", "")
+    world.set("work", "netvm", "sys-net")
+    inv = inventory_of(world)
+    assert inv["sys-net"]["ip6"] == "fd09:24ef:4179::a89:5" and inv["work"]["ip6"] == "fd09:24ef:4179::a89:9"
+    assert inv["sys-firewall"]["ip6"] == "fd09:24ef:4179::a89:6" and inv["web"]["ip6"] is None
+    assert inv["fedora-39-xfce"]["ip6"] is None  # a template: no netvm, no network
+    # a qube's own feature without its netvm's: Qubes gives it an address (its netvm none, so
+    # check walks stop at the netvm: "sys-firewall has no IPv6")
+    world.del_feature("sys-net", "ipv6")
+    world.set_feature("build", "ipv6", "1")
+    inv = inventory_of(world)
+    assert inv["build"]["ip6"] == "fd09:24ef:4179::a89:a" and inv["sys-firewall"]["ip6"] is None
+    world.set("personal", "ip6", "fd09:24ef:4179::a89:77")
+    assert inventory_of(world)["personal"]["ip6"] == "fd09:24ef:4179::a89:77"
+    with pytest.raises(fakequbes.QubesValueError):
+        world.set("personal", "ip6", "10.137.0.12")
 
 
 def _disposable_sys_firewall(inv):

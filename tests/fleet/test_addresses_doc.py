@@ -54,6 +54,7 @@ class Dom0:
         (self.root / "other_formula.sls").write_text(OTHER)
         bindir = fakequbes.install_tools(str(tmp_path / "bin"))
         world = fakequbes.write_world(tmp_path / "qubes.json", fakequbes.seed_world())
+        self.world = fakequbes.World(str(world))
         self.release = tmp_path / "qubes-release"
         self.release.write_text("Qubes release 4.2.4 (R4.2)\n")
         self.env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]), PYTHONWARNINGS="ignore",
@@ -95,6 +96,29 @@ def test_each_id_gets_its_part_and_an_unrelated_qube_nothing(salt_factories, tmp
     assert dom0.pillar("default-dvm")["qubes_firewall"]["qubes"]["sys-firewall"]["dispvm_template"] == "default-dvm"
     # a qube the pillar does not need: the top gives it nothing
     assert "qubes_firewall" not in dom0.pillar("vault")
+
+
+def test_ipv6_addresses_go_to_the_qubes_on_the_way_of_what_they_plan(salt_factories, tmp_path):
+    """Qubes' ipv6 feature on sys-net reaches every qube below it; build turns it off (ipv6 ''):
+    dom0 gets every IPv6 address Qubes gives, a qube those of the qubes on the way of the
+    forwards and connections it plans, a qube that plans none of them none."""
+    dom0 = Dom0(salt_factories, tmp_path)
+    dom0.world.set_feature("sys-net", "ipv6", "1")
+    dom0.world.set_feature("build", "ipv6", "")
+    whole = dom0.pillar("dom0")["qubes_firewall"]
+    six = whole["addresses6"]
+    assert set(six) == {"sys-net", "sys-firewall", "sys-vpn", "sys-firewall-2", "work", "web"}, six
+    assert all(ip.startswith("fd09:24ef:4179::a89:") for ip in six.values()), six
+    assert whole == dict(dom0.topology, addresses=ADDRESSES, addresses6=six, lookup={"qubes_release": "4.2"})
+    for qube in ("sys-net", "sys-firewall", "work", "build", "web"):
+        assert dom0.pillar(qube)["qubes_firewall"] == qf_view.view(whole, None, qube), qube
+    # the https forward's path has IPv6 all the way: its hops and its qube get those three
+    for qube in ("sys-net", "sys-firewall", "web"):
+        assert dom0.pillar(qube)["qubes_firewall"]["addresses6"] == {
+            q: six[q] for q in ("sys-net", "sys-firewall", "web")}, qube
+    # work -> build crosses build, which has no IPv6: build learns which of the others have it
+    assert dom0.pillar("build")["qubes_firewall"]["addresses6"] == {q: six[q] for q in ("work", "sys-firewall-2")}
+    assert "addresses6" not in dom0.pillar("work")["qubes_firewall"]  # its rules allow nothing of it
 
 
 def test_without_the_formula_other_formulas_render_and_dom0_says_why(salt_factories, tmp_path):

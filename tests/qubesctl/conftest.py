@@ -8,10 +8,11 @@ instead of skipping when the lab cannot run.
 Fixtures:
     salt_thin       Salt's thin, built once per session (each management
                     disposable gets a copy instead of building its own)
-    machine_factory machine_factory(sls_name_or_pillar) -> Machine: the lab of
-                    that pillar.example scenario (addresses as Qubes would
-                    assign them), the fake dom0 and qubesctl around it; closed
-                    at the end of the module.
+    machine_factory machine_factory(name, topology=None) -> Machine: the lab of
+                    that pillar.example scenario (or of ``topology``, a
+                    qubes_firewall pillar without addresses; addresses as
+                    Qubes would assign them), the fake dom0 and qubesctl
+                    around it; closed at the end of the module.
 """
 
 import copy
@@ -87,8 +88,8 @@ class Machine:
 def machine_factory(tmp_path_factory, release, management_python, salt_thin):
     machines = []
 
-    def factory(name):
-        topology = scenario_topology(name)
+    def factory(name, topology=None):
+        topology = copy.deepcopy(topology) if topology is not None else scenario_topology(name)
         filled, _ = fill_addresses(copy.deepcopy(topology))  # the lab's addresses, as Qubes assigns them
         workdir = tmp_path_factory.mktemp("qubesctl-" + name)
         flab = FormulaLab({"qubes_firewall": filled}, workdir, release=release)

@@ -42,7 +42,18 @@ What stands in for Qubes, and why:
   ``systemd_dir``, ``state_dir``; dom0's ``policy_file``, ``rw_config``),
   because every lab qube shares this machine's filesystem.  For the same
   reason the roster gives each target its own ``thin_dir`` and minion
-  options (backup and state directories, no systemd).
+  options (backup and state directories, its /rw/config, no systemd).  The
+  roster's state directory stands for the default one
+  (/var/lib/qubes-firewall-formula) and the lab pillar's ``state_dir`` names
+  another: every target runs with a ``lookup:state_dir`` of its own.
+- Templates: the qubesctl targets a topology names that are no lab qube (the
+  templates of custom-persist qubes, the disposable templates of named
+  disposables; ``template_targets``) run no network, so each gets a network
+  namespace of its own with Qubes' base tables only (``template_ns``), where
+  salt-ssh's bash runs as root, and a root filesystem of its own: the lab's
+  ``template_dir`` (its /etc/qubes and /etc/systemd/system, the root the lab
+  qubes of that template boot from) and a /rw/config (a disposable
+  template's: what its named disposables start with, ``start_disposable``).
 - The Salt of dom0 and of the management qube: the venv of the release's
   Salt (4.3: 3007, 4.2: 3006), from $QF_SALT_PYTHON_3007 / $QF_SALT_PYTHON_3006
   or ``scripts/bootstrap.sh VERSION``.
@@ -74,6 +85,8 @@ if str(DOM0_TESTS) not in sys.path:
 
 import fake_qubesadmin  # noqa: E402
 import fakequbes  # noqa: E402
+
+from tests.lab import netns, qubes_base  # noqa: E402
 
 SALT_OF_RELEASE = {"4.3": "3007", "4.2": "3006"}
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -142,6 +155,19 @@ def layout_srv(srv: pathlib.Path) -> pathlib.Path:
     return srv
 
 
+def template_targets(topology: dict) -> List[str]:
+    """The qubesctl targets of a topology that are templates, not qubes: the template of
+    each custom-persist qube, the disposable template of each named disposable."""
+    out = []
+    for _name, spec in sorted((topology.get("qubes") or {}).items()):
+        spec = spec or {}
+        for name in ((spec.get("template"),) if spec.get("custom_persist") is True else ()) + (
+                spec.get("dispvm_template"),):
+            if name and name not in out:
+                out.append(name)
+    return out
+
+
 INSTALL = REPO / "pillar.example" / "install"
 INSTALL_FILES = ("qubes_firewall.top", "qubes_firewall_pillar.sls")
 
@@ -194,12 +220,14 @@ def fake_world(lab, topology: dict) -> dict:
         prefix, _, last = lab.ip(name).rpartition(".")
         if prefix != "10.137.0":
             raise ValueError("the fake Qubes gives %s 10.137.0.<qid>, not %s" % (name, lab.ip(name)))
-        dvm = ((topology.get("qubes") or {}).get(name) or {}).get("dispvm_template")
+        own = (topology.get("qubes") or {}).get(name) or {}
+        dvm = own.get("dispvm_template")
         if dvm:  # a named disposable: its class and template as Qubes has them (its lab address kept)
             qubes.setdefault(dvm, fakequbes._qube("AppVM", None, state="Halted", template=template))
+        features = {"service.custom-persist": "1"} if own.get("custom_persist") is True else {}
         qubes[name] = fakequbes._qube("DispVM" if dvm else "AppVM", int(last), template=dvm or template,
                                       props=dict({"netvm": None}, **({"ip": lab.ip(name)} if dvm else {})),
-                                      kernel="6.6.48-1.fc37")
+                                      features=features, kernel="6.6.48-1.fc37")
     for name in topology.get("qubes") or {}:
         qubes.setdefault(name, fakequbes._qube("AppVM", None, state="Halted"))
     free = iter(n for n in range(2, 10000) if n not in {q["qid"] for q in qubes.values()})
@@ -302,6 +330,8 @@ class QubesctlLab:
         self.calls_log = self.root / "wrapper-calls.log"
         self.salt_ssh_calls: List[str] = []
         layout_srv(self.srv)
+        self.templates = template_targets(self.topology)
+        self.template_ns = {name: self.make_template_ns(name) for name in self.templates}
         self.lab_paths = lab_paths if lab_paths is not None else self.default_lab_paths()
         write_user_pillar(self.srv, self.topology, self.lab_paths)
         self.world = fakequbes.write_world(self.root / "qubes.json", fake_world(lab, self.topology))
@@ -313,7 +343,7 @@ class QubesctlLab:
     def default_lab_paths(self) -> Dict[str, dict]:
         paths = {"dom0": {"rw_config": str(self.root / "dom0" / "rw"),
                           "policy_file": str(self.root / "dom0" / "policy.d" / "30-user-networking.policy")}}
-        names = set(self.lab.order) | set(self.topology.get("qubes") or {})
+        names = set(self.lab.order) | set(self.topology.get("qubes") or {}) | set(self.templates)
         for name in sorted(names):
             if name in self.lab.qubes:
                 rw, root = self.lab.rw_config(name), self.lab.root_dir(name)
@@ -325,6 +355,42 @@ class QubesctlLab:
                            "systemd_dir": str(root / "etc" / "systemd" / "system"),
                            "state_dir": str(self.qube_dir(name) / "state")}
         return paths
+
+    def make_template_ns(self, name: str) -> str:
+        """A template's namespace: no link but lo, Qubes' base tables (qubes-iptables runs in every
+        qube); the lab deletes it with its own (same prefix)."""
+        ns = self.lab.prefix + "tpl-" + name
+        netns.create(ns)
+        for text in qubes_base.base_tables():
+            netns.exec_in(ns, ["nft", "-f", "-"], input=text)
+        return ns
+
+    def target_ns(self, vm: str) -> str:
+        return self.template_ns[vm] if vm in self.template_ns else self.lab.netns(vm)
+
+    def rw_config(self, vm: str) -> pathlib.Path:
+        """The target's /rw/config stand-in (a lab qube's, or a template's own)."""
+        return pathlib.Path(self.lab_paths[vm]["rw_config"])
+
+    def record_file(self, vm: str, qube: Optional[str] = None) -> pathlib.Path:
+        """The record of the last apply for ``qube`` (default vm) in vm's /rw (docs/operations.md)."""
+        return self.rw_config(vm) / "qubes-firewall-formula" / ("applied-%s.json" % (qube or vm))
+
+    def start_disposable(self, qube: str, dispvm_template: str) -> None:
+        """A named disposable starts: its /rw/config a fresh copy of its disposable template's, its
+        root filesystem's state (the formula's state_dir) gone; then its boot replays."""
+        rw = self.rw_config(qube)
+        shutil.rmtree(rw)
+        shutil.copytree(self.rw_config(dispvm_template), rw, symlinks=True)
+        self.restart_root(qube)
+        self.lab.reboot(qube)
+
+    def restart_root(self, qube: str) -> None:
+        """What a restart does to a template-based qube's root filesystem: the formula's
+        state directory (lock, scratch, 0.2.0's record) starts empty; /rw stays."""
+        for state in (pathlib.Path(self.lab_paths[qube]["state_dir"]), self.qube_dir(qube) / "default-state"):
+            if state.exists():
+                shutil.rmtree(state)
 
     def qube_dir(self, vm: str) -> pathlib.Path:
         """Where the lab keeps what the target writes outside its paths (thin, caches)."""
@@ -449,15 +515,20 @@ class QubesctlLab:
         qube = self.qube_dir(vm)
         roster = {vm: {"host": vm, "thin_dir": str(qube / "salt-thin"),
                        "minion_opts": {"qubes_firewall_backup_dir": str(qube / "backups"),
-                                       "qubes_firewall_state_dir": str(qube / "state"),
+                                       # the default state_dir (/var/lib/...): the lab pillar names another
+                                       "qubes_firewall_state_dir": str(qube / "default-state"),
+                                       "qubes_firewall_rw_config": self.lab_paths[vm]["rw_config"],
                                        "qubes_firewall_systemd_run_dir": str(qube / "no-systemd")}}}
         (etc / "roster").write_text(yaml.safe_dump(roster))
         return etc
 
     def target_env(self, vm: str) -> Dict[str, str]:
         """The environment qubes.VMRootShell gives bash in the qube (root's)."""
-        env = {"PATH": "%s:%s" % (self.lab.bin_dir(vm), SYSTEM_PATH), "HOME": "/root", "USER": "root",
-               "LANG": "C.UTF-8", "SHELL": "/bin/bash"}
+        env = {"PATH": SYSTEM_PATH, "HOME": "/root", "USER": "root", "LANG": "C.UTF-8", "SHELL": "/bin/bash"}
+        if vm in self.template_ns:  # a template: no qubesdb stub, no lab qube
+            env["QF_LAB_QUBE"] = vm
+            return env
+        env["PATH"] = "%s:%s" % (self.lab.bin_dir(vm), SYSTEM_PATH)
         env.update({k: v for k, v in self.lab.env(vm).items() if k.startswith("QF_LAB_")})
         return env
 
@@ -470,7 +541,7 @@ class QubesctlLab:
             link = bindir / name
             if not link.exists():
                 link.symlink_to(HERE / "ssh_wrapper.py")
-        targets = {vm: {"netns": self.lab.netns(vm), "env": self.target_env(vm)}}
+        targets = {vm: {"netns": self.target_ns(vm), "env": self.target_env(vm)}}
         (mgmt / "qrexec-targets.json").write_text(json.dumps(targets))
         return bindir
 

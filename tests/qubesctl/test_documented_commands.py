@@ -281,7 +281,7 @@ def test_qube_functions_say_they_answer_from_the_record(full):
     rc, status = out["web"]
     assert rc == 0 and list(status)[0] == "pillar_source", status
     assert status["pillar_source"].startswith(RECORDED) and "pillar not available under salt-ssh" in status["pillar_source"]
-    record = full.qc.qube_dir("web") / "state" / "applied.json"
+    record = full.qc.record_file("web")
     assert str(record) in status["pillar_source"]
     data = json.loads(record.read_text())
     # web's part of the pillar only (least privilege): its chain, none of the other qubes
@@ -290,9 +290,22 @@ def test_qube_functions_say_they_answer_from_the_record(full):
     assert run.returncode == 0 and RECORDED in run.stdout and "test=True" in run.stdout, run.stdout
 
 
+def test_status_after_a_restart_answers_from_the_record_under_rw(full):
+    """docs/operations.md: the record lives under /rw, which a restart keeps; the root filesystem (the
+    state_dir with it) starts anew; the lab pillar's state_dir is not the default one, and the
+    pillar-less function finds the record without it, and never touches the default."""
+    full.qc.restart_root("work")
+    full.lab.reboot("work")
+    run, out = in_qubes(full, ["work"], "qubes_firewall.status")
+    rc, status = out["work"]
+    assert rc == 0 and status["missing"] == [], status
+    assert str(full.qc.record_file("work")) in status["pillar_source"], status
+    assert not (full.qc.qube_dir("work") / "default-state").exists()
+
+
 def test_a_qube_never_applied_says_what_to_run_in_one_line(full):
     """no pillar and no record: one line naming the command, in qubesctl's log"""
-    record = full.qc.qube_dir("build") / "state" / "applied.json"
+    record = full.qc.record_file("build")
     saved = record.read_text()
     record.unlink()
     try:
@@ -329,7 +342,7 @@ def test_a_bad_pillar_fails_the_qube_and_its_log_says_why_in_one_line(full):
     problems); nothing changed, the record stays the last good run's."""
     pillar_file = full.qc.srv / "user_pillar" / "qubes_firewall.sls"
     good = pillar_file.read_text()
-    record = full.qc.qube_dir("web") / "state" / "applied.json"
+    record = full.qc.record_file("web")
     recorded, before = record.read_text(), full.flab.ruleset_model("web")
     bad = copy.deepcopy(full.topology)
     bad["qubes"]["web"]["netvm"] = "sys firewall"
@@ -353,7 +366,7 @@ def test_a_failed_nft_load_fails_the_qube_and_its_log_says_why_in_one_line(full)
     the summary line say why; no record of that run."""
     qube = "build"
     saved = full.lab.run(qube, ["nft", "list", "ruleset"]).stdout
-    record = full.qc.qube_dir(qube) / "state" / "applied.json"
+    record = full.qc.record_file(qube)
     recorded = record.read_text()
     full.lab.run(qube, ["nft", "delete", "table", "ip", "qubes"])
     try:

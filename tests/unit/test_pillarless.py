@@ -1,7 +1,9 @@
 """
 Functions without a pillar (salt-ssh gives a plain execution function none):
 each real apply in a qube records the pillar it used in
-``<lookup:state_dir>/applied.json`` once the live ruleset took its rules;
+``<lookup:rw_config>/qubes-firewall-formula/applied-QUBE.json`` (under /rw: kept
+across restarts) once the live ruleset took its rules, a disposable template's
+run for its named disposables too;
 ``FunctionRun`` answers from that record and says so; without either, one line
 says what to run; clean removes the record.  And the public module stays small.
 """
@@ -32,7 +34,12 @@ def raw(tmp_path):
 
 
 def opts(tmp_path, qube="work", **more):
-    return dict({"id": qube, "qubes_firewall_state_dir": str(tmp_path / "state")}, **more)
+    return dict({"id": qube, "qubes_firewall_state_dir": str(tmp_path / "state"),
+                 "qubes_firewall_rw_config": str(tmp_path / "rw")}, **more)
+
+
+def record_file(tmp_path, qube="work"):
+    return tmp_path / "rw" / "qubes-firewall-formula" / ("applied-%s.json" % qube)
 
 
 def record(tmp_path, raw, qube="work", summary=None, test=False):
@@ -43,7 +50,7 @@ def record(tmp_path, raw, qube="work", summary=None, test=False):
 
 def test_a_real_apply_records_the_pillar_it_used(tmp_path, raw):
     assert record(tmp_path, raw) == ""
-    path = tmp_path / "state" / "applied.json"
+    path = record_file(tmp_path)
     data = json.loads(path.read_text())
     assert data["format"] == 1 and data["qube"] == "work" and data["pillar"] == raw
     assert data["applied_at"].endswith("Z")
@@ -63,11 +70,12 @@ def test_a_real_apply_records_the_pillar_it_used(tmp_path, raw):
 ])
 def test_no_record_unless_the_live_ruleset_took_the_rules(tmp_path, raw, summary, test, qube):
     assert record(tmp_path, raw, qube=qube, summary=summary, test=test) == ""
-    assert not (tmp_path / "state" / "applied.json").exists()
+    assert not record_file(tmp_path, qube).exists()
 
 
 def test_a_record_that_cannot_be_written_is_one_line_and_fails_nothing(tmp_path, raw):
-    (tmp_path / "state").write_text("a file where the directory should be")
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "rw" / "qubes-firewall-formula").write_text("a file where the directory should be")
     note = record(tmp_path, raw)
     assert note.startswith("\nwork: cannot record this run in ") and note.count("\n") == 1
 
@@ -100,19 +108,19 @@ def test_without_pillar_and_record_one_line_says_what_to_run(tmp_path):
     text = str(err.value)
     assert "\n" not in text and "no qubes_firewall pillar here" in text
     assert "sudo qubesctl --skip-dom0 --targets=web state.apply qubes_firewall" in text
-    assert str(tmp_path / "state" / "applied.json") in text
+    assert str(record_file(tmp_path, "web")) in text
     assert run.pillar_errors() == [text]
 
 
 def test_a_damaged_record_names_its_path(tmp_path):
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "applied.json").write_text("{not json")
-    with pytest.raises(qf_run.CommandExecutionError, match="applied.json is damaged"):
+    record_file(tmp_path).parent.mkdir(parents=True)
+    record_file(tmp_path).write_text("{not json")
+    with pytest.raises(qf_run.CommandExecutionError, match="applied-work.json is damaged"):
         qf_run.FunctionRun(opts(tmp_path), {}, {})
 
 
 def test_drift_without_a_pillar_says_what_it_compared(tmp_path, raw, monkeypatch):
-    record(tmp_path, raw)
+    record(tmp_path, raw, qube="web")
     run = qf_run.FunctionRun(opts(tmp_path, "web"), {}, {})
     monkeypatch.setattr(qf_run.Run, "drift", lambda self: {"drifted": False})
     assert "state.apply qubes_firewall test=True" in run.drift()["comment"]
@@ -120,10 +128,60 @@ def test_drift_without_a_pillar_says_what_it_compared(tmp_path, raw, monkeypatch
 
 def test_clean_removes_the_record(tmp_path, raw):
     record(tmp_path, raw)
-    path = str(tmp_path / "state" / "applied.json")
+    legacy = tmp_path / "state" / "applied.json"
+    legacy.parent.mkdir(exist_ok=True)
+    legacy.write_text("{}")
     run = qf_run.Run(opts(tmp_path), {}, {})
-    assert list(qf_run.record_clean_files(run)) == [path]
-    assert qf_run.record_clean_files(run)[path][1] is None
+    files = qf_run.record_clean_files(run)
+    assert sorted(files) == sorted([str(record_file(tmp_path)), str(legacy)])
+    assert all(new is None for _old, new in files.values())
+
+
+def test_the_record_survives_a_restart_and_names_a_state_dir_of_its_own(tmp_path, raw):
+    """The record is under /rw (a restart wipes the root fs, where state_dir is); found without the
+    pillar at its default place, it names the lookup:state_dir of the run (the lock, backups go there)."""
+    raw["lookup"]["state_dir"] = str(tmp_path / "elsewhere")
+    record(tmp_path, raw)
+    assert not (tmp_path / "state").exists() and not (tmp_path / "elsewhere" / "applied.json").exists()
+    run = qf_run.FunctionRun(opts(tmp_path), {}, {})
+    assert run.source() and run.state_dir() == str(tmp_path / "elsewhere")
+    assert run.backup_args()["directory"] == str(tmp_path / "elsewhere" / "backups")
+
+
+def test_a_record_of_0_2_0_is_read_then_replaced(tmp_path, raw):
+    """0.2.0 kept the record in <state_dir>/applied.json: still read; the next apply moves it under /rw."""
+    legacy = tmp_path / "state" / "applied.json"
+    legacy.parent.mkdir()
+    legacy.write_text(qf_run.record_text("work", raw))
+    run = qf_run.FunctionRun(opts(tmp_path), {}, {})
+    assert run.record_file == str(legacy) and run.model().qubes["work"]
+    record(tmp_path, raw)
+    assert not legacy.exists() and record_file(tmp_path).exists()
+    assert qf_run.FunctionRun(opts(tmp_path), {}, {}).record_file == str(record_file(tmp_path))
+
+
+def test_a_disposable_template_records_for_its_disposables(tmp_path, raw):
+    """default-dvm's run writes sys-firewall's record into its /rw (the disposable's /rw at each start);
+    a record of a qube that is no longer a disposable there goes; a disposable keeps its siblings'."""
+    raw["qubes"]["sys-firewall"]["dispvm_template"] = "default-dvm"
+    stale = record_file(tmp_path, "old-disposable")
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    assert record(tmp_path, raw, qube="default-dvm") == ""
+    data = json.loads(record_file(tmp_path, "sys-firewall").read_text())
+    assert data["qube"] == "sys-firewall" and data["pillar"] == raw
+    assert record_file(tmp_path, "default-dvm").exists() and not stale.exists()
+    run = qf_run.FunctionRun(opts(tmp_path, "sys-firewall"), {}, {})
+    assert run.qube_plan().qube == "sys-firewall"
+    # a failed boot replay on the template: its disposables' records are not written
+    record_file(tmp_path, "sys-firewall").unlink()
+    assert record(tmp_path, raw, qube="default-dvm", summary={"nft": {"kept": 0}, "failed": ["boot replay"]}) == ""
+    assert not record_file(tmp_path, "sys-firewall").exists()
+    # the disposable's own run keeps a sibling's record (its /rw is the template's copy)
+    raw["qubes"]["web"]["dispvm_template"] = "default-dvm"
+    record_file(tmp_path, "web").write_text("{}")
+    assert record(tmp_path, raw, qube="sys-firewall") == ""
+    assert record_file(tmp_path, "web").exists()
 
 
 def test_the_public_functions_use_the_record(tmp_path, raw):

@@ -24,6 +24,7 @@ qf_files = core("files")
 qf_connect_tcp = core("connect_tcp")
 qf_fleet = core("fleet")
 qf_view = core("view")
+qf_flow = core("flow")
 
 STRANGER = "stranger"  # a qube no pillar names
 
@@ -99,7 +100,7 @@ def what_the_run_computes(raw, minion, root):
 
 def named_in(pillar):
     """Every qube name a reduced pillar mentions, anywhere."""
-    names = set(pillar.get("qubes") or {}) | set(pillar.get("addresses") or {})
+    names = set(pillar.get("qubes") or {}) | set(pillar.get("addresses") or {}) | set(pillar.get("addresses6") or {})
     for spec in (pillar.get("qubes") or {}).values():
         names |= {spec.get(k) for k in ("netvm", "dispvm_template", "template")} - {None, "none"}
     for fwd in pillar.get("port_forwards") or []:
@@ -135,6 +136,13 @@ def check_view(raw, minion):
     for name, ip in (reduced.get("addresses") or {}).items():
         own = name in planned and full_model.qubes[name].netvm is not None  # the planner reads it
         assert ip in rules or errors or own, (minion, name)  # (a refused plan shows no rules)
+    # IPv6: only qubes on the way of a kept forward or connection
+    paths = [qf_flow.forward_path(full_model, f) for f in full_model.port_forwards
+             if f.name in {g["name"] for g in reduced.get("port_forwards") or []}]
+    paths += [qf_flow.connection_path(full_model, c) for c in full_model.connections
+              if c.index < len(reduced.get("connections") or []) and reduced["connections"][c.index]]
+    assert set(reduced.get("addresses6") or {}) <= {q for p in paths if p for q in p}, minion
+    assert all(reduced["addresses6"][q] == raw["addresses6"][q] for q in reduced.get("addresses6") or {})
     # every forward of the view crosses a planned qube; every connection gives one rules (or is refused)
     for fwd in reduced.get("port_forwards") or []:
         assert planned & set(full_model.chain(fwd["qube"])), (minion, fwd)
@@ -182,6 +190,9 @@ def topologies(draw):
         if draw(st.booleans()) and draw(st.booleans()):
             spec["firewall"] = [{"action": "accept"}]
     pillar = {"qubes": qubes, "addresses": {n: "10.137.0.%d" % (i + 2) for i, n in enumerate(names)}}
+    with_ipv6 = [n for n in names if draw(st.booleans())]  # Qubes' ipv6 feature, in effect here or not
+    if with_ipv6:
+        pillar["addresses6"] = {n: "fd09:24ef:4179::a89:%x" % (i + 2) for i, n in enumerate(names) if n in with_ipv6}
     forwards, used = [], set()
     for index in range(draw(st.integers(0, 4))):
         qube = draw(st.sampled_from(names))
@@ -267,6 +278,27 @@ def test_work_learns_nothing_about_unrelated_qubes():
     for reduced in (qf_view.view(raw, None, "web"), vpn):  # qvm-firewall lists and service are dom0's
         assert not [s for s in reduced["qubes"].values() if "firewall" in s or "service" in s], reduced
     assert vpn["qubes"]["sys-vpn"] == {"netvm": "sys-firewall", "provides_network": True}
+
+
+def test_ipv6_addresses_of_the_qubes_on_the_way_of_what_it_plans():
+    """full.sls with IPv6 everywhere but build: the qubes of web's forward learn the forward's
+    three IPv6 addresses; build (IPv4-only) learns those of the other qubes of work -> build
+    (what its plan's note names: build has no IPv6), work and the qubes that plan nothing of
+    either none; an IPv4-only pillar hands out none."""
+    raw = examples.example("full")
+    assert all("addresses6" not in qf_view.view(raw, None, q) for q in qf_fleet.targets(raw))
+    six = {q: "fd09:24ef:4179::a89:%x" % (i + 5) for i, q in enumerate(sorted(raw["qubes"])) if q != "build"}
+    raw = dict(raw, addresses6=six)
+    for qube in ("sys-net", "sys-firewall", "web"):
+        assert qf_view.view(raw, None, qube)["addresses6"] == {q: six[q] for q in ("sys-net", "sys-firewall", "web")}
+    for qube in ("build", "sys-firewall-2"):
+        assert qf_view.view(raw, None, qube)["addresses6"] == {q: six[q] for q in ("work", "sys-firewall-2")}, qube
+    for qube in ("work", "sys-vpn"):
+        assert "addresses6" not in qf_view.view(raw, None, qube), qube
+    # given apart from the pillar, as dom0's pillar file does
+    assert qf_view.view(examples.example("full"), None, "web", addresses6=six)["addresses6"] == {
+        q: six[q] for q in ("sys-net", "sys-firewall", "web")}
+    assert qf_view.view(raw, None, "dom0") == raw
 
 
 def test_a_qube_that_needs_nothing_gets_no_qubes_and_its_run_says_so():
