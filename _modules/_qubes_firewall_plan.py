@@ -774,7 +774,8 @@ def _plan_family(model, qube, family, errors, notes):
         try:
             why = connection_families(model, conn)[family]
             if why is not None:
-                notes.append(_why_not("%s %s->%s" % (conn.origin, conn.source, conn.target), family, why))
+                if qube in (connection_route(model, conn)[0], conn.target):  # where it has rules
+                    notes.append(_why_not("%s %s->%s" % (conn.origin, conn.source, conn.target), family, why))
                 continue
             f, i, n = _connection_rules(model, conn, qube, ip)
         except PlanError as exc:
