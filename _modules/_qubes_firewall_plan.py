@@ -36,6 +36,8 @@ import hashlib
 import json
 from typing import Optional, Tuple
 
+import _qubes_firewall_vpn as qf_vpn
+
 FAMILY = "ip"
 TABLE_NAME = "qubes"
 TABLE = "ip qubes"
@@ -303,6 +305,7 @@ class Set:
     value_type: Optional[str]  # a map's value type, None for a set
     elements: Tuple[Element, ...]
     origin: str = "port_forwards"
+    flags: Tuple[str, ...] = ()  # ("interval",): elements may be networks
 
     @property
     def kind(self):
@@ -315,12 +318,15 @@ class Set:
                 "stmt": [{"counter": None}]}
         if self.value_type is not None:
             head["map"] = self.value_type
+        if self.flags:
+            head["flags"] = list(self.flags)
         return json.dumps(head, sort_keys=True)
 
     @property
     def spec(self):
         value = " : %s" % self.value_type if self.value_type else ""
-        return "type %s%s; counter;" % (" . ".join(self.key_type), value)
+        flags = " flags %s;" % ", ".join(self.flags) if self.flags else ""
+        return "type %s%s;%s counter;" % (" . ".join(self.key_type), value, flags)
 
     def add_command(self, with_elements=True):
         elements = ""
@@ -637,7 +643,20 @@ def plan_qube(model, qube):
     chains = (Chain(INPUT_CHAIN, None, tuple(inputs)), Chain(FORWARD_CHAIN, None, tuple(forward)))
     if nat:
         chains += (Chain(NAT_CHAIN, NAT_HOOK, tuple(nat)),)
-    return QubePlan(qube, model.qubes[qube].provides_network, chains, tuple(notes), tuple(sets))
+    vpn_chains, vpn_sets = _vpn_objects(model, qube)
+    return QubePlan(qube, model.qubes[qube].provides_network, chains + vpn_chains, tuple(notes),
+                    tuple(sets) + vpn_sets)
+
+
+def _vpn_objects(model, qube):
+    """The VPN qube's chains and sets (``_qubes_firewall_vpn``) as the planner's objects."""
+    found = qf_vpn.objects(model, qube)
+    sets = tuple(Set(s.name, s.key_type, s.value_type, tuple(Element(*e) for e in s.elements), "vpn", s.flags)
+                 for s in found.sets)
+    chains = tuple(Chain(c.name, c.hook, tuple(
+        Rule(c.name, tuple(_expr(*m) for m in r.matches), _expr(*r.verdict), r.origin, r.counted)
+        for r in c.rules)) for c in found.chains)
+    return chains, sets
 
 
 def check_model(model):

@@ -16,8 +16,8 @@ computes from:
 - each named qube's netvm chain up to the uplink (the pillar's grammar:
   every netvm is listed), its ``provides_network`` as the whole pillar
   makes it (given explicitly when only a client or ``service`` implied it),
-  ``dispvm_template`` / ``custom_persist`` / ``template`` where they decide
-  what its run writes, and the addresses its rules name;
+  ``dispvm_template`` / ``custom_persist`` / ``template`` / ``vpn`` where they
+  decide what its run writes, and the addresses its rules name;
 - ``lookup`` as given.
 
 Nothing else: no ``firewall`` lists, no ``service`` flags (dom0's business),
@@ -39,7 +39,7 @@ ROOT = qf_model.ROOT
 DOM0 = "dom0"
 LISTS = ("connections", "connect_tcp")
 # the qube keys a qube's run reads (firewall and service are dom0's)
-QUBE_KEYS = ("netvm", "provides_network", "dispvm_template", "custom_persist", "template")
+QUBE_KEYS = ("netvm", "provides_network", "dispvm_template", "custom_persist", "template", "vpn")
 INVALID = ("the qubes_firewall pillar is invalid (%d problems): run sudo qubesctl "
            "qubes_firewall.pillar_errors in dom0")
 
