@@ -31,6 +31,7 @@ import time
 
 import _qubes_firewall_dom0 as qf_dom0
 import _qubes_firewall_plan as qf_plan
+import _qubes_firewall_vpn as qf_vpn
 
 OUTSIDE_NAMES = ("outside", "lan", "wan", "internet")
 # symbolic addresses the pillar cannot know
@@ -360,6 +361,8 @@ def _walk(walk, source, target, port, interface, source_ip):
                 walk.step("%s: Qubes' forward chain lets it %s" % (node, "up" if where == "up" else "out"))
             if came_from == "client" and not _firewall_list(walk, prev, node, packet):
                 return None, "%s's qvm-firewall list drops it in %s" % (prev, node)
+        if where == "up" and walk.model.qubes[node].vpn is not None:
+            return _vpn_tunnel(walk, node, packet)
         if where == "out":
             walk.step("%s: leaves to the outside network, masqueraded as its outside address" % node)
             return (OUTSIDE_ADDR, packet["dport"]), None
@@ -435,6 +438,7 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
         "steps": walk.steps,
         "conditions": walk.conditions if allowed else [],
         "notes": walk.notes,
+        "tunnel_down": tunnel_down(model, source, target, walk),
     }
 
 
@@ -475,4 +479,72 @@ def check_text(answer):
                 lines.append("      element %s" % rule["element"])
     if answer["notes"]:
         lines += ["", "notes:"] + ["  - " + n for n in answer["notes"]]
+    lines += _tunnel_down_text(answer.get("tunnel_down") or [])
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# VPN qubes (``qubes:<qube>:vpn``): through the tunnel, and what if it is down
+# --------------------------------------------------------------------------
+
+
+def _vpn_tunnel(walk, node, packet):
+    """A VPN qube routes what goes up into its tunnel: out to the world, or nowhere in Qubes."""
+    vpn = walk.model.qubes[node].vpn
+    tunnel = ", ".join(vpn.interfaces)
+    if packet["daddr"] == OUTSIDE_ADDR:
+        walk.step("%s: routes it into the tunnel (%s); it leaves at the VPN server, not by %s's upstream"
+                  % (node, tunnel, node))
+        return (OUTSIDE_ADDR, packet["dport"]), None
+    why = ("%s routes it into the tunnel (%s), not to its upstream: a VPN qube lets its clients out only "
+           "through the tunnel (qubes_firewall:qubes:%s:vpn)" % (node, tunnel, node))
+    walk.step(why)
+    return None, why
+
+
+def _vpn_above(model, source, target):
+    """The VPN qubes a flow from ``source`` leaves upward (``target`` not behind them)."""
+    if is_outside(source):
+        return []
+    chain = model.chain(source)
+    behind = set() if is_outside(target) else set(model.chain(target))
+    return [q for q in chain[1:] if model.qubes[q].vpn is not None and q not in behind]
+
+
+def tunnel_down(model, source, target, walk=None):
+    """
+    Does the flow leak when the tunnel of a VPN qube on its way is down?  For
+    each VPN qube the flow leaves upward: ``{"vpn", "leaks", "reason", "dns"}``,
+    from the VPN qube's planned forward rules evaluated on a client's packet
+    that the fallen-back routes send out by ``eth0`` (Qubes' own chains let
+    such a packet through, so only the formula's drop stops it).
+    """
+    walk = walk or _Walk(model, "tcp", 0)
+    out = []
+    for vpn in _vpn_above(model, source, target):
+        plan = walk.plan(vpn)
+        chain = next((c for c in plan.chains if c.name == qf_vpn.FORWARD), None)
+        rules = [([m.json for m in r.matches], r.verdict.json, r.comment) for r in (chain.rules if chain else ())]
+        sets = {s.name: [e.key[0] for e in s.elements] for s in plan.sets}
+        verdict, by = qf_vpn.forward_verdict(rules, qf_vpn.leak_packet("up"), sets)
+        dns = qf_vpn.VIRTUAL_DNS
+        resolvers = model.qubes[vpn].vpn.dns
+        out.append({
+            "vpn": vpn,
+            "leaks": verdict != "drop",
+            "reason": ("the routes fall back to %s's upstream (eth0), where %s drops it (%s: %s)"
+                       % (vpn, vpn, qf_vpn.FORWARD, by) if verdict == "drop"
+                       else "%s forwards it out by its upstream (eth0) in clear" % vpn),
+            "dns": ("%s: sent to %s through the tunnel; dropped with it when it is down"
+                    % (" and ".join(dns), ", ".join(resolvers)) if resolvers
+                    else "%s: dropped (dns: none)" % " and ".join(dns)),
+        })
+    return out
+
+
+def _tunnel_down_text(entries):
+    lines = []
+    for entry in entries:
+        lines += ["", "if %s's tunnel is down: %s" % (entry["vpn"], "LEAKS" if entry["leaks"] else "no leak"),
+                  "  " + entry["reason"], "  DNS " + entry["dns"]]
+    return lines

@@ -35,7 +35,6 @@ rules per packet; the endpoints are one set, the resolvers one map):
 """
 
 import collections
-import ipaddress
 
 FORWARD = "qf-vpn-fwd"
 OUTPUT = "qf-vpn-out"
@@ -170,27 +169,32 @@ def objects(model, qube, families=("ip",)):
 # --------------------------------------------------------------------------
 
 
-def _value_in(value, right):
+def _value_in(value, right, sets):
+    if isinstance(right, str) and right.startswith("@"):
+        if right[1:] not in sets:
+            raise ValueError("a rule looks up %s, which the plan does not hold" % right)
+        return value in sets[right[1:]]
     items = right["set"] if isinstance(right, dict) and "set" in right else [right]
     return value in items
 
 
-def forward_verdict(rules, packet):
+def forward_verdict(rules, packet, sets):
     """
     The verdict the VPN forward rules (``(statements as nft JSON, verdict
     JSON, origin)``) give ``packet`` (``{"iifgroup", "oifgroup", "iifname",
     "oifname"}``): ``("drop", origin)`` or ``("accept", None)`` (no rule
-    drops it: the chain's policy).  Evaluates the statements the planner
-    wrote, as nft would; raises ValueError on one it never writes.
+    drops it: the chain's policy).  ``sets``: ``{name: values}`` of the sets
+    the rules look up.  Evaluates the statements the planner wrote, as nft
+    would; raises ValueError on one it never writes.
     """
     for matches, verdict, origin in rules:
         ok = True
         for stmt in matches:
             m = stmt.get("match") if isinstance(stmt, dict) else None
-            key = (m or {}).get("left", {}).get("meta", {}).get("key") if m else None
+            key = m.get("left", {}).get("meta", {}).get("key") if m else None
             if key not in ("iifgroup", "oifgroup", "iifname", "oifname"):
                 raise ValueError("unknown statement %r" % (stmt,))
-            found = _value_in(packet[key], m["right"])
+            found = _value_in(packet[key], m["right"], sets)
             ok = ok and (found if m["op"] == "==" else not found)
         if ok and "drop" in verdict:
             return "drop", origin
@@ -203,12 +207,3 @@ def leak_packet(direction):
     upstream = {"group": 1, "name": "eth0"}
     src, dst = (client, upstream) if direction == "up" else (upstream, client)
     return {"iifgroup": src["group"], "iifname": src["name"], "oifgroup": dst["group"], "oifname": dst["name"]}
-
-
-def endpoint_allows(vpn, address):
-    """Is ``address`` one of the VPN qube's endpoints (what its own output may reach upstream)?"""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(e.address) for e in vpn.endpoints)
