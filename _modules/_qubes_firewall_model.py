@@ -515,6 +515,16 @@ def _ipv4_cidr(value, path, errors):
     return net
 
 
+def _source_cidr(value, path, errors):
+    """A port forward's source: an IPv4 or (with ``:``) IPv6 address or network; a host as bare address."""
+    if isinstance(value, str) and ":" in value:
+        net = _ipv6_network(value, path, errors)
+        if net is not None and net.endswith("/128"):
+            return net[:-4]
+        return net
+    return _ipv4_cidr(value, path, errors)
+
+
 def _ifname(value, path, errors):
     if (
         not isinstance(value, str)
@@ -1158,7 +1168,7 @@ def _port_forwards(raw, errors, qubes):
                 interfaces.append(ifname)
         sources = []
         for i, value in enumerate(_list(item.get("sources"), fpath + ["sources"], errors) or []):
-            cidr = _ipv4_cidr(value, fpath + ["sources", i], errors)
+            cidr = _source_cidr(value, fpath + ["sources", i], errors)
             if cidr and cidr not in sources:
                 sources.append(cidr)
         if len(errors.items) == n:

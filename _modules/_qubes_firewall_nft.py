@@ -7,8 +7,9 @@ ruleset with a plan.
 - ``live_state(doc)``: pure; the owned chains (``qf-*``) with their hooks and
   the full content of their rules, the owned sets and maps with their
   declarations and elements, and the handles of our jump rules in
-  ``custom-input`` / ``custom-forward``.  Parsed from nft's JSON, never from
-  rule text.
+  ``custom-input`` / ``custom-forward``, of both ``table ip qubes`` and
+  ``table ip6 qubes``, keyed by ``_qubes_firewall_plan.ref`` ("qf-input",
+  "ip6 qf-input").  Parsed from nft's JSON, never from rule text.
 - ``transaction(plan, live)``: pure; the one nft script that makes the live
   owned objects equal the plan (or removes them all, ``plan=None``), or ""
   when they already are.  It never names an object the formula does not own,
@@ -31,7 +32,7 @@ import subprocess
 import _qubes_firewall_plan as qf_plan
 from salt.exceptions import CommandExecutionError
 
-FAMILY, TABLE = "ip", "qubes"
+FAMILY, TABLE = "ip", "qubes"  # the IPv4 table; objects of both tables are named by ``qf_plan.ref``
 NFT = "nft"
 _SAFE_KEY = re.compile(r"\A[A-Za-z0-9.:_-]{1,64}\Z")
 
@@ -119,10 +120,17 @@ def signature(planned_set):
     return frozenset((e.key, e.value, e.comment) for e in planned_set.elements)
 
 
+def _where(ref):
+    """``ip qubes NAME`` / ``ip6 qubes NAME``: how nft commands name the object of a ``ref``."""
+    family, name = qf_plan.split_ref(ref)
+    return "%s %s" % (qf_plan.table_of(family), name)
+
+
 def live_state(doc):
     """
-    The formula's part of ``table ip qubes`` in nft's JSON (``nft -j list
-    ruleset``, or only that table)::
+    The formula's part of ``table ip qubes`` and ``table ip6 qubes`` in nft's
+    JSON (``nft -j list ruleset``, or only those tables), every name a
+    ``_qubes_firewall_plan.ref`` ("qf-input" in ip, "ip6 qf-input" in ip6)::
 
         {"chains": {name: {"hook": (type, hook, prio, policy) | None,
                            "rules": [{"handle", "comment", "counters", "key"}]}},
@@ -130,7 +138,8 @@ def live_state(doc):
                          "elements": {key: {"value", "comment", "counters", "extra"}},
                          "signature": frozenset of the elements (``signature``)}},
          "jumps": {(custom_chain, target): [handles]},
-         "custom_chains": [names of custom-input/custom-forward present]}
+         "custom_chains": [custom-input/custom-forward present],
+         "tables": [families whose qubes table exists]}
 
     A rule's ``key`` is its comment and statements as canonical JSON with the
     counter values zeroed: exactly what the plan's ``Rule.key`` is.  An
@@ -138,56 +147,69 @@ def live_state(doc):
     plan's ``Element.key`` / ``Element.value``), or canonical JSON for a form
     the formula never writes.
     """
-    chains, sets, jumps, customs = {}, {}, {}, []
+    chains, sets, jumps, customs, tables = {}, {}, {}, [], []
     for item in (doc or {}).get("nftables", []):
-        kind = next((k for k in ("chain", "rule", "set", "map") if k in item), None)
+        kind = next((k for k in ("table", "chain", "rule", "set", "map") if k in item), None)
         obj = item.get(kind) if kind else None
-        if not obj or obj.get("family") != FAMILY or obj.get("table") != TABLE:
+        family = obj.get("family") if obj else None
+        if kind == "table":
+            if family in qf_plan.FAMILIES and obj.get("name") == TABLE:
+                tables.append(family)
+            continue
+        if not obj or family not in qf_plan.FAMILIES or obj.get("table") != TABLE:
             continue
         if kind in ("set", "map"):
             if obj["name"].startswith(qf_plan.OWNED_PREFIX):
-                head = {k: v for k, v in obj.items()
-                        if k not in ("family", "name", "table", "handle", "elem")}
-                if isinstance(head.get("map"), list):
-                    # nft 1.1 lists a concatenated map data type as a list, 1.0.6
-                    # (and the plan) as "a . b": one declaration, two spellings
-                    head["map"] = " . ".join(head["map"])
-                if isinstance(head.get("flags"), str):  # one flag: nft 1.1 may list it bare
-                    head["flags"] = [head["flags"]]
-                elements, sig = {}, set()
-                for elem in obj.get("elem", []):
-                    key, value, comment, counters, extra = _element(elem, kind == "map")
-                    elements[key] = {"value": value, "comment": comment, "counters": counters,
-                                     "extra": extra}
-                    sig.add(_signature_entry(key, value, comment, counters, extra))
-                if len(sig) != len(elements):  # one key listed twice: never equal to a plan
-                    sig.add(("duplicate key", None, None, "differs"))
-                sets[obj["name"]] = {"kind": kind, "head": _canonical(head), "elements": elements,
-                                     "signature": frozenset(sig)}
+                sets[qf_plan.ref(family, obj["name"])] = _live_set(kind, obj)
             continue
         if kind == "chain":
             if obj["name"].startswith(qf_plan.OWNED_PREFIX):
                 hook = None
                 if "hook" in obj:
                     hook = (obj.get("type"), obj.get("hook"), obj.get("prio"), obj.get("policy"))
-                chains[obj["name"]] = {"hook": hook, "rules": []}
+                chains[qf_plan.ref(family, obj["name"])] = {"hook": hook, "rules": []}
             elif obj["name"] in dict(qf_plan.JUMPS):
-                customs.append(obj["name"])
+                customs.append(qf_plan.ref(family, obj["name"]))
             continue
-        exprs = obj.get("expr", [])
-        if obj["chain"] in chains:
-            chains[obj["chain"]]["rules"].append({
-                "handle": obj["handle"],
-                "comment": obj.get("comment", ""),
-                "counters": _counters(exprs),
-                "key": _canonical([obj.get("comment", ""), _zero_counters(exprs)]),
-            })
-        elif obj["chain"] in dict(qf_plan.JUMPS):
-            if len(exprs) == 1 and "jump" in exprs[0]:
-                target = exprs[0]["jump"].get("target")
-                if target == dict(qf_plan.JUMPS)[obj["chain"]]:
-                    jumps.setdefault((obj["chain"], target), []).append(obj["handle"])
-    return {"chains": chains, "sets": sets, "jumps": jumps, "custom_chains": customs}
+        _live_rule(obj, family, chains, jumps)
+    return {"chains": chains, "sets": sets, "jumps": jumps, "custom_chains": customs, "tables": tables}
+
+
+def _live_set(kind, obj):
+    """An owned set or map as ``live_state`` holds it."""
+    head = {k: v for k, v in obj.items() if k not in ("family", "name", "table", "handle", "elem")}
+    if isinstance(head.get("map"), list):
+        # nft 1.1 lists a concatenated map data type as a list, 1.0.6
+        # (and the plan) as "a . b": one declaration, two spellings
+        head["map"] = " . ".join(head["map"])
+    if isinstance(head.get("flags"), str):  # one flag: nft 1.1 may list it bare
+        head["flags"] = [head["flags"]]
+    elements, sig = {}, set()
+    for elem in obj.get("elem", []):
+        key, value, comment, counters, extra = _element(elem, kind == "map")
+        elements[key] = {"value": value, "comment": comment, "counters": counters, "extra": extra}
+        sig.add(_signature_entry(key, value, comment, counters, extra))
+    if len(sig) != len(elements):  # one key listed twice: never equal to a plan
+        sig.add(("duplicate key", None, None, "differs"))
+    return {"kind": kind, "head": _canonical(head), "elements": elements, "signature": frozenset(sig)}
+
+
+def _live_rule(obj, family, chains, jumps):
+    """A listed rule: into its owned chain, or a jump of ours in custom-input/custom-forward."""
+    exprs = obj.get("expr", [])
+    chain = qf_plan.ref(family, obj["chain"])
+    if chain in chains:
+        chains[chain]["rules"].append({
+            "handle": obj["handle"],
+            "comment": obj.get("comment", ""),
+            "counters": _counters(exprs),
+            "key": _canonical([obj.get("comment", ""), _zero_counters(exprs)]),
+        })
+    elif obj["chain"] in dict(qf_plan.JUMPS):
+        if len(exprs) == 1 and "jump" in exprs[0]:
+            target = exprs[0]["jump"].get("target")
+            if target == dict(qf_plan.JUMPS)[obj["chain"]]:
+                jumps.setdefault((chain, qf_plan.ref(family, target)), []).append(obj["handle"])
 
 
 def _counters(exprs):
@@ -244,16 +266,16 @@ def _remove_all(live):
     cmds, summary = [], _Summary()
     for (custom, target), handles in sorted(live["jumps"].items()):
         for handle in handles:
-            cmds.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
+            cmds.append("delete rule %s handle %d" % (_where(custom), handle))
             summary.add("jumps_removed", "%s -> %s" % (custom, target))
     for name in sorted(live["chains"]):
-        cmds.append("flush chain %s %s %s" % (FAMILY, TABLE, name))
+        cmds.append("flush chain %s" % _where(name))
     for name in sorted(live["chains"]):
-        cmds.append("delete chain %s %s %s" % (FAMILY, TABLE, name))
+        cmds.append("delete chain %s" % _where(name))
         summary.add("chains_removed", name)
         summary.add("rules_removed", *[_describe_live_rule(name, r) for r in live["chains"][name]["rules"]])
     for name in sorted(live.get("sets", {})):
-        cmds.append("delete %s %s %s %s" % (live["sets"][name]["kind"], FAMILY, TABLE, name))
+        cmds.append("delete %s %s" % (live["sets"][name]["kind"], _where(name)))
         summary.add("sets_removed", name)
     if not cmds:
         return "", {}
@@ -264,29 +286,29 @@ def _set_changes(plan, live_sets):
     """Sets and maps: ``(new, replaced (another declaration), stale names)``."""
     new_sets, replaced_sets = [], []
     for item in plan.sets:
-        current = live_sets.get(item.name)
+        current = live_sets.get(item.ref)
         if current is None:
             new_sets.append(item)
         elif (current["kind"] != item.kind or current["head"] != item.head
               or (current.get("signature") != signature(item) and not _all_deletable(current["elements"]))):
             # another declaration, or an element no delete command of ours can name: recreate it
             replaced_sets.append(item)
-    stale_sets = sorted(set(live_sets) - {s.name for s in plan.sets})
+    stale_sets = sorted(set(live_sets) - {s.ref for s in plan.sets})
     return new_sets, replaced_sets, stale_sets
 
 
 def _chain_changes(plan, live, gone_sets):
     """Chains: ``(new, recreated (another hook), refilled (other rules), stale names)``."""
-    planned_chains = {c.name for c in plan.chains}
+    planned_chains = {c.ref for c in plan.chains}
     new_chains, recreated, refilled = [], [], []
     for chain in plan.chains:
-        current = live["chains"].get(chain.name)
+        current = live["chains"].get(chain.ref)
         if current is None:
             new_chains.append(chain)
         elif current["hook"] != chain.hook:
             recreated.append(chain)
         elif ([r["key"] for r in current["rules"]] != [r.key for r in chain.rules]
-              or any(_uses(r, gone_sets) for r in current["rules"])):
+              or any(_uses(r, gone_sets, chain.family) for r in current["rules"])):
             refilled.append(chain)
     stale_chains = sorted(set(live["chains"]) - planned_chains)
     return new_chains, recreated, refilled, stale_chains
@@ -298,15 +320,15 @@ def _removals(live, live_sets, replaced_sets, stale_sets, recreated, refilled, s
     for (custom, target), handles in sorted(live["jumps"].items()):
         if target in jump_targets_gone:
             for handle in handles:
-                pre.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
+                pre.append("delete rule %s handle %d" % (_where(custom), handle))
     for chain in refilled:
-        pre.append("flush chain %s %s %s" % (FAMILY, TABLE, chain.name))
-    for name in [c.name for c in recreated] + stale_chains:
-        pre.append("flush chain %s %s %s" % (FAMILY, TABLE, name))
-    for name in [c.name for c in recreated] + stale_chains:
-        pre.append("delete chain %s %s %s" % (FAMILY, TABLE, name))
-    for name in [s.name for s in replaced_sets] + stale_sets:
-        pre.append("delete %s %s %s %s" % (live_sets[name]["kind"], FAMILY, TABLE, name))
+        pre.append("flush chain %s" % _where(chain.ref))
+    for name in [c.ref for c in recreated] + stale_chains:
+        pre.append("flush chain %s" % _where(name))
+    for name in [c.ref for c in recreated] + stale_chains:
+        pre.append("delete chain %s" % _where(name))
+    for name in [s.ref for s in replaced_sets] + stale_sets:
+        pre.append("delete %s %s" % (live_sets[name]["kind"], _where(name)))
     return pre
 
 
@@ -315,36 +337,36 @@ def _set_commands(plan, live_sets, new_sets, replaced_sets, stale_sets, summary)
     cmds = []
     for item in new_sets + replaced_sets:
         cmds.append(item.add_command())
-    summary.add("sets_added", *[s.name for s in new_sets])
-    summary.add("sets_replaced", *[s.name for s in replaced_sets])
+    summary.add("sets_added", *[s.ref for s in new_sets])
+    summary.add("sets_replaced", *[s.ref for s in replaced_sets])
     summary.add("sets_removed", *stale_sets)
     for item in replaced_sets:
-        summary.add("elements_removed", *["%s: %s" % (item.name, e["comment"] or k)
-                                          for k, e in live_sets[item.name]["elements"].items()])
-        summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in item.elements])
+        summary.add("elements_removed", *["%s: %s" % (item.ref, e["comment"] or k)
+                                          for k, e in live_sets[item.ref]["elements"].items()])
+        summary.add("elements_added", *["%s: %s" % (item.ref, e.origin) for e in item.elements])
     for name in stale_sets:
         summary.add("elements_removed", *["%s: %s" % (name, e["comment"] or k)
                                           for k, e in live_sets[name]["elements"].items()])
     for item in new_sets:
-        summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in item.elements])
+        summary.add("elements_added", *["%s: %s" % (item.ref, e.origin) for e in item.elements])
     # elements of the sets and maps that stay
     for item in plan.sets:
         if item in new_sets or item in replaced_sets:
             continue
-        if live_sets[item.name].get("signature") == signature(item):
+        if live_sets[item.ref].get("signature") == signature(item):
             continue  # up to date: one set comparison, not a walk of its elements
-        current = live_sets[item.name]["elements"]
+        current = live_sets[item.ref]["elements"]
         wanted = {e.key: e for e in item.elements}
         delete = [k for k, e in current.items() if k not in wanted or element_differs(wanted[k], e)]
         add = [e for k, e in wanted.items() if k not in current or element_differs(e, current[k])]
         if delete:
-            cmds.append("delete element %s %s %s { %s }" % (
-                FAMILY, TABLE, item.name, ", ".join(_key_text(k) for k in delete)))
-            summary.add("elements_removed", *["%s: %s" % (item.name, current[k]["comment"] or _key_text(k))
+            cmds.append("delete element %s { %s }" % (
+                _where(item.ref), ", ".join(_key_text(k) for k in delete)))
+            summary.add("elements_removed", *["%s: %s" % (item.ref, current[k]["comment"] or _key_text(k))
                                               for k in delete])
         if add:
             cmds.append(item.element_command("add", add))
-            summary.add("elements_added", *["%s: %s" % (item.name, e.origin) for e in add])
+            summary.add("elements_added", *["%s: %s" % (item.ref, e.origin) for e in add])
     return cmds
 
 
@@ -354,17 +376,17 @@ def _chain_commands(live, new_chains, recreated, refilled, stale_chains, summary
         cmds += chain.commands(fresh=True)[:1] + chain.rule_commands()
     for chain in refilled:
         cmds += chain.rule_commands()
-    summary.add("chains_added", *[c.name for c in new_chains])
-    summary.add("chains_replaced", *[c.name for c in recreated + refilled])
+    summary.add("chains_added", *[c.ref for c in new_chains])
+    summary.add("chains_replaced", *[c.ref for c in recreated + refilled])
     summary.add("chains_removed", *stale_chains)
     for chain in new_chains:
-        summary.add("rules_added", *["%s: %s" % (chain.name, r.comment) for r in chain.rules])
+        summary.add("rules_added", *["%s: %s" % (chain.ref, r.comment) for r in chain.rules])
     for chain in recreated + refilled:
-        have = [r["key"] for r in live["chains"][chain.name]["rules"]]
+        have = [r["key"] for r in live["chains"][chain.ref]["rules"]]
         want = [r.key for r in chain.rules]
-        summary.add("rules_removed", *[_describe_live_rule(chain.name, r)
-                                       for r in live["chains"][chain.name]["rules"] if r["key"] not in want])
-        summary.add("rules_added", *["%s: %s" % (chain.name, r.comment) for r in chain.rules if r.key not in have])
+        summary.add("rules_removed", *[_describe_live_rule(chain.ref, r)
+                                       for r in live["chains"][chain.ref]["rules"] if r["key"] not in want])
+        summary.add("rules_added", *["%s: %s" % (chain.ref, r.comment) for r in chain.rules if r.key not in have])
     for name in stale_chains:
         summary.add("rules_removed", *[_describe_live_rule(name, r) for r in live["chains"][name]["rules"]])
     return cmds
@@ -381,7 +403,7 @@ def _jump_commands(plan, live, jump_targets_gone, summary):
             cmds.append(plan.jump_command(custom, target))
             summary.add("jumps_added", "%s -> %s" % (custom, target))
         for handle in handles[1:]:
-            cmds.append("delete rule %s %s %s handle %d" % (FAMILY, TABLE, custom, handle))
+            cmds.append("delete rule %s handle %d" % (_where(custom), handle))
             summary.add("jumps_removed", "%s -> %s (duplicate, handle %d)" % (custom, target, handle))
     return cmds
 
@@ -395,13 +417,19 @@ def transaction(plan, live):
     content (every rule's statements and comment, every element's key, value
     and comment; counter values and handles aside), or ("", {}) when they
     already are.  A chain whose rules differ is emptied and refilled; a set or
-    map whose elements differ gets those elements deleted and added.
+    map whose elements differ gets those elements deleted and added.  Both
+    tables in one script: what the plan holds in ``ip6 qubes`` follows that
+    table's ``_qubes_firewall_plan.table_prelude`` (so a missing IPv6 table
+    or custom chain never fails the load), and what the formula owns in a
+    table the plan no longer has objects in is removed.
     ``summary``: counts and the items that change.
     """
     if plan is None:
         return _remove_all(live)
     summary = _Summary()
-    missing_custom = [c for c, _ in plan.jumps if c not in live["custom_chains"]]
+    # Qubes' IPv4 table is a precondition; IPv6's custom chains are created when missing
+    missing_custom = [c for c, _ in plan.jumps
+                      if c not in live["custom_chains"] and qf_plan.split_ref(c)[0] == qf_plan.FAMILY]
     if missing_custom:
         raise CommandExecutionError(
             "table ip qubes has no %s chain: is this a Qubes qube with its base firewall loaded?"
@@ -409,23 +437,30 @@ def transaction(plan, live):
         )
     live_sets = live.get("sets", {})
     new_sets, replaced_sets, stale_sets = _set_changes(plan, live_sets)
-    gone_sets = {s.name for s in replaced_sets} | set(stale_sets)
+    gone_sets = {s.ref for s in replaced_sets} | set(stale_sets)
     new_chains, recreated, refilled, stale_chains = _chain_changes(plan, live, gone_sets)
-    jump_targets_gone = {c.name for c in recreated} | set(stale_chains)
+    jump_targets_gone = {c.ref for c in recreated} | set(stale_chains)
     pre = _removals(live, live_sets, replaced_sets, stale_sets, recreated, refilled, stale_chains,
                     jump_targets_gone)
+    for (custom, target), handles in sorted(live["jumps"].items()):
+        if target in stale_chains:  # a table the plan no longer has objects in (IPv6 gone)
+            summary.add("jumps_removed", *["%s -> %s" % (custom, target)] * len(handles))
     cmds = _set_commands(plan, live_sets, new_sets, replaced_sets, stale_sets, summary)
     cmds += _chain_commands(live, new_chains, recreated, refilled, stale_chains, summary)
     cmds += _jump_commands(plan, live, jump_targets_gone, summary)
-    # stale chains were never jump targets of ours (only qf-input/qf-forward are)
+    for family in plan.families:
+        prelude = qf_plan.table_prelude(family)
+        if prelude and any(" %s " % qf_plan.table_of(family) in cmd for cmd in cmds):
+            cmds = prelude + cmds
     cmds = pre + cmds
     if not cmds:
         return "", {}
     return "\n".join(cmds) + "\n", summary.result()
 
 
-def _uses(rule, names):
-    """Does a live rule look up one of the sets ``names``?"""
+def _uses(rule, refs, family):
+    """Does a live rule of ``family``'s table look up one of the sets ``refs``?"""
+    names = [name for fam, name in map(qf_plan.split_ref, refs) if fam == family]
     return any(('"@%s"' % name) in rule["key"] for name in names)
 
 

@@ -35,7 +35,9 @@ def origin_of(comment):
     return origin or None
 
 
-def _role(set_name):
+def _role(set_ref):
+    """What an owned set holds, by its name ("qf-nat-...", or "ip6 qf-nat-..." in ip6)."""
+    set_name = set_ref.rpartition(" ")[2]
     return next((role for prefix, role in _SET_ROLES if set_name.startswith(prefix)), "set")
 
 
@@ -105,8 +107,8 @@ class _Status:
             total["rules"] += 1
 
     def chains(self, plan, live):
-        planned_chains = {c.name: c for c in plan.chains}
-        for chain in [c.name for c in plan.chains] + sorted(set(live["chains"]) - set(planned_chains)):
+        planned_chains = {c.ref: c for c in plan.chains}
+        for chain in [c.ref for c in plan.chains] + sorted(set(live["chains"]) - set(planned_chains)):
             wanted = {r.key: r for r in planned_chains[chain].rules} if chain in planned_chains else {}
             seen = set()
             for rule in live["chains"].get(chain, {}).get("rules", []):
@@ -130,8 +132,8 @@ class _Status:
                                  if r.key not in seen and self.keep(r.origin)]
 
     def sets(self, plan, live):
-        planned_sets = {s.name: s for s in plan.sets}
-        for name in [s.name for s in plan.sets] + sorted(set(live.get("sets", {})) - set(planned_sets)):
+        planned_sets = {s.ref: s for s in plan.sets}
+        for name in [s.ref for s in plan.sets] + sorted(set(live.get("sets", {})) - set(planned_sets)):
             wanted = {e.key: e for e in planned_sets[name].elements} if name in planned_sets else {}
             current = live.get("sets", {}).get(name, {}).get("elements", {})
             for key, elem in sorted(current.items(), key=lambda kv: str(kv[0])):
@@ -198,15 +200,15 @@ def _chain_drift(chain, current, add):
         twin = next((p for p in left if p.comment == rule["comment"]), None)
         if twin is not None:
             left.remove(twin)
-            add("rule edited", chain.name, "handle %d (%s, origin %s): %s"
+            add("rule edited", chain.ref, "handle %d (%s, origin %s): %s"
                 % (rule["handle"], rule["comment"], twin.origin, _first_difference(twin, rule["key"])))
         else:
-            add("rule unexpected", chain.name, "handle %d: %s" % (
+            add("rule unexpected", chain.ref, "handle %d: %s" % (
                 rule["handle"], rule["comment"] or "a rule without comment (hand edit?)"))
     for rule in left:
-        add("rule missing", chain.name, "%s (origin %s)" % (rule.body, rule.origin))
+        add("rule missing", chain.ref, "%s (origin %s)" % (rule.body, rule.origin))
     if matched_order != [r for r in planned if r in matched_order]:
-        add("rule order", chain.name, "the rules are out of order")
+        add("rule order", chain.ref, "the rules are out of order")
 
 
 def _set_drift(item, current, add):
@@ -215,13 +217,13 @@ def _set_drift(item, current, add):
         planned = wanted.get(key)
         text = _key_text(key) + _value_text(elem["value"])
         if planned is None:
-            add("element unexpected", item.name, "%s (%s)" % (text, elem["comment"] or "no comment: a hand edit?"))
+            add("element unexpected", item.ref, "%s (%s)" % (text, elem["comment"] or "no comment: a hand edit?"))
         elif (planned.value != elem["value"] or planned.comment != elem["comment"]
               or elem["counters"] is None or elem["extra"]):
-            add("element edited", item.name, "%s, origin %s: planned %s" % (text, planned.origin, planned.text))
+            add("element edited", item.ref, "%s, origin %s: planned %s" % (text, planned.origin, planned.text))
     for key, planned in wanted.items():
         if key not in current["elements"]:
-            add("element missing", item.name, "%s (origin %s)" % (planned.text, planned.origin))
+            add("element missing", item.ref, "%s (origin %s)" % (planned.text, planned.origin))
 
 
 def live_drift(plan, live):
@@ -247,29 +249,29 @@ def live_drift(plan, live):
                 "Qubes' %s chain is absent: is the base firewall of this qube loaded?" % custom)
     live_sets = live.get("sets", {})
     for item in plan.sets:
-        current = live_sets.get(item.name)
+        current = live_sets.get(item.ref)
         if current is None:
-            add("set missing", item.name, "the %s is absent, %d planned elements are not loaded (%s)"
+            add("set missing", item.ref, "the %s is absent, %d planned elements are not loaded (%s)"
                 % (item.kind, len(item.elements), ", ".join(sorted({e.origin for e in item.elements}))[:200]))
             continue
         if current["kind"] != item.kind or current["head"] != item.head:
-            add("set declaration", item.name, "live %s %s, planned %s %s"
+            add("set declaration", item.ref, "live %s %s, planned %s %s"
                 % (current["kind"], current["head"], item.kind, item.head))
             continue
         _set_drift(item, current, add)
     for chain in plan.chains:
-        current = live["chains"].get(chain.name)
+        current = live["chains"].get(chain.ref)
         if current is None:
-            add("chain missing", chain.name,
+            add("chain missing", chain.ref,
                 "the chain is absent, %d planned rules are not loaded" % len(chain.rules))
             continue
         if current["hook"] != chain.hook:
-            add("chain hook", chain.name, "live %r, planned %r" % (current["hook"], chain.hook))
+            add("chain hook", chain.ref, "live %r, planned %r" % (current["hook"], chain.hook))
         _chain_drift(chain, current, add)
-    for name in sorted(set(live["chains"]) - {c.name for c in plan.chains}):
+    for name in sorted(set(live["chains"]) - {c.ref for c in plan.chains}):
         add("chain unexpected", name, "an owned chain the pillar no longer implies (%d rules)"
             % len(live["chains"][name]["rules"]))
-    for name in sorted(set(live_sets) - {s.name for s in plan.sets}):
+    for name in sorted(set(live_sets) - {s.ref for s in plan.sets}):
         add("set unexpected", name, "an owned %s the pillar no longer implies (%d elements)"
             % (live_sets[name]["kind"], len(live_sets[name]["elements"])))
     for custom, target in plan.jumps:

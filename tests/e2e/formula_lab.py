@@ -8,6 +8,11 @@ and ``lookup:systemd_dir`` at its root's (its template's) /etc/qubes and
 /etc/systemd/system, ``lookup:state_dir`` at a directory of its own, and
 ``lookup:qubes_release`` at the lab's release (dom0 passes it so), unless the pillar
 sets one of them.  A qube's ``custom_persist`` and ``template`` go into the lab.
+
+IPv6: ``FormulaLab(pillar, workdir, ipv6={"sys-net": "1"})`` sets Qubes' ``ipv6``
+feature on those qubes (``""`` turns it off below), gives the outside hosts
+IPv6 (2001:db8:<n>::/64 links) and, as dom0 does, puts ``addresses6`` (the
+lab's ip6 of each qube where IPv6 is in effect) into the pillar.
 """
 
 import concurrent.futures
@@ -22,24 +27,31 @@ from tests.modules import model as model_mod
 from tests.salt_call import SaltCall
 
 
-def outside_hosts(uplinks):
-    """A LAN host on ens6 and a second network on ens7 of each uplink qube."""
+def outside_hosts(uplinks, ipv6=False):
+    """A LAN host on ens6 and a second network on ens7 of each uplink qube (with ``ipv6``:
+    lan 2001:db8:1::50 (+::51), its uplink 2001:db8:1::10; wan 2001:db8:30::50, uplink ::10)."""
     hosts = []
     for i, uplink in enumerate(sorted(uplinks)):
         suffix = "" if i == 0 else str(i + 1)
+        lan6 = dict(host_ip6="2001:db8:%x::50/64" % (1 + 2 * i), uplink_ip6="2001:db8:%x::10/64" % (1 + 2 * i),
+                    extra_ips6=["2001:db8:%x::51/64" % (1 + 2 * i)]) if ipv6 else {}
+        wan6 = dict(host_ip6="2001:db8:%x::50/64" % (0x30 + i),
+                    uplink_ip6="2001:db8:%x::10/64" % (0x30 + i)) if ipv6 else {}
         hosts.append(OutsideHost(name="lan" + suffix, uplink=uplink, ifname="ens6",
                                  host_ip="192.168.%d.50/24" % (1 + 2 * i), uplink_ip="192.168.%d.10/24" % (1 + 2 * i),
-                                 extra_ips=["192.168.%d.51/24" % (1 + 2 * i)]))
+                                 extra_ips=["192.168.%d.51/24" % (1 + 2 * i)], **lan6))
         hosts.append(OutsideHost(name="wan" + suffix, uplink=uplink, ifname="ens7",
-                                 host_ip="172.30.%d.50/24" % i, uplink_ip="172.30.%d.10/24" % i))
+                                 host_ip="172.30.%d.50/24" % i, uplink_ip="172.30.%d.10/24" % i, **wan6))
     return hosts
 
 
-def lab_qubes(mdl):
+def lab_qubes(mdl, ipv6=None):
+    """The lab's qubes of the model; ``ipv6``: {qube: its ``ipv6`` feature value}."""
+    ipv6 = ipv6 or {}
     return {
         name: QubeSpec(ip=mdl.addresses[name], netvm=q.netvm, provides_network=q.provides_network,
                        custom_persist=bool(getattr(q, "custom_persist", False)),
-                       template=getattr(q, "template", None))
+                       template=getattr(q, "template", None), ipv6=ipv6.get(name))
         for name, q in mdl.qubes.items()
     }
 
@@ -68,15 +80,30 @@ class FormulaLab:
     """``with FormulaLab(pillar, workdir) as flab:`` builds the lab; ``flab.lab`` is the Lab."""
 
     def __init__(self, pillar: dict, workdir, outside: Optional[List[OutsideHost]] = None,
-                 release: Optional[str] = None):
+                 release: Optional[str] = None, ipv6: Optional[dict] = None):
         self.pillar = copy.deepcopy(pillar)
         self.workdir = pathlib.Path(workdir)
         self.model = model_mod.parse(self.pillar["qubes_firewall"])
         uplinks = [n for n, q in self.model.qubes.items() if q.netvm is None]
-        self.outside = outside if outside is not None else outside_hosts(uplinks)
-        self.lab = Lab(lab_qubes(self.model), self.outside, workdir=self.workdir / "lab", release=release)
+        self.outside = outside if outside is not None else outside_hosts(uplinks, ipv6=bool(ipv6))
+        self.lab = Lab(lab_qubes(self.model, ipv6), self.outside, workdir=self.workdir / "lab", release=release)
         self.release = self.lab.release
+        if ipv6:
+            self.pillar = self.with_addresses6(self.pillar)
+            self.model = model_mod.parse(self.pillar["qubes_firewall"])
         self._minions = {}
+
+    def addresses6(self):
+        """{qube: ip6} where Qubes' IPv6 is in effect in the lab: what dom0 hands the qubes."""
+        return {q: self.lab.ip6(q) for q in self.lab.order if self.lab.ip6(q)}
+
+    def with_addresses6(self, pillar):
+        """``pillar`` with the lab's ``addresses6`` (none: the key left out, as dom0 does)."""
+        pillar = copy.deepcopy(pillar)
+        found = self.addresses6()
+        if found:
+            pillar["qubes_firewall"]["addresses6"] = found
+        return pillar
 
     def __enter__(self):
         return self
@@ -193,9 +220,13 @@ class Flow:
     expect: Optional[str]  # banner expected, None = must not connect
     proto: str = "tcp"
     from_ip: Optional[str] = None
+    family: int = 4  # 6: the probe goes over IPv6
 
     def probe(self, lab):
-        fn = lab.probe_tcp if self.proto == "tcp" else lab.probe_udp
+        if self.family == 6:
+            fn = lab.probe_tcp6 if self.proto == "tcp" else lab.probe_udp6
+        else:
+            fn = lab.probe_tcp if self.proto == "tcp" else lab.probe_udp
         return fn(self.source, self.dest, self.port, source=self.from_ip, timeout=1.0)
 
 
@@ -207,7 +238,7 @@ def check_flows(lab, flows):
 def matrix_text(results):
     rows = [("flow", "from", "to", "expected", "got", "")]
     for flow, got in results:
-        to = "%s %s:%d" % (flow.dest, flow.proto, flow.port)
+        to = "%s %s%s:%d" % (flow.dest, flow.proto, "6" if flow.family == 6 else "", flow.port)
         src = flow.source + (" (%s)" % flow.from_ip if flow.from_ip else "")
         rows.append((flow.label, src, to, flow.expect or "blocked", got or "blocked",
                      "ok" if got == flow.expect else "MISMATCH"))
