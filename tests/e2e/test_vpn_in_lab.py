@@ -40,12 +40,19 @@ TUNNEL_CLIENT, TUNNEL_SERVER = "10.8.0.2", "10.8.0.1"
 CLEAR = "172.30.0.10"  # sys-net's address on wan's network: what wan sees of a leak
 ADDRESSES = {"sys-net": "10.137.0.5", "sys-firewall": "10.137.0.6", "sys-vpn": "10.137.0.7",
              "sys-firewall-2": "10.137.0.8", "work": "10.137.0.9"}
-OUTSIDE = [
-    OutsideHost(name="lan", uplink="sys-net", ifname="ens6", host_ip="192.168.1.50/24",
-                uplink_ip="192.168.1.10/24"),
-    OutsideHost(name="wan", uplink="sys-net", ifname="ens7", host_ip=ENDPOINT + "/24",
-                uplink_ip=CLEAR + "/24", extra_ips=[WORLD + "/24"]),
-]
+WORLD6, LAN6 = "2001:db8:30::51", "2001:db8:1::50"
+
+
+def outside(ipv6):
+    lan6 = dict(host_ip6=LAN6 + "/64", uplink_ip6="2001:db8:1::10/64") if ipv6 else {}
+    wan6 = dict(host_ip6="2001:db8:30::50/64", uplink_ip6="2001:db8:30::10/64",
+                extra_ips6=[WORLD6 + "/64"]) if ipv6 else {}
+    return [
+        OutsideHost(name="lan", uplink="sys-net", ifname="ens6", host_ip="192.168.1.50/24",
+                    uplink_ip="192.168.1.10/24", **lan6),
+        OutsideHost(name="wan", uplink="sys-net", ifname="ens7", host_ip=ENDPOINT + "/24",
+                    uplink_ip=CLEAR + "/24", extra_ips=[WORLD + "/24"], **wan6),
+    ]
 _SCRIPT = str(Path(vpn_tunnel.__file__).resolve())
 
 
@@ -122,10 +129,12 @@ WATCHED = ("sys-firewall", "sys-net")  # sys-vpn's upstream, and the qube with t
 
 
 def observe(lab):
-    """A counter in sys-firewall and sys-net of every packet from a client but the tunnel's datagrams."""
+    """A counter in sys-firewall and sys-net of every packet from a client but the tunnel's datagrams
+    (IPv4 and IPv6: an inet table)."""
     for node in WATCHED:
-        lab.nft_load(node, "table ip labobs {\n chain pre {\n  type filter hook prerouting priority -400;\n"
-                     '  iifname "vif*" udp dport %d return\n  iifname "vif*" counter\n }\n}\n' % PORT)
+        lab.nft_load(node, "table inet labobs {\n chain pre {\n  type filter hook prerouting priority -400;\n"
+                     '  iifname "vif*" meta nfproto ipv4 udp dport %d return\n  iifname "vif*" counter\n }\n}\n'
+                     % PORT)
 
 
 def observed(lab):
@@ -155,8 +164,19 @@ def assert_through_the_tunnel(lab):
     assert lab.probe_udp("work", "10.139.1.2", 53, timeout=1.0) == "wan:53:%s" % TUNNEL_CLIENT
 
 
+def assert_no_ipv6_out(lab, why):
+    """The tunnel carries IPv4 only: a client's IPv6 must not leave by sys-vpn's eth0 (up or down)."""
+    if lab.ip6("work") is None:
+        return
+    for probe in (lab.probe_tcp6, lab.probe_udp6):
+        assert probe("work", WORLD6, 8080, timeout=1.0) is None, (why, "IPv6")
+        assert probe("work", LAN6, 8080, timeout=1.0) is None, (why, "IPv6 lan")
+    assert lab.probe_tcp6("sys-vpn", WORLD6, 8080, timeout=1.0) is None, (why, "sys-vpn's own IPv6")
+
+
 def assert_nothing_leaks(lab, why):
     before = observed(lab)
+    assert_no_ipv6_out(lab, why)
     for proto in ("tcp", "udp"):
         assert reached(lab, "work", proto) is None, (why, proto)
         assert reached(lab, "work", proto, dest=TUNNEL_SERVER) is None, (why, proto, "the VPN server")
@@ -170,9 +190,10 @@ def assert_nothing_leaks(lab, why):
     assert observed(lab) == before, "%s: packets leaked out of sys-vpn's upstream" % why
 
 
-@pytest.fixture
-def vpn_lab(tmp_path):
-    flab = FormulaLab(pillar(), tmp_path, outside=OUTSIDE)
+@pytest.fixture(params=[False, True], ids=["ipv4", "ipv6"])
+def vpn_lab(tmp_path, request):
+    ipv6 = {"sys-net": "1"} if request.param else None
+    flab = FormulaLab(pillar(), tmp_path, outside=outside(request.param), ipv6=ipv6)
     lab = flab.lab
     tunnel = Tunnel(lab)
     try:
@@ -200,6 +221,8 @@ def test_the_vpn_qube_fails_closed(vpn_lab):
     assert reached(lab, "work") == "wan:8080:%s" % CLEAR, "the lab must show the leak the formula stops"
     assert all(observed(lab)[node] > before[node] for node in WATCHED), "the counters must see a leak"
     tunnel.up()
+    if lab.ip6("work") is not None:  # and IPv6 leaves in clear, tunnel or not (it carries IPv4 only)
+        assert lab.probe_tcp6("work", WORLD6, 8080, timeout=1.0) == "wan:8080:2001:db8:30::10"
 
     applied = flab.apply("sys-vpn")
     assert applied.retcode == 0 and not applied.failed, applied.failed
@@ -209,6 +232,7 @@ def test_the_vpn_qube_fails_closed(vpn_lab):
     lab.set_firewall_rules("sys-vpn", [line.split(" comment=")[0] for line in lines])
 
     assert_through_the_tunnel(lab)
+    assert_no_ipv6_out(lab, "tun0 up")
     tunnel.down()
     assert_nothing_leaks(lab, "tun0 down")
     tunnel.up()
@@ -230,7 +254,7 @@ def test_the_vpn_qube_fails_closed(vpn_lab):
 
 
 def test_dns_none_drops_the_clients_dns(tmp_path):
-    flab = FormulaLab(pillar(dns=()), tmp_path, outside=OUTSIDE)
+    flab = FormulaLab(pillar(dns=()), tmp_path, outside=outside(False))
     lab = flab.lab
     tunnel = Tunnel(lab)
     try:
