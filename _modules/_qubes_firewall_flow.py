@@ -22,7 +22,11 @@ to outside, it leaves through the source's uplink.  The outside interface and
 source address are unknown to the pillar: give ``interface`` / ``source_ip``,
 or rules that depend on them are listed as ``conditions``.
 
-Pure; imports the planner and the qvm-firewall evaluator.
+A flow that leaves upward through a VPN qube (``qubes:<qube>:vpn``) goes into
+its tunnel; ``tunnel_down`` says, from the VPN qube's planned rules, whether it
+would leak by the VPN qube's upstream when the tunnel is down.
+
+Pure; imports the planner, the qvm-firewall evaluator and the VPN planner.
 """
 
 import fnmatch
@@ -390,7 +394,8 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
          "reason": str,                         # why not, or what lets it
          "rules": [{"qube", "chain", "comment", "rule"}],  # the formula's rules on the way
          "steps": [str],                        # the walk, hop by hop
-         "conditions": [str], "notes": [str]}
+         "conditions": [str], "notes": [str],
+         "tunnel_down": [{"vpn", "leaks", "reason", "dns"}]}  # per VPN qube it leaves by
 
     ``reaches`` may be another node than ``target`` (a port forward's DNAT
     sends the uplink's port elsewhere): then ``allowed`` is False.

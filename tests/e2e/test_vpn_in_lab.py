@@ -29,10 +29,10 @@ import pytest
 from tests.e2e.formula_lab import FormulaLab
 from tests.lab import OutsideHost, netns
 from tests.lab import vpn_tunnel
-from tests.modules import load_file
+from tests.modules import core
+from tests.modules import model as model_mod
 
-dom0 = load_file("_modules/_qubes_firewall_dom0.py", "qf_vpn_lab_dom0")
-model_mod = load_file("_modules/_qubes_firewall_model.py", "qf_vpn_lab_model")
+dom0 = core("dom0")
 
 ENDPOINT, PORT = "172.30.0.50", 51820
 WORLD = "172.30.0.51"  # an outside address the clients reach through the tunnel
