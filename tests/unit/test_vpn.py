@@ -6,10 +6,12 @@ down?".  Real packets: tests/e2e/test_vpn_in_lab.py.
 """
 
 import copy
+import json
+import pathlib
 
 import pytest
 
-from tests.modules import core, model, plan
+from tests.modules import core, model, nft, plan
 
 dom0 = core("dom0")
 flow = core("flow")
@@ -245,3 +247,31 @@ def test_check_sees_a_leak_when_the_plan_has_no_drop():
     assert vpn_mod.forward_verdict(planned, through, tunnels) == ("accept", None)
     with pytest.raises(ValueError):
         vpn_mod.forward_verdict(planned, through, {})
+
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+def recorded_pillar():
+    """The pillar of fixtures/sys-vpn-applied-nft-*.json: both families, networks and addresses."""
+    raw = with_ipv6(pillar(interfaces=["wg0", "tun0"], dns=["10.8.0.1", "10.8.0.2"], endpoints=[
+        {"address": "198.51.100.7", "port": 51820},
+        {"address": "203.0.113.0/24", "port": 443, "protocol": "tcp"},
+        {"address": "2001:db8::/64", "port": 443, "protocol": "tcp"},
+        {"address": "2001:db8:1::5", "port": 1194}]))
+    raw["addresses6"] = {q: a for q, a in raw["addresses6"].items() if q != "web"}
+    return raw
+
+
+@pytest.mark.parametrize("version", ["1.0.6", "1.1.3"])
+def test_the_vpn_objects_as_nft_lists_them_are_the_plan(version):
+    """Recorded: the plan's ruleset loaded with nft 1.0.6 (Debian 12) and 1.1.3 (Debian 13) and
+    listed with ``nft -j``: applying again changes nothing (interval sets, ifname set, map)."""
+    doc = json.loads((FIXTURES / ("sys-vpn-applied-nft-%s.json" % version)).read_text())
+    p = plan.plan_qube(model.parse(recorded_pillar()), "sys-vpn")
+    assert nft.transaction(p, nft.live_state(doc)) == ("", {})
+    # one endpoint more: its set is refilled (an element of a network cannot be deleted by name)
+    raw = recorded_pillar()
+    raw["qubes"]["sys-vpn"]["vpn"]["endpoints"].append({"address": "192.0.2.0/24", "port": 1})
+    script, summary = nft.transaction(plan.plan_qube(model.parse(raw), "sys-vpn"), nft.live_state(doc))
+    assert summary["sets_replaced"] == ["qf-vpn-ep"] and "192.0.2.0/24 . udp . 1" in script
