@@ -130,11 +130,13 @@ WATCHED = ("sys-firewall", "sys-net")  # sys-vpn's upstream, and the qube with t
 
 def observe(lab):
     """A counter in sys-firewall and sys-net of every packet from a client but the tunnel's datagrams
-    (IPv4 and IPv6: an inet table)."""
+    (IPv4 and IPv6: an inet table) and the IPv6 link-local traffic every qube sends on its own
+    (router solicitations, MLD reports: never routed, they carry no client's data)."""
     for node in WATCHED:
         lab.nft_load(node, "table inet labobs {\n chain pre {\n  type filter hook prerouting priority -400;\n"
-                     '  iifname "vif*" meta nfproto ipv4 udp dport %d return\n  iifname "vif*" counter\n }\n}\n'
-                     % PORT)
+                     '  iifname "vif*" meta nfproto ipv4 udp dport %d return\n'
+                     '  ip6 saddr fe80::/10 return\n  ip6 daddr ff02::/16 return\n'
+                     '  iifname "vif*" counter\n }\n}\n' % PORT)
 
 
 def observed(lab):
