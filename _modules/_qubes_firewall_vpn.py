@@ -8,12 +8,14 @@ it); the planner (``_qubes_firewall_plan.plan_qube``) turns it into its
 chains, rules and sets, so the VPN objects are compared, loaded, replayed at
 boot and counted exactly like every other owned object.
 
-What the VPN qube gets, in ``table ip qubes`` (each a constant number of
-rules per packet; the endpoints are one set, the resolvers one map):
+What the VPN qube gets, in ``table ip qubes`` and, where the planner writes
+IPv6 objects for it, ``table ip6 qubes`` (DNS stays IPv4); at most five rules
+per packet whatever the number of endpoints (the tunnel interfaces and the
+endpoints are sets, the resolvers a map):
 
 - ``qf-vpn-fwd`` (``type filter hook forward priority filter - 1``): its
-  clients (``iifgroup 2``) may be forwarded only to a tunnel interface or to
-  another client, and nothing reaches its clients (``oifgroup 2``) but from a
+  clients (``iifgroup 2``) may be forwarded only to a tunnel interface (set
+  ``qf-vpn-tunnels``) or to another client, and nothing reaches its clients (``oifgroup 2``) but from a
   tunnel interface or another client.  Both are drops in a base chain of
   their own: a drop is final whatever another base chain on the hook accepts
   (Qubes' ``ct state established,related accept`` included), so when the
