@@ -29,7 +29,11 @@ the ``ip`` ones, NAT66 included), and stops at the first qube on the way
 without IPv6 (Qubes' ``ipv6`` feature not in effect there).  ``families``
 sums both up (``{"ipv4": "allowed", "ipv6": "not (sys-net has no IPv6 ...)"}``).
 
-Pure; imports the planner and the qvm-firewall evaluator.
+A flow that leaves upward through a VPN qube (``qubes:<qube>:vpn``) goes into
+its tunnel; ``tunnel_down`` says, from the VPN qube's planned rules, whether it
+would leak by the VPN qube's upstream when the tunnel is down.
+
+Pure; imports the planner, the qvm-firewall evaluator and the VPN planner.
 """
 
 import fnmatch
@@ -38,6 +42,7 @@ import time
 
 import _qubes_firewall_dom0 as qf_dom0
 import _qubes_firewall_plan as qf_plan
+import _qubes_firewall_vpn as qf_vpn
 
 OUTSIDE_NAMES = ("outside", "lan", "wan", "internet")
 # symbolic addresses the pillar cannot know
@@ -459,6 +464,8 @@ def _walk(walk, source, target, port, interface, source_ip):
                 walk.step("%s: Qubes' forward chain lets it %s" % (node, "up" if where == "up" else "out"))
             if came_from == "client" and not _firewall_list(walk, prev, node, packet):
                 return None, "%s's qvm-firewall list drops it in %s" % (prev, node)
+        if where == "up" and walk.model.qubes[node].vpn is not None:
+            return _vpn_tunnel(walk, node, packet)
         if where == "out":
             _outside_ipv6(walk, node)
             walk.step("%s: leaves to the outside network, masqueraded as its outside address" % node)
@@ -530,6 +537,7 @@ def _family_answer(model, source, target, port, proto, interface, source_ip, now
         "steps": walk.steps,
         "conditions": walk.conditions if allowed else [],
         "notes": walk.notes,
+        "tunnel_down": tunnel_down(model, source, target, walk),
     }
 
 
@@ -549,8 +557,9 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
          "rules": [{"qube", "chain", "comment", "rule"}],  # the formula's rules on the way
          "steps": [str],                        # the walk, hop by hop
          "conditions": [str], "notes": [str],
-         "ipv6": {"allowed", "reaches", "reason", "rules", "steps", "conditions", "notes"},
-         "families": {"ipv4": "allowed" | "not (why)", "ipv6": ...}}
+         "ipv6": {"allowed", "reaches", "reason", "rules", "steps", "conditions", "notes", "tunnel_down"},
+         "families": {"ipv4": "allowed" | "not (why)", "ipv6": ...},
+         "tunnel_down": [{"vpn", "leaks", "reason", "dns"}]}  # per VPN qube it leaves by
 
     ``ipv6`` is the same walk over IPv6 (it stops at the first qube without
     IPv6).  ``reaches`` may be another node than ``target`` (a port
@@ -562,7 +571,7 @@ def check(model, source, target, port, proto="tcp", interface=None, source_ip=No
     answers = {family: _family_answer(model, source, target, port, proto, interface, sources[family], now, family)
                for family in (4, 6)}
     out = {"allowed": answers[4]["allowed"], "source": source, "target": target, "proto": proto, "port": port}
-    for key in ("reaches", "reason", "rules", "steps", "conditions", "notes"):
+    for key in ("reaches", "reason", "rules", "steps", "conditions", "notes", "tunnel_down"):
         out[key] = answers[4][key]
     out["ipv6"] = answers[6]
     out["families"] = {FAMILY_NAMES[f]: family_verdict(answers[f]) for f in (4, 6)}
@@ -631,4 +640,71 @@ def check_text(answer):
     lines += _walk_text(answer, "")
     if ipv6 and len(ipv6["steps"]) > 1:  # walked beyond "X has no IPv6"
         lines += _walk_text(ipv6, "IPv6 ")
+    lines += _tunnel_down_text(answer.get("tunnel_down") or [])
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# VPN qubes (``qubes:<qube>:vpn``): through the tunnel, and what if it is down
+# --------------------------------------------------------------------------
+
+
+def _vpn_tunnel(walk, node, packet):
+    """A VPN qube routes what goes up into its tunnel: out to the world, or nowhere in Qubes."""
+    vpn = walk.model.qubes[node].vpn
+    tunnel = ", ".join(vpn.interfaces)
+    if packet["daddr"] == OUTSIDE_ADDR:
+        walk.step("%s: routes it into the tunnel (%s); it leaves at the VPN server, not by %s's upstream"
+                  % (node, tunnel, node))
+        return (OUTSIDE_ADDR, packet["dport"]), None
+    why = ("%s routes it into the tunnel (%s), not to its upstream: a VPN qube lets its clients out only "
+           "through the tunnel (qubes_firewall:qubes:%s:vpn)" % (node, tunnel, node))
+    walk.step(why)
+    return None, why
+
+
+def _vpn_above(model, source, target):
+    """The VPN qubes a flow from ``source`` leaves upward (``target`` not behind them)."""
+    if is_outside(source):
+        return []
+    chain = model.chain(source)
+    behind = set() if is_outside(target) else set(model.chain(target))
+    return [q for q in chain[1:] if model.qubes[q].vpn is not None and q not in behind]
+
+
+def tunnel_down(model, source, target, walk=None):
+    """
+    Does the flow leak when the tunnel of a VPN qube on its way is down?  For
+    each VPN qube the flow leaves upward: ``{"vpn", "leaks", "reason", "dns"}``,
+    from the VPN qube's planned forward rules evaluated on a client's packet
+    that the fallen-back routes send out by ``eth0`` (Qubes' own chains let
+    such a packet through, so only the formula's drop stops it).
+    """
+    walk = walk or _Walk(model, "tcp", 0)
+    out = []
+    for vpn in _vpn_above(model, source, target):
+        chain = next((c for c in walk.chains(vpn) if c.name == qf_vpn.FORWARD), None)
+        rules = [([m.json for m in r.matches], r.verdict.json, r.comment) for r in (chain.rules if chain else ())]
+        sets = {name: [e.key[0] for e in s.elements] for name, s in walk.sets(vpn).items()}
+        verdict, by = qf_vpn.forward_verdict(rules, qf_vpn.leak_packet("up"), sets)
+        dns = qf_vpn.VIRTUAL_DNS
+        resolvers = model.qubes[vpn].vpn.dns
+        out.append({
+            "vpn": vpn,
+            "leaks": verdict != "drop",
+            "reason": ("the routes fall back to %s's upstream (eth0), where %s drops it (%s: %s)"
+                       % (vpn, vpn, qf_vpn.FORWARD, by) if verdict == "drop"
+                       else "%s forwards it out by its upstream (eth0) in clear" % vpn),
+            "dns": ("%s: sent to %s through the tunnel; dropped with it when it is down"
+                    % (" and ".join(dns), ", ".join(resolvers)) if resolvers
+                    else "%s: dropped (dns: none)" % " and ".join(dns)),
+        })
+    return out
+
+
+def _tunnel_down_text(entries):
+    lines = []
+    for entry in entries:
+        lines += ["", "if %s's tunnel is down: %s" % (entry["vpn"], "LEAKS" if entry["leaks"] else "no leak"),
+                  "  " + entry["reason"], "  DNS " + entry["dns"]]
+    return lines

@@ -122,6 +122,35 @@ class Qube:
     custom_persist: bool = False
     # the template whose root filesystem (/etc included) the qube boots from
     template: Optional[str] = None
+    # a VPN qube: its tunnel, endpoints and resolvers (None: not a VPN qube)
+    vpn: Optional["Vpn"] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VpnEndpoint:
+    """One VPN server the VPN qube may reach through its upstream."""
+
+    address: str  # an IPv4/IPv6 address (bare) or network (with prefix), canonical
+    port: int
+    protocol: str = "udp"
+
+    @property
+    def family(self):
+        return 6 if ":" in self.address else 4
+
+    @property
+    def network(self):
+        """The address as a network with its prefix (198.51.100.7/32), as qvm-firewall stores it."""
+        return str(ipaddress.ip_network(self.address))
+
+
+@dataclasses.dataclass(frozen=True)
+class Vpn:
+    """``vpn:`` of a network service qube: it fails closed (the tunnel or nothing)."""
+
+    interfaces: Tuple[str, ...]
+    endpoints: Tuple[VpnEndpoint, ...]
+    dns: Tuple[str, ...] = ()  # IPv4 resolvers behind the tunnel; () = none: the clients' DNS is dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -721,7 +750,7 @@ def _firewall_rule(raw, path, errors, qube):
 
 
 _QUBE_KEYS = ("netvm", "provides_network", "service", "firewall", "dispvm_template", "custom_persist",
-              "template")
+              "template", "vpn")
 
 
 def _netvm(value, path, errors):
@@ -778,15 +807,20 @@ def _qube_spec(name, spec, qpath, errors):
                    "required when custom_persist is true: with custom-persist Qubes runs no "
                    "/rw/config scripts (rc.local, qubes-firewall-user-script), so the rules are "
                    "replayed from the template's /etc; name the template %s boots from" % name)
-    return (netvm, provides, service, firewall, dvm, custom_persist, template)
+    vpn = _vpn(spec["vpn"], qpath + ["vpn"], errors) if "vpn" in spec else None
+    if vpn is not None and spec.get("service") is False:
+        errors.add(qpath + ["service"], "a qube with vpn is a network service qube: leave service out, or true")
+    return (netvm, provides, service, firewall, dvm, custom_persist, template, vpn)
 
 
 def _qube_topology(parsed, path, errors):
     """The qubes, checked against each other: netvms exist and provide network."""
     used_as_netvm = {spec[0] for spec in parsed.values() if spec[0]}
     qubes = {}
-    for name, (netvm, provides, service, firewall, dvm, custom_persist, template) in parsed.items():
+    for name, (netvm, provides, service, firewall, dvm, custom_persist, template, vpn) in parsed.items():
         qpath = path + [name]
+        if vpn is not None:
+            service, firewall = _vpn_qube(name, netvm, service, firewall, vpn, qpath, errors)
         if netvm is not None:
             if netvm == name:
                 errors.add(qpath + ["netvm"], "a qube cannot be its own netvm")
@@ -805,8 +839,129 @@ def _qube_topology(parsed, path, errors):
         if dvm is not None and dvm in parsed:
             errors.add(qpath + ["dispvm_template"],
                        "'%s' is listed under %s:qubes; a disposable template runs no qube's network" % (dvm, ROOT))
-        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm, custom_persist, template)
+        qubes[name] = Qube(name, netvm, effective, provides, service, firewall, dvm, custom_persist, template, vpn)
     return qubes
+
+
+# --------------------------------------------------------------------------
+# vpn: a network service qube that fails closed
+# --------------------------------------------------------------------------
+
+_VPN_KEYS = ("interfaces", "endpoints", "dns")
+_ENDPOINT_KEYS = ("address", "port", "protocol")
+
+
+def _vpn_endpoint(raw, path, errors):
+    raw = _mapping(raw, path, errors, allowed=_ENDPOINT_KEYS, required=("address", "port"))
+    if raw is None:
+        return None
+    n = len(errors.items)
+    value = raw["address"]
+    address = None
+    if isinstance(value, str) and ":" in value:
+        address = _ipv6_network(value, path + ["address"], errors)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9./]+", value):
+        address = _ipv4_network(value, path + ["address"], errors)
+    else:
+        errors.add(path + ["address"], "must be an IPv4 or IPv6 address or network (like 198.51.100.7 or "
+                   "2001:db8::/64), got %s: a host name would need DNS outside the tunnel, which the "
+                   "VPN qube must not do" % _show(value))
+    if address is not None and address.endswith("/0"):
+        errors.add(path + ["address"], "%s is every address: the VPN qube could then reach anything "
+                   "through its upstream; name the VPN servers" % _show(value))
+    elif address is not None and address.endswith(("/32", "/128")):
+        address = address.rsplit("/", 1)[0]
+    port = _port(raw["port"], path + ["port"], errors)
+    protocol = _choice(raw.get("protocol", "udp"), path + ["protocol"], errors, PROTOCOLS)
+    if len(errors.items) != n:
+        return None
+    return VpnEndpoint(address, port, protocol)
+
+
+def _vpn_dns(value, path, errors):
+    """The resolvers: a list of IPv4 addresses, or none (the clients' DNS is dropped)."""
+    if value == "none" or value == []:
+        return ()
+    items = _list(value, path, errors) if value is not None else None
+    if items is None:
+        if value is None:
+            errors.add(path, "must be a list of IPv4 addresses of resolvers behind the tunnel, or none "
+                       "(the clients' DNS is dropped), got null")
+        return None
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and ":" in item:
+            errors.add(path + [i], "%s: Qubes gives its qubes IPv4 DNS only (10.139.1.1, 10.139.1.2), "
+                       "which cannot be sent to an IPv6 resolver; give an IPv4 one" % _show(item))
+            continue
+        addr = _ipv4(item, path + [i], errors)
+        if addr is not None and addr not in out:
+            out.append(addr)
+    return tuple(out)
+
+
+def _vpn(raw, path, errors):
+    """``qubes:<qube>:vpn``: a :class:`Vpn`, or None (errors added)."""
+    raw = _mapping(raw, path, errors, allowed=_VPN_KEYS, required=_VPN_KEYS)
+    if raw is None:
+        return None
+    n = len(errors.items)
+    interfaces = []
+    for i, value in enumerate(_list(raw["interfaces"], path + ["interfaces"], errors) or []):
+        ifname = _ifname(value, path + ["interfaces", i], errors)
+        if ifname == "eth0":
+            errors.add(path + ["interfaces", i], "eth0 is the VPN qube's upstream, not its tunnel")
+        elif ifname and not ifname[0].isalpha():
+            errors.add(path + ["interfaces", i], "a tunnel interface name starts with a letter (like wg0, "
+                       "tun0), got %s" % _show(ifname))
+        elif ifname and ifname not in interfaces:
+            interfaces.append(ifname)
+    endpoints = []
+    for i, value in enumerate(_list(raw["endpoints"], path + ["endpoints"], errors) or []):
+        endpoint = _vpn_endpoint(value, path + ["endpoints", i], errors)
+        if endpoint is not None and endpoint not in endpoints:
+            endpoints.append(endpoint)
+    dns = _vpn_dns(raw["dns"], path + ["dns"], errors)
+    for key, items in (("interfaces", interfaces), ("endpoints", endpoints)):
+        if len(errors.items) == n and not items:
+            errors.add(path + [key], "is empty: a VPN qube needs at least one tunnel interface and one endpoint")
+    if len(errors.items) != n:
+        return None
+    return Vpn(tuple(interfaces), tuple(endpoints), dns)
+
+
+def vpn_firewall(vpn):
+    """The qvm-firewall list of a VPN qube: its endpoints, nothing else (the implicit drop follows)."""
+    return tuple(FirewallRule("accept", e.protocol, e.network, (e.port, e.port), comment="vpn endpoint")
+                 for e in vpn.endpoints)
+
+
+def _vpn_qube(name, netvm, service, firewall, vpn, qpath, errors):
+    """A VPN qube is a network service qube with an upstream; its qvm-firewall list is made from vpn."""
+    if netvm is None:
+        errors.add(qpath + ["vpn"], "a VPN qube needs a netvm (its upstream, e.g. sys-firewall)")
+    if firewall is not None:
+        errors.add(qpath + ["firewall"], "%s has vpn: its qvm-firewall list is its endpoints "
+                   "(%s:qubes:%s:vpn:endpoints); leave firewall out" % (name, ROOT, name))
+    return True, vpn_firewall(vpn)
+
+
+def _check_vpn_paths(model, errors):
+    """No port forward or connection may need what a VPN qube drops: its upstream to or from its clients."""
+    for vpn in sorted(n for n, q in model.qubes.items() if q.vpn is not None):
+        where = "%s:qubes:%s:vpn" % (ROOT, vpn)
+        for index, fwd in enumerate(model.port_forwards):
+            if vpn in model.chain(fwd.qube):
+                errors.add([ROOT, "port_forwards", index, "qube"],
+                           "%s is behind the VPN qube %s (%s), which takes nothing in from its upstream; "
+                           "a port forward cannot reach it" % (fwd.qube, vpn, where))
+        for conn in model.connections:
+            ends = [vpn in model.chain(q) for q in (conn.source, conn.target)]
+            if ends[0] != ends[1]:
+                errors.add([ROOT, "connections", conn.index],
+                           "%s -> %s crosses the VPN qube %s (%s), which lets its clients out only through "
+                           "the tunnel and nothing in or out of its upstream but the endpoints"
+                           % (conn.source, conn.target, vpn, where))
 
 
 def _netvm_cycles(qubes, path, errors):
@@ -1079,6 +1234,7 @@ def _parse(pillar, pillar_keys):
         raise PillarError(errors.items)
     model = Model(lookup, addresses, qubes, connections, connect_tcp, forwards, addresses6)
     _check_forward_paths(model, errors)
+    _check_vpn_paths(model, errors)
     if errors.items:
         raise PillarError(errors.items)
     return model

@@ -60,6 +60,8 @@ def _plain(value):
     """A listed key or value as the plan writes it: a tuple of its parts (str/int), else canonical JSON."""
     if isinstance(value, dict):
         parts = value.get("concat")
+        if isinstance(parts, list):
+            parts = [_prefix_text(p) for p in parts]
         if isinstance(parts, list) and all(type(p) in _PARTS for p in parts):
             return tuple(parts)
         return _canonical(value)
@@ -69,6 +71,14 @@ def _plain(value):
 
 
 _PARTS = (str, int)
+
+
+def _prefix_text(part):
+    """A network in an interval set's key (``{"prefix": {"addr", "len"}}``) as the plan writes it: a/len."""
+    prefix = part.get("prefix") if isinstance(part, dict) else None
+    if isinstance(prefix, dict) and type(prefix.get("addr")) is str and type(prefix.get("len")) is int:
+        return "%s/%d" % (prefix["addr"], prefix["len"])
+    return part
 
 
 def _element(item, is_map):
@@ -172,6 +182,8 @@ def _live_set(kind, obj):
         # nft 1.1 lists a concatenated map data type as a list, 1.0.6
         # (and the plan) as "a . b": one declaration, two spellings
         head["map"] = " . ".join(head["map"])
+    if isinstance(head.get("flags"), str):  # one flag: nft 1.1 may list it bare
+        head["flags"] = [head["flags"]]
     elements, sig = {}, set()
     for elem in obj.get("elem", []):
         key, value, comment, counters, extra = _element(elem, kind == "map")
@@ -278,7 +290,7 @@ def _set_changes(plan, live_sets):
         if current is None:
             new_sets.append(item)
         elif (current["kind"] != item.kind or current["head"] != item.head
-              or not _all_deletable(current["elements"])):
+              or (current.get("signature") != signature(item) and not _all_deletable(current["elements"]))):
             # another declaration, or an element no delete command of ours can name: recreate it
             replaced_sets.append(item)
     stale_sets = sorted(set(live_sets) - {s.ref for s in plan.sets})

@@ -50,6 +50,8 @@ import ipaddress
 import json
 from typing import Optional, Tuple
 
+import _qubes_firewall_vpn as qf_vpn
+
 FAMILY = "ip"
 FAMILY6 = "ip6"
 FAMILIES = (FAMILY, FAMILY6)
@@ -362,6 +364,7 @@ class Set:
     elements: Tuple[Element, ...]
     origin: str = "port_forwards"
     family: str = FAMILY  # "ip" or "ip6"
+    flags: Tuple[str, ...] = ()  # ("interval",): elements may be networks
 
     @property
     def kind(self):
@@ -383,12 +386,15 @@ class Set:
                 "stmt": [{"counter": None}]}
         if self.value_type is not None:
             head["map"] = self.value_type
+        if self.flags:
+            head["flags"] = list(self.flags)
         return json.dumps(head, sort_keys=True)
 
     @property
     def spec(self):
         value = " : %s" % self.value_type if self.value_type else ""
-        return "type %s%s; counter;" % (" . ".join(self.key_type), value)
+        flags = " flags %s;" % ", ".join(self.flags) if self.flags else ""
+        return "type %s%s;%s counter;" % (" . ".join(self.key_type), value, flags)
 
     def add_command(self, with_elements=True):
         elements = ""
@@ -811,7 +817,20 @@ def plan_qube(model, qube):
             chains, sets = chains + chains6, sets + sets6
     if errors:
         raise PlanError(errors)
-    return QubePlan(qube, model.qubes[qube].provides_network, chains, tuple(notes), sets)
+    vpn_chains, vpn_sets = _vpn_objects(model, qube)
+    return QubePlan(qube, model.qubes[qube].provides_network, chains + vpn_chains, tuple(notes), sets + vpn_sets)
+
+
+def _vpn_objects(model, qube):
+    """The VPN qube's chains and sets (``_qubes_firewall_vpn``) as the planner's objects, per table."""
+    families = FAMILIES if qube in model.addresses6 else (FAMILY,)
+    found = qf_vpn.objects(model, qube, families)
+    sets = tuple(Set(s.name, s.key_type, s.value_type, tuple(Element(*e) for e in s.elements), "vpn", s.family,
+                     s.flags) for s in found.sets)
+    chains = tuple(Chain(c.name, c.hook, tuple(
+        Rule(c.name, tuple(_expr(*m) for m in r.matches), _expr(*r.verdict), r.origin, r.counted, c.family)
+        for r in c.rules), c.family) for c in found.chains)
+    return chains, sets
 
 
 def check_model(model):

@@ -16,8 +16,8 @@ computes from:
 - each named qube's netvm chain up to the uplink (the pillar's grammar:
   every netvm is listed), its ``provides_network`` as the whole pillar
   makes it (given explicitly when only a client or ``service`` implied it),
-  ``dispvm_template`` / ``custom_persist`` / ``template`` where they decide
-  what its run writes, and the addresses its rules name;
+  ``dispvm_template`` / ``custom_persist`` / ``template`` / ``vpn`` where they
+  decide what its run writes, and the addresses its rules name;
 - ``addresses6`` (IPv6, where Qubes' ``ipv6`` feature is in effect): those of
   the qubes on the way of each forward and connection it keeps (whether all
   of them have IPv6 decides whether its rules have an IPv6 side, and which do
@@ -45,7 +45,7 @@ ROOT = qf_model.ROOT
 DOM0 = "dom0"
 LISTS = ("connections", "connect_tcp")
 # the qube keys a qube's run reads (firewall and service are dom0's)
-QUBE_KEYS = ("netvm", "provides_network", "dispvm_template", "custom_persist", "template")
+QUBE_KEYS = ("netvm", "provides_network", "dispvm_template", "custom_persist", "template", "vpn")
 INVALID = ("the qubes_firewall pillar is invalid (%d problems): run sudo qubesctl "
            "qubes_firewall.pillar_errors in dom0")
 

@@ -20,6 +20,15 @@
 #   [user@dom0 ~]$ sudo qubesctl state.apply qubes_firewall
 #   [user@dom0 ~]$ sudo qubesctl --skip-dom0 --targets=sys-net,sys-firewall,sys-vpn,sys-firewall-2,work state.apply qubes_firewall
 #
+# To make sys-vpn fail closed (nothing of work's goes out in clear when the
+# tunnel drops; its DNS to the VPN's resolvers; sys-vpn's own qvm-firewall
+# list the VPN servers only), add to sys-vpn the names your VPN uses
+# (docs/pillar.md, `vpn`):
+#       vpn:
+#         interfaces: [wg0]
+#         endpoints: [{address: 198.51.100.7, port: 51820}]
+#         dns: [10.8.0.1]
+#
 # To send more qubes through the VPN, list them like `work`.  To limit what
 # `work` may reach, give it qvm-firewall rules, enforced in sys-firewall-2
 # (the list replaces work's whole list in Qubes), e.g.:

@@ -363,3 +363,27 @@ def test_a_network_qube_without_a_netvm_is_an_uplink_and_may_take_a_forward(dom0
     pillar["port_forwards"].append({"name": "net-ssh", "qube": "sys-net", "port": 22, "interfaces": ["ens6"]})
     dom0.set_pillar(pillar)
     assert dom0.states.topology_valid("t")["result"] is not False
+
+
+def test_a_vpn_qube_gets_its_endpoints_as_its_qvm_firewall_list(dom0, qubes, backend):
+    pillar = full_pillar()
+    pillar["qubes"]["sys-vpn"]["vpn"] = {
+        "interfaces": ["wg0"], "dns": ["10.8.0.1"],
+        "endpoints": [{"address": "198.51.100.7", "port": 51820},
+                      {"address": "2001:db8::/64", "port": 443, "protocol": "tcp"}]}
+    dom0.set_pillar(pillar)
+    real = dom0.run()
+    assert real["firewall"]["result"] is True and "sys-vpn" in real["firewall"]["changes"], real["firewall"]
+    assert qubes.world().firewall("sys-vpn") == [
+        "action=accept proto=udp dst4=198.51.100.7/32 dstports=51820-51820 comment=vpn endpoint",
+        "action=accept proto=tcp dst6=2001:db8::/64 dstports=443-443 comment=vpn endpoint"]
+    qubes.clear_calls()
+    again = dom0.run()
+    assert again["firewall"]["changes"] == {} and writes(qubes.calls()) == []
+    # a firewall list of its own as well: refused by its path, nothing written
+    pillar["qubes"]["sys-vpn"]["firewall"] = [{"action": "accept"}]
+    dom0.set_pillar(pillar)
+    out = dom0.run()
+    assert out["validated"]["result"] is False
+    assert "qubes_firewall:qubes:sys-vpn:firewall: sys-vpn has vpn" in out["validated"]["comment"]
+    assert writes(qubes.calls()) == []

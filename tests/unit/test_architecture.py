@@ -9,7 +9,7 @@ import ast
 from tests.modules import REPO
 
 # plain Python, no I/O and nothing of Salt: validation, planning, rendering, answers
-PURE = ("model", "plan", "flow", "report", "diagram", "dom0")
+PURE = ("model", "plan", "flow", "report", "diagram", "dom0", "vpn")
 MAX_LINES = 80
 
 

@@ -64,6 +64,9 @@ CONTAINERS = {
     "qubes_firewall:qubes:<qube>": lambda entry: {"qubes": {"a": entry}},
     "qubes_firewall:qubes:<qube>:firewall:<n>": lambda entry: {
         "qubes": {"a": {"netvm": None, "firewall": [entry]}}},
+    "qubes_firewall:qubes:<qube>:vpn": lambda entry: {"qubes": {"a": {"netvm": None, "vpn": entry}}},
+    "qubes_firewall:qubes:<qube>:vpn:endpoints:<n>": lambda entry: {"qubes": {"a": {"netvm": None, "vpn": {
+        "interfaces": ["wg0"], "endpoints": [entry], "dns": "none"}}}},
     "qubes_firewall:connections:<n>": lambda entry: dict(BASE, connections=[entry]),
     "qubes_firewall:connect_tcp:<n>": lambda entry: dict(BASE, connect_tcp=[entry]),
     "qubes_firewall:port_forwards:<n>": lambda entry: dict(BASE, port_forwards=[entry]),
@@ -113,6 +116,9 @@ def model_defaults():
     out["qubes_firewall:connect_tcp:<n>:persistent"] = tcp.persistent
     out["qubes_firewall:connect_tcp:<n>:call"] = tcp.call
     out["qubes_firewall:port_forwards:<n>:proto"] = parsed.port_forwards[0].proto
+    vpn = model.parse({"qubes": {"a": {"netvm": None}, "b": {"netvm": "a", "vpn": {
+        "interfaces": ["wg0"], "endpoints": [{"address": "198.51.100.7", "port": 1}], "dns": "none"}}}})
+    out["qubes_firewall:qubes:<qube>:vpn:endpoints:<n>:protocol"] = vpn.qubes["b"].vpn.endpoints[0].protocol
     bare = model.parse(BASE)
     for key in ("connections", "connect_tcp", "port_forwards"):
         out["qubes_firewall:" + key] = list(getattr(bare, key))
