@@ -763,13 +763,22 @@ def _record_rw_config(run):
 
 
 def _recorded_for(run, summary):
-    """The qubes this run records: itself, and the named disposables of the template it runs on (when nothing failed)."""
-    names = [run.minion_id()]
+    """
+    The qubes this run records: itself when the pillar names it, and the
+    named disposables of the template it runs on (when nothing failed).  A
+    minion the pillar names in no way (no qube, no template of one) records
+    nothing: its run does nothing.
+    """
+    try:
+        model = run.model()
+    except CommandExecutionError:
+        return []
+    qube = run.minion_id()
+    disposables = list(model.disposables_of(qube))
+    duties = qube in model.qubes or disposables or list(model.template_children(qube))
+    names = [qube] if duties else []
     if not summary.get("failed"):
-        try:
-            names += run.model().disposables_of(run.minion_id())
-        except CommandExecutionError:
-            pass
+        names += disposables
     return names
 
 

@@ -138,6 +138,8 @@ class Needs:
         self.add_chain(name)
         if model.qubes[name].netvm is not None:  # the planner reads a hop's own address below the uplink
             self.addresses.add(name)
+        if model.qubes[name].vpn is not None:  # its fail-closed rules have an IPv6 side where it has IPv6
+            self.add_ipv6_path((name,))
         for fwd in model.port_forwards:
             path = model.chain(fwd.qube)
             if name in path:

@@ -128,7 +128,9 @@ def test_client_bindings_through_salt_call_twice_then_removed(tmp_path, salt_env
     write_pillar(tmp_path, pillar_in(tmp_path, []))
     removed = apply(salt_env, tmp_path, "untrusted")[BINDINGS_ID]
     assert removed["result"] is True and removed["changes"], removed
-    assert sorted(os.listdir(rw)) == ["rc.local"]
+    # the units are gone; what stays is rc.local and the record of the last apply
+    assert sorted(os.listdir(rw)) == ["qubes-firewall-formula", "rc.local"]
+    assert os.listdir(rw / "qubes-firewall-formula") == ["applied-untrusted.json"]
     assert "qubes_firewall:connect-tcp" not in (rw / "rc.local").read_text()
     assert os.listdir(salt_env["run_dir"]) == []
 

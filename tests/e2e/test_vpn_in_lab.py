@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.formula_lab import FormulaLab
-from tests.lab import OutsideHost, netns
-from tests.lab import vpn_tunnel
+from tests.lab import OutsideHost, netns, vpn_tunnel
 from tests.modules import core
 from tests.modules import model as model_mod
 

@@ -136,11 +136,12 @@ def check_view(raw, minion):
     for name, ip in (reduced.get("addresses") or {}).items():
         own = name in planned and full_model.qubes[name].netvm is not None  # the planner reads it
         assert ip in rules or errors or own, (minion, name)  # (a refused plan shows no rules)
-    # IPv6: only qubes on the way of a kept forward or connection
+    # IPv6: only qubes on the way of a kept forward or connection, and a planned VPN qube itself
     paths = [qf_flow.forward_path(full_model, f) for f in full_model.port_forwards
              if f.name in {g["name"] for g in reduced.get("port_forwards") or []}]
     paths += [qf_flow.connection_path(full_model, c) for c in full_model.connections
               if c.index < len(reduced.get("connections") or []) and reduced["connections"][c.index]]
+    paths += [(q,) for q in planned if full_model.qubes[q].vpn is not None]  # a VPN qube's own fail-closed rules
     assert set(reduced.get("addresses6") or {}) <= {q for p in paths if p for q in p}, minion
     assert all(reduced["addresses6"][q] == raw["addresses6"][q] for q in reduced.get("addresses6") or {})
     # every forward of the view crosses a planned qube; every connection gives one rules (or is refused)
@@ -334,3 +335,17 @@ def test_an_invalid_pillar_gives_a_qube_an_error_and_dom0_everything():
     assert qf_view.needs_pillar(dict(raw, qubes=dict(raw["qubes"], **{"x y,dom0": {}}))) == ["dom0", "a"]
     assert qf_view.needs_pillar({"qubes": ["a"]}) == ["dom0"]
     assert qf_view.view({"error": "broken file"}, None, "a") == {"error": "broken file"}
+
+
+def test_a_vpn_qube_with_ipv6_gets_its_own_ipv6_address():
+    """Its fail-closed rules have an IPv6 side where it has IPv6: it plans them from its view too."""
+    raw = examples.example("vpn-sandwich")
+    raw["qubes"]["sys-vpn"] = dict(raw["qubes"]["sys-vpn"], vpn={
+        "interfaces": ["wg0"], "endpoints": [{"address": "198.51.100.7", "port": 51820}], "dns": ["10.8.0.1"]})
+    six = {q: "fd09:24ef:4179::a89:%x" % (i + 5) for i, q in enumerate(sorted(raw["qubes"]))}
+    raw["addresses6"] = six
+    reduced = qf_view.view(raw, None, "sys-vpn")
+    assert reduced["addresses6"] == {"sys-vpn": six["sys-vpn"]}, reduced
+    check_view(raw, "sys-vpn")
+    plan = qf_plan.plan_qube(qf_model.parse(reduced), "sys-vpn")
+    assert "ip6" in plan.families, plan.families
