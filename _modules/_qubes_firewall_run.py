@@ -801,6 +801,7 @@ def _write_record(path, qube, raw):
     except CommandExecutionError:
         old = None  # damaged or unreadable: written anew
     if old is not None and old.get("qube") == qube and old["pillar"] == json.loads(text)["pillar"]:
+        qf_files.remove_stale_temps([path])  # what a run killed while writing it left
         return
     qf_files.write_atomic(path, text, mode=0o600)
 

@@ -16,6 +16,7 @@ from tests import examples
 from tests.modules import REPO, core, load
 
 qf_run = core("run")
+qf_files = core("files")
 MAX_PUBLIC_LINES = 400
 
 
@@ -207,3 +208,15 @@ def test_a_failed_run_s_summary_line_names_the_cause():
     line = report.qube_summary_line("web", {"failed": ["nft"], "why": "nft -f failed: Error: no table"})
     assert line == "web: nft FAILED: nft -f failed: Error: no table"
     assert report.qube_summary_line("web", {"nft": {"kept": 3}}) == "web: 3 kept, nothing to change (nft)"
+
+
+def test_a_run_removes_what_a_run_killed_while_recording_left(tmp_path, raw):
+    """The record is written atomically; a temporary file a killed run left goes with the next run,
+    also when the record itself stays as it is."""
+    assert record(tmp_path, raw) == ""
+    path = record_file(tmp_path, "work")
+    before = path.read_text()
+    stale = path.parent / (qf_files.temp_prefix(str(path)) + "dead")
+    stale.write_text("half")
+    assert record(tmp_path, raw) == ""
+    assert not stale.exists() and path.read_text() == before
