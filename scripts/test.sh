@@ -18,9 +18,9 @@
 #                                        Python's version changes (fleet, lifecycle and its
 #                                        concurrency rounds, the demo, the docstring examples,
 #                                        every documented command and the templates through
-#                                        qubesctl: the scenarios through qubesctl into a 3.13
-#                                        target stay); the lab legs of salt3008 and qubes42 run
-#                                        those.  What differs in 4.2 is Qubes' daemon, not nft
+#                                        qubesctl, the examples through salt-call: the same
+#                                        examples through qubesctl into a 3.13 target stay);
+#                                        the lab legs of salt3008 and qubes42 run those.  What differs in 4.2 is Qubes' daemon, not nft
 #                                        or Python: qubes42 proves it.  Each leg in a stack root
 #                                        has its own /run and /tmp (scripts/in-root.sh), so the
 #                                        two trixie legs run side by side.
@@ -75,7 +75,7 @@ LEG[salt3008-ctl]="bookworm 3008 4.3 1.0.6|tests/qubesctl tests/lab tests/ops -m
 LEG[qubes42]="bookworm 3008 4.2 1.0.6|tests -m lab -k not(qubes-4.3) --ignore=tests/qubesctl --ignore=tests/lab --ignore=tests/ops"
 LEG[qubes42-ctl]="bookworm 3008 4.2 1.0.6|tests/qubesctl tests/lab tests/ops -m lab -k not(qubes-4.3)"
 LEG[trixie]="trixie 3007 4.3 1.1.3|tests -m not(lab) -k not(qubes-4.2)"
-LEG[trixie-lab]="trixie 3007 4.3 1.1.3|tests -m lab -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py --ignore=tests/qubesctl/test_templates.py"
+LEG[trixie-lab]="trixie 3007 4.3 1.1.3|tests -m lab -k not(qubes-4.2)and(not(test_the_qube_examples_succeed_in_the_lab)) --ignore=tests/fleet --ignore=tests/e2e/test_lifecycle.py --ignore=tests/e2e/test_demo.py --ignore=tests/qubesctl/test_documented_commands.py --ignore=tests/qubesctl/test_templates.py --ignore=tests/e2e/test_examples_in_lab.py"
 LEG[salt3006]="bookworm 3006 4.3 1.0.6|tests -m not(lab)or(smoke) --ignore=tests/unit --ignore=tests/packaging"
 for name in $legs; do
     [ -n "${LEG[$name]:-}" ] || { echo "test.sh: unknown leg $name (known: ${!LEG[*]})" >&2; exit 2; }
