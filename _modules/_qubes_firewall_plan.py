@@ -356,8 +356,21 @@ class Element:
         return json.dumps(value, sort_keys=True)
 
 
+class _Owned:
+    """What a planned set, map or chain knows of its table (it has ``family`` and ``name``)."""
+
+    @property
+    def table(self):
+        return table_of(self.family)
+
+    @property
+    def ref(self):
+        """Its name across both tables (``ref``): "qf-input", "ip6 qf-input"."""
+        return ref(self.family, self.name)
+
+
 @dataclasses.dataclass(frozen=True)
-class Set:
+class Set(_Owned):
     name: str
     key_type: Tuple[str, ...]
     value_type: Optional[str]  # a map's value type, None for a set
@@ -369,15 +382,6 @@ class Set:
     @property
     def kind(self):
         return "set" if self.value_type is None else "map"
-
-    @property
-    def table(self):
-        return table_of(self.family)
-
-    @property
-    def ref(self):
-        """The set's name across both tables (``ref``)."""
-        return ref(self.family, self.name)
 
     @property
     def head(self):
@@ -411,20 +415,11 @@ class Set:
 
 
 @dataclasses.dataclass(frozen=True)
-class Chain:
+class Chain(_Owned):
     name: str
     hook: Optional[Tuple[str, str, int, str]] = None  # (type, hook, priority, policy)
     rules: Tuple[Rule, ...] = ()
     family: str = FAMILY  # "ip" or "ip6"
-
-    @property
-    def table(self):
-        return table_of(self.family)
-
-    @property
-    def ref(self):
-        """The chain's name across both tables (``ref``): "qf-input", "ip6 qf-input"."""
-        return ref(self.family, self.name)
 
     @property
     def spec(self):
