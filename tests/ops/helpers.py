@@ -27,3 +27,13 @@ def example_model(name="full"):
 
 __all__ = ["backup", "diagram", "dom0", "example", "example_model", "files", "flow", "model", "nft", "plan",
            "report", "GOLDEN", "FIXTURES", "REPO_EXAMPLES"]
+
+
+def applied_and_serving(lab, ports):
+    """Apply the pillar in every qube of ``lab`` (a FormulaLab), each run clean, then serve ``ports`` on every node and the LAN."""
+    for qube, result in lab.apply_all().items():
+        assert result.retcode == 0 and not result.failed, (qube, result.failed)
+    for node in list(lab.lab.order) + ["lan"]:
+        for port in ports:
+            lab.lab.serve_tcp(node, port)
+    return lab

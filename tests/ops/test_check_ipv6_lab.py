@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.formula_lab import FormulaLab
 from tests.e2e.full_example import full_pillar
-from tests.ops.helpers import flow, model
+from tests.ops.helpers import applied_and_serving, flow, model
 
 pytestmark = pytest.mark.lab
 
@@ -27,11 +27,7 @@ def v6flab(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops-v6-lab")
     lab = FormulaLab(full_pillar(), root, ipv6={"sys-net": "1", "build": ""})  # addresses6 as dom0 hands them
     try:
-        for qube, result in lab.apply_all().items():
-            assert result.retcode == 0 and not result.failed, (qube, result.failed)
-        for node in list(lab.lab.order) + ["lan"]:
-            for port in PORTS:
-                lab.lab.serve_tcp(node, port)
+        applied_and_serving(lab, PORTS)
         yield lab
     finally:
         lab.close()

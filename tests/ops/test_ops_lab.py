@@ -14,7 +14,7 @@ import yaml
 
 from tests.e2e.formula_lab import FormulaLab
 from tests.e2e.full_example import full_pillar
-from tests.ops.helpers import backup, example_model, flow
+from tests.ops.helpers import applied_and_serving, backup, example_model, flow
 
 PORTS = (22, 443)
 LAN = {"interface": "ens6", "source_ip": "192.168.1.50"}
@@ -38,11 +38,7 @@ def flab(tmp_path_factory):
     lab = FormulaLab(full_pillar(), root)
     try:
         configure_backups(lab, root)
-        for qube, result in lab.apply_all().items():
-            assert result.retcode == 0 and not result.failed, (qube, result.failed)
-        for node in list(lab.lab.order) + ["lan"]:
-            for port in PORTS:
-                lab.lab.serve_tcp(node, port)
+        applied_and_serving(lab, PORTS)
         yield lab
     finally:
         lab.close()

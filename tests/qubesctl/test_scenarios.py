@@ -25,6 +25,18 @@ from tests.e2e.test_examples_in_lab import SCENARIOS
 pytestmark = pytest.mark.lab
 
 
+def flows_pass(m, scenario):
+    """Serve the scenario's servers in ``m``'s lab and probe its flows: (all as promised, the matrix)."""
+    servers, flows = SCENARIOS[scenario]
+    for node, port in servers:
+        m.lab.serve_tcp(node, port)
+    try:
+        results = check_flows(m.lab, flows)
+    finally:
+        m.lab.stop_servers()
+    return all(got == flow.expect for flow, got in results), "\n" + matrix_text(results)
+
+
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
 def machine(request, machine_factory):
     m = machine_factory(request.param)
@@ -104,14 +116,8 @@ def test_apply_is_announced_honestly_converges_and_stays(machine):
     assert any(everything.values()), everything
 
     # the flows the example promises
-    servers, flows = SCENARIOS[m.name]
-    for node, port in servers:
-        m.lab.serve_tcp(node, port)
-    try:
-        results = check_flows(m.lab, flows)
-    finally:
-        m.lab.stop_servers()
-    assert all(got == flow.expect for flow, got in results), "\n" + matrix_text(results)
+    ok, text = flows_pass(m, m.name)
+    assert ok, text
 
     # a second run, dom0 and the qubes in one command: one line per qube, and nothing changes
     converged = machine_state(m)

@@ -23,10 +23,8 @@ import os
 
 import pytest
 
-from tests.e2e.formula_lab import check_flows, matrix_text
-from tests.e2e.test_examples_in_lab import SCENARIOS
 from tests.qubesctl.conftest import scenario_topology
-from tests.qubesctl.test_scenarios import changed, qube_states, would_change
+from tests.qubesctl.test_scenarios import changed, flows_pass, qube_states, would_change
 
 pytestmark = pytest.mark.lab
 
@@ -73,17 +71,6 @@ def machine_state(m):
             files_under(m.lab.template_dir(TEMPLATE)))
 
 
-def flows_pass(m):
-    servers, flows = SCENARIOS["port-forward"]
-    for node, port in servers:
-        m.lab.serve_tcp(node, port)
-    try:
-        results = check_flows(m.lab, flows)
-    finally:
-        m.lab.stop_servers()
-    return all(got == flow.expect for flow, got in results), "\n" + matrix_text(results)
-
-
 def targets(m):
     """dom0's answer to ``sudo qubesctl qubes_firewall.targets --out=newline_values_only``."""
     run = m.qc.qubesctl("qubes_firewall.targets", "--out=newline_values_only")
@@ -126,7 +113,7 @@ def test_templates_first_then_the_qubes_announced_honestly_and_converged(m):
     # and the qubes' own /rw no replay: their rules can only come back from the templates
     for q in m.qubes:
         assert not [p for p in qc.rw_config(q).glob("*") if p.is_file() and "qubes_firewall:" in p.read_text()], q
-    ok, text = flows_pass(m)
+    ok, text = flows_pass(m, "port-forward")
     assert ok, text
 
     converged = machine_state(m)
@@ -147,7 +134,7 @@ def test_the_qubes_started_from_the_templates_have_their_rules_live(m):
     qc.start_disposable("sys-firewall", DVM)
     assert all(live[q] != m.booted[q] for q in m.qubes)  # each has rules of the formula
     assert {q: m.flab.ruleset_model(q) for q in m.qubes} == live
-    ok, text = flows_pass(m)
+    ok, text = flows_pass(m, "port-forward")
     assert ok, text
 
 
